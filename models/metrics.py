@@ -15,7 +15,16 @@ last two axes and averaged, which is how the papers report per-volume means.
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import uniform_filter
+
+
+def uniform_filter(x: np.ndarray, size: int) -> np.ndarray:
+    """Mean over a ``size`` x ``size`` box with reflected borders (like scipy's)."""
+    pad = size // 2
+    xp = np.pad(x, ((pad, size - 1 - pad), (pad, size - 1 - pad)), mode="symmetric")
+    c = np.cumsum(np.cumsum(xp, axis=0), axis=1)
+    c = np.pad(c, ((1, 0), (1, 0)))
+    s = c[size:, size:] - c[:-size, size:] - c[size:, :-size] + c[:-size, :-size]
+    return s / (size * size)
 
 
 def _mag_pair(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

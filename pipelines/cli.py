@@ -15,8 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("simulator.demo", "start the embedded host, stream the built-in cine, print what came back"),
     "replay": ("simulator.replay", "replay a dataset or phantom as live scanner traffic"),
     "bench": ("simulator.bench", "run a benchmark and print its figures"),
-    "train": ("models.train", "train a reconstruction network"),
-    "evaluate": ("models.evaluate", "score reconstruction methods against fully sampled references"),
+    "train": ("simulator.train_cli", "train a reconstruction network"),
+    "evaluate": ("simulator.evaluate_cli", "score reconstruction methods against fully sampled references"),
     "infer-server": ("pipelines.inference_service", "long-lived ZeroMQ inference service"),
 }
 

@@ -1,0 +1,29 @@
+"""``streamrecon bench NAME``: run one benchmark and print its figures.
+
+Benchmarks measure; they never assert. Each module under
+``simulator/benchmarks/`` exposes ``main(argv) -> int`` and prints the
+machine it ran on with its figures; recorded results live beside them in
+``simulator/benchmarks/results/``, dated, with the command that made them.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "host": ("simulator.benchmarks.host_ingest", "host ingest throughput vs gadgetron.external.Connection; conventional frame latency"),
+    "models": ("simulator.benchmarks.models_inference", "per-frame inference time, peak memory and parameter counts of the networks"),
+    "stream": ("simulator.benchmarks.streaming", "frame latency and throughput of the deep-learning pipelines"),
+}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: streamrecon bench NAME [options]\n\nbenchmarks:")
+        for name, (_, text) in BENCHMARKS.items():
+            print(f"  {name:8s} {text}")
+        return 0
+    if argv[0] not in BENCHMARKS:
+        print(f"streamrecon bench: unknown benchmark {argv[0]!r}; one of {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    return int(importlib.import_module(BENCHMARKS[argv[0]][0]).main(argv[1:]) or 0)
