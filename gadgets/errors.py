@@ -1,0 +1,60 @@
+"""Telling the scanner that a gadget failed.
+
+Under Gadgetron an uncaught exception in an external Python module reaches
+the scanner as zero images and no error; Gadgetron shows an error only if
+the module sends message id 8 (uint64 length + UTF-8 text) before closing.
+:func:`reports_errors` wraps a gadget so that any failure is sent that way
+(and re-raised, so the process still exits non-zero). Under the embedded
+host the same :class:`GadgetError` item is picked up by the host's
+connection, which ends the session with a TEXT message.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import struct
+from dataclasses import dataclass
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+GADGETRON_ERROR_ID = 8
+
+
+@dataclass(frozen=True)
+class GadgetError:
+    """An error report travelling to the peer."""
+
+    text: str
+
+
+def _write_gadgetron_error(destination: Any, error: GadgetError) -> None:
+    data = error.text.encode("utf-8")
+    destination.write(struct.pack("<HQ", GADGETRON_ERROR_ID, len(data)) + data)
+
+
+def send_error(connection: Any, text: str) -> None:
+    """Send ``text`` to the peer as an error, however the gadget is hosted."""
+    if hasattr(connection, "add_writer") and not getattr(connection, "accepts_gadget_errors", False):
+        # gadgetron.external.Connection: teach it to serialise GadgetError as id 8.
+        connection.add_writer(lambda item: isinstance(item, GadgetError), _write_gadgetron_error)
+    try:
+        connection.send(GadgetError(text))
+    except Exception:  # the peer may already be gone; the log still has it
+        log.exception("could not report the error to the peer")
+
+
+def reports_errors(gadget: Callable[[Any], None]) -> Callable[[Any], None]:
+    """Decorator: a gadget whose failures reach the scanner as an error message."""
+
+    @functools.wraps(gadget)
+    def wrapper(connection: Any) -> None:
+        try:
+            gadget(connection)
+        except Exception as exc:
+            text = f"{gadget.__module__}.{gadget.__name__} failed: {type(exc).__name__}: {exc}"
+            log.exception(text)
+            send_error(connection, text)
+            raise
+
+    return wrapper

@@ -1,0 +1,166 @@
+"""Gadgetron version-2 pipeline XML: parse, resolve and validate before any data.
+
+A pipeline is ``<configuration><version>2</version><readers/><writers/>
+<stream>...</stream></configuration>``; every ``<external>`` node in the
+stream names a Python gadget (``<execute name="MODULE" target="TARGET"
+type="python"/>``) and carries its own ``<configuration>`` of
+``<property name= value=>`` children. Anything this host cannot run (a C++
+``<gadget>``, ``<parallel>``/``<distributed>`` blocks, an ``<external>``
+that connects to an already running process) is refused by name, as are
+modules outside the allowed packages: a pipeline arrives over the network,
+and importing whatever module it names would let any client run any code
+installed on the reconstruction server.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+log = logging.getLogger(__name__)
+
+PIPELINE_DIR = Path(__file__).resolve().parent
+DEFAULT_GADGET_PACKAGES: tuple[str, ...] = ("gadgets",)
+
+
+class PipelineError(Exception):
+    """The pipeline cannot be run; the message says which node and why."""
+
+
+@dataclass
+class GadgetSpec:
+    """One ``<external>`` node: what to import and the configuration it gets."""
+
+    module: str
+    target: str
+    config: ET.Element
+    name: str = ""
+    function: Callable[[Any], None] | None = field(default=None, repr=False)
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.module}.{self.target}"
+
+
+@dataclass
+class Pipeline:
+    name: str
+    gadgets: list[GadgetSpec]
+
+
+def _tag(element: ET.Element) -> str:
+    # Gadgetron pipelines sometimes carry a default namespace.
+    return element.tag.rsplit("}", 1)[-1]
+
+
+def resolve_config_file(name: str, search_dirs: Sequence[Path] = ()) -> Path:
+    """Map a CONFIG_FILE name to a pipeline file: ``pipelines/<name>`` with or without ``.xml``.
+
+    Only bare file names are accepted; a name with a path separator or
+    ``..`` could read arbitrary files on the server.
+    """
+    name = name.strip()
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise PipelineError(f"pipeline name {name!r} is not a plain file name")
+    candidates = [name] if name.endswith(".xml") else [name + ".xml", name]
+    for folder in [*search_dirs, PIPELINE_DIR]:
+        for candidate in candidates:
+            path = Path(folder) / candidate
+            if path.is_file():
+                return path
+    raise PipelineError(f"unknown pipeline {name!r}: no {candidates[0]} in {', '.join(str(d) for d in [*search_dirs, PIPELINE_DIR])}")
+
+
+def parse_pipeline(xml_text: str | bytes, name: str = "CONFIG_TEXT") -> Pipeline:
+    """Parse a version-2 pipeline; raise :class:`PipelineError` naming what is wrong."""
+    if isinstance(xml_text, bytes):
+        xml_text = xml_text.decode("utf-8", errors="replace")
+    xml_text = xml_text.strip("\x00 \t\r\n")
+    try:
+        root = ET.fromstring(xml_text)
+    except ET.ParseError as exc:
+        raise PipelineError(f"pipeline {name} is not well-formed XML: {exc}") from None
+    if _tag(root) != "configuration":
+        raise PipelineError(f"pipeline {name}: root element is <{_tag(root)}>, expected <configuration>")
+    version = next((c for c in root if _tag(c) == "version"), None)
+    if version is None or (version.text or "").strip() != "2":
+        raise PipelineError(f"pipeline {name}: only Gadgetron version-2 pipelines are supported (<version>2</version>)")
+    stream = next((c for c in root if _tag(c) == "stream"), None)
+    if stream is None:
+        raise PipelineError(f"pipeline {name} has no <stream>")
+    gadgets: list[GadgetSpec] = []
+    for node in stream:
+        tag = _tag(node)
+        if tag == "external":
+            gadgets.append(_external(node, name))
+        elif tag == "gadget":
+            cls = (node.findtext("classname") or node.findtext("name") or "?").strip()
+            raise PipelineError(f"pipeline {name}: C++ <gadget> {cls!r} cannot run in the embedded host (Python <external> gadgets only)")
+        else:
+            raise PipelineError(f"pipeline {name}: <{tag}> nodes are not supported by the embedded host")
+    if not gadgets:
+        raise PipelineError(f"pipeline {name}: <stream> has no <external> gadgets")
+    return Pipeline(name=name, gadgets=gadgets)
+
+
+def _external(node: ET.Element, pipeline: str) -> GadgetSpec:
+    execute = next((c for c in node if _tag(c) == "execute"), None)
+    if execute is None:
+        if any(_tag(c) == "connect" for c in node):
+            raise PipelineError(f"pipeline {pipeline}: <external><connect> (an already running module) is not supported")
+        raise PipelineError(f"pipeline {pipeline}: <external> without <execute>")
+    kind = execute.get("type", "python")
+    if kind != "python":
+        raise PipelineError(f"pipeline {pipeline}: external type {kind!r} is not supported (python only)")
+    module, target = execute.get("name"), execute.get("target")
+    if not module or not target:
+        raise PipelineError(f"pipeline {pipeline}: <execute> needs both name= (module) and target=")
+    config = next((c for c in node if _tag(c) == "configuration"), None)
+    if config is None:
+        config = ET.Element("configuration")
+    return GadgetSpec(module=module, target=target, config=config, name=node.get("name", ""))
+
+
+def load_gadgets(pipeline: Pipeline, allowed_packages: Sequence[str] = DEFAULT_GADGET_PACKAGES) -> Pipeline:
+    """Import every gadget's module and target; refuse unknown ones by name."""
+    for spec in pipeline.gadgets:
+        if not any(spec.module == p or spec.module.startswith(p + ".") for p in allowed_packages):
+            raise PipelineError(
+                f"gadget module {spec.module!r} is not in the allowed packages ({', '.join(allowed_packages)})")
+        try:
+            module = importlib.import_module(spec.module)
+        except ModuleNotFoundError as exc:
+            raise PipelineError(f"unknown gadget module {spec.module!r} ({exc})") from None
+        except Exception as exc:
+            raise PipelineError(f"gadget module {spec.module!r} failed to import: {type(exc).__name__}: {exc}") from None
+        target = getattr(module, spec.target, None)
+        if target is None:
+            raise PipelineError(f"gadget module {spec.module!r} has no target {spec.target!r}")
+        spec.function = _callable(target, spec)
+    return pipeline
+
+
+def _callable(target: Any, spec: GadgetSpec) -> Callable[[Any], None]:
+    # Same rule as gadgetron's own loader: a class is instantiated per
+    # connection and its handle() called; a function is called directly.
+    if inspect.isclass(target):
+        if not callable(getattr(target, "handle", None)):
+            raise PipelineError(f"gadget class {spec.module}.{spec.target} has no handle(connection) method")
+        return lambda connection: target().handle(connection)
+    if callable(target):
+        return target
+    raise PipelineError(f"gadget target {spec.module}.{spec.target} is neither a function nor a class")
+
+
+def pipeline_from_config_file(name: str, search_dirs: Sequence[Path] = (),
+                              allowed_packages: Sequence[str] = DEFAULT_GADGET_PACKAGES) -> Pipeline:
+    path = resolve_config_file(name, search_dirs)
+    return load_gadgets(parse_pipeline(path.read_text(), name=path.name), allowed_packages)
+
+
+def pipeline_from_config_text(text: str, allowed_packages: Sequence[str] = DEFAULT_GADGET_PACKAGES) -> Pipeline:
+    return load_gadgets(parse_pipeline(text), allowed_packages)
