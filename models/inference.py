@@ -1,0 +1,191 @@
+"""The one inference entry the gadgets and the inference service call. NumPy in, NumPy out.
+
+    from models.inference import load_model
+    rec = load_model("kgmgt")            # or "sgfmri"; device="cpu"|"cuda"|"auto"
+    image = rec.reconstruct_cine(frames, kspace, mask, maps)        # (ny, nx) complex64
+    image = rec.reconstruct_pair(reference, target_zf, kspace, mask, maps)
+    rec.info -> {"name", "version", "architecture", "parameters", "random_init", "device"}
+
+Shapes and conventions (all complex64 unless said; ``ny`` phase encode, ``nx`` readout):
+
+- ``frames``: zero-filled coil-combined images ``(3, ny, nx)`` in time order,
+  ``(t-1, t, t+1)``, or ``(t-2, t-1, t)`` with ``causal=True`` (no look-ahead);
+  the frame reconstructed is ``t``.
+- ``kspace``: measured multi-coil k-space of the reconstructed frame,
+  ``(coils, ny, nx)``, zeros where not sampled (centered FFT convention of
+  ``models.fft``).
+- ``mask``: ``(ny,)`` line mask or ``(ny, nx)`` pixel mask, bool.
+- ``maps``: coil maps ``(coils, ny, nx)`` with ``sum |S|^2 = 1`` inside the
+  object (``models.coils.estimate_coil_maps``); ``None`` only for single-coil
+  k-space ``(1, ny, nx)``.
+- returns ``(ny, nx)`` complex64 after data consistency, in the input's units.
+
+Batched variants take a leading batch axis on every argument (the mask may
+also be shared, without the batch axis). Intensities are normalised inside:
+each item is divided by a robust maximum (99th percentile of ``|zero-filled
+frame t|``, or of the target) and multiplied back after.
+
+Weights: the shipped safetensors in ``models/weights/``. If they are missing
+``load_model`` raises, unless ``allow_random=True`` -- then the network is
+randomly initialised, ``info["random_init"]`` is True and the version reads
+``UNTRAINED-random-init``: for tests only, never for images.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .complex_channels import from_channels, to_channels
+from .weights import build_model, load_weights, shipped_path
+
+DEFAULT_WEIGHTS = {"kgmgt": "kgmgt_cine_small", "sgfmri": "sgfmri_brain_small"}
+UNTRAINED = "UNTRAINED-random-init"
+
+
+def robust_scale(images: np.ndarray, percentile: float = 99.0) -> np.ndarray:
+    """Per-item robust maximum of ``|images|`` over the last two axes (shape = leading axes)."""
+    mag = np.abs(images).reshape(*images.shape[:-2], -1)
+    s = np.percentile(mag, percentile, axis=-1)
+    return np.maximum(s, 1e-12 * np.maximum(mag.max(axis=-1), 1e-30) + 1e-30)
+
+
+def _pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Reconstructor:
+    """A loaded network plus the NumPy <-> torch plumbing; see the module docstring."""
+
+    def __init__(self, model: torch.nn.Module, architecture: str, name: str, version: str,
+                 device: torch.device, random_init: bool, precision: str = "fp32") -> None:
+        self.model = model.to(device).eval()
+        self.architecture, self.name, self.version = architecture, name, version
+        self.device, self.random_init, self.precision = device, random_init, precision
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "architecture": self.architecture,
+                "parameters": sum(p.numel() for p in self.model.parameters()),
+                "random_init": self.random_init, "device": str(self.device)}
+
+    # ------------------------------------------------------------ helpers
+    def _autocast(self):
+        if self.device.type == "cuda" and self.precision in ("bf16", "fp16"):
+            return torch.autocast("cuda", dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+        return nullcontext()
+
+    def _c(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.complex64)).to(self.device)
+
+    def _mask(self, mask: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(mask, dtype=bool))).to(self.device)
+
+    @staticmethod
+    def _check_maps(kspace: np.ndarray, maps: np.ndarray | None) -> None:
+        if maps is None and kspace.shape[1] != 1:
+            raise ValueError(f"{kspace.shape[1]}-coil k-space needs coil maps")
+        if maps is not None and maps.shape != kspace.shape:
+            raise ValueError(f"coil maps {maps.shape} do not match k-space {kspace.shape}")
+
+    # ------------------------------------------------------------ cine (KGMgT)
+    def reconstruct_cine_batch(self, frames: np.ndarray, kspace: np.ndarray, mask: np.ndarray,
+                               maps: np.ndarray | None, causal: bool = False) -> np.ndarray:
+        """``frames (B, 3, ny, nx)``, ``kspace (B, C, ny, nx)``, mask ``(ny,)|(ny,nx)|(B,ny)|(B,ny,nx)``,
+        ``maps (B, C, ny, nx)`` -> ``(B, ny, nx)`` complex64."""
+        if self.architecture != "kgmgt":
+            raise TypeError(f"{self.name} is a {self.architecture} model, not a cine model")
+        frames, kspace = np.asarray(frames), np.asarray(kspace)
+        if frames.ndim != 4 or frames.shape[1] != 3:
+            raise ValueError(f"frames must be (B, 3, ny, nx), got {frames.shape}")
+        self._check_maps(kspace, maps)
+        target_index = 2 if causal else 1
+        scale = robust_scale(frames[:, target_index])  # (B,)
+        s = scale[:, None, None, None]
+        f = self._c(frames / s)
+        y = self._c(kspace / s)
+        m = self._mask(mask)
+        mp = None if maps is None else self._c(maps)
+        if causal:  # (t-2, t-1, t): mentor t-1, learner t-2
+            target, ref_m, ref_l = f[:, 2], f[:, 1], f[:, 0]
+        else:       # (t-1, t, t+1): mentor t-1, learner t+1 (the paper)
+            target, ref_m, ref_l = f[:, 1], f[:, 0], f[:, 2]
+        with torch.no_grad(), self._autocast():
+            out = self.model(to_channels(target), to_channels(ref_m), to_channels(ref_l), kspace=y, mask=m, maps=mp)
+        return (from_channels(out.float()).cpu().numpy() * scale[:, None, None]).astype(np.complex64)
+
+    def reconstruct_cine(self, frames: np.ndarray, kspace: np.ndarray, mask: np.ndarray,
+                         maps: np.ndarray | None, causal: bool = False) -> np.ndarray:
+        """One frame: ``frames (3, ny, nx)``, ``kspace (C, ny, nx)``, ``mask (ny,)|(ny, nx)``, ``maps (C, ny, nx)``."""
+        return self.reconstruct_cine_batch(np.asarray(frames)[None], np.asarray(kspace)[None], mask,
+                                           None if maps is None else np.asarray(maps)[None], causal)[0]
+
+    # ------------------------------------------------------------ multi-contrast (SGF-MRI)
+    def reconstruct_pair_batch(self, reference: np.ndarray | None, target_zero_filled: np.ndarray,
+                               target_kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray | None) -> np.ndarray:
+        """``reference (B, ny, nx)`` or None, ``target_zero_filled (B, ny, nx)``, ``target_kspace (B, C, ny, nx)``,
+        mask as for cine (a 2-D centre block for super-resolution), ``maps (B, C, ny, nx)`` -> ``(B, ny, nx)``."""
+        if self.architecture != "sgfmri":
+            raise TypeError(f"{self.name} is a {self.architecture} model, not a multi-contrast model")
+        tz, ks = np.asarray(target_zero_filled), np.asarray(target_kspace)
+        self._check_maps(ks, maps)
+        scale = robust_scale(tz)
+        t = self._c(tz / scale[:, None, None])
+        y = self._c(ks / scale[:, None, None, None])
+        ref = None
+        if reference is not None:
+            r = np.asarray(reference)
+            ref = to_channels(self._c(r / robust_scale(r)[:, None, None]))  # the reference's own scale
+        m = self._mask(mask)
+        mp = None if maps is None else self._c(maps)
+        with torch.no_grad(), self._autocast():
+            out = self.model(to_channels(t), ref, kspace=y, mask=m, maps=mp)
+        return (from_channels(out.float()).cpu().numpy() * scale[:, None, None]).astype(np.complex64)
+
+    def reconstruct_pair(self, reference: np.ndarray | None, target_zero_filled: np.ndarray,
+                         target_kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray | None) -> np.ndarray:
+        """One slice; ``reference=None`` is the single-contrast fallback."""
+        ref = None if reference is None else np.asarray(reference)[None]
+        return self.reconstruct_pair_batch(ref, np.asarray(target_zero_filled)[None], np.asarray(target_kspace)[None],
+                                           mask, None if maps is None else np.asarray(maps)[None])[0]
+
+    def reconstruct_single(self, target_zero_filled: np.ndarray, target_kspace: np.ndarray, mask: np.ndarray,
+                           maps: np.ndarray | None) -> np.ndarray:
+        """Single-contrast fallback (no reference)."""
+        return self.reconstruct_pair(None, target_zero_filled, target_kspace, mask, maps)
+
+
+def load_model(name: str = "kgmgt", device: str = "cpu", weights: str | Path | None = None,
+               allow_random: bool = False, precision: str = "fp32") -> Reconstructor:
+    """Load a reconstructor.
+
+    Args:
+        name: ``"kgmgt"`` (cine) or ``"sgfmri"`` (multi-contrast).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+        weights: a ``.safetensors`` path (its ``.json`` card beside it); default
+            the shipped set ``models/weights/{DEFAULT_WEIGHTS[name]}``.
+        allow_random: if no weights are found, return a randomly initialised
+            network marked ``UNTRAINED-random-init`` (tests only).
+        precision: ``"fp32"``, or ``"bf16"``/``"fp16"`` autocast on CUDA.
+    """
+    if name not in DEFAULT_WEIGHTS:
+        raise ValueError(f"unknown model {name!r}; one of {sorted(DEFAULT_WEIGHTS)}")
+    dev = _pick_device(device)
+    path = Path(weights) if weights is not None else shipped_path(DEFAULT_WEIGHTS[name])
+    if path.with_suffix(".safetensors").exists():
+        model, card = load_weights(path, dev)
+        if card["architecture"] != name:
+            raise ValueError(f"{path} holds a {card['architecture']} model, not {name}")
+        return Reconstructor(model, name, path.stem, card.get("version", path.stem), dev, False, precision)
+    if not allow_random:
+        raise FileNotFoundError(f"no weights at {path}; train them (streamrecon train) or pass allow_random=True for tests")
+    torch.manual_seed(0)
+    return Reconstructor(build_model(name), name, f"{name}-{UNTRAINED}", UNTRAINED, dev, True, precision)
+
+
+__all__ = ["load_model", "Reconstructor", "robust_scale", "DEFAULT_WEIGHTS", "UNTRAINED"]

@@ -1,0 +1,81 @@
+"""Weight files: safetensors tensors + a JSON card beside them; no pickle anywhere.
+
+A weight set ``NAME`` is two files in one folder:
+
+- ``NAME.safetensors``: the model's ``state_dict`` (float32);
+- ``NAME.json``: ``{"architecture": "kgmgt"|"sgfmri"|..., "config": {...},
+  "version": "...", "meta": {...}}`` -- everything needed to rebuild the model
+  and to name it in image meta.
+
+Shipped sets live in ``models/weights/`` (see the ``.md`` model cards there).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def build_model(architecture: str, config: dict[str, Any] | None = None) -> nn.Module:
+    """Instantiate a network by name from a config dict (unknown keys are an error)."""
+    config = dict(config or {})
+    if architecture == "kgmgt":
+        from .kgmgt import KGMgT, KGMgTConfig
+        return KGMgT(KGMgTConfig(**config) if config else KGMgTConfig.cpu_small())
+    if architecture == "sgfmri":
+        from .sgfmri import SGFMRI, SGFMRIConfig
+        return SGFMRI(SGFMRIConfig(**config) if config else SGFMRIConfig.cpu_small())
+    if architecture == "dual_unet_resnet3d":
+        from .baselines import DualUNetResNet3D
+        return DualUNetResNet3D(**config)
+    raise ValueError(f"unknown architecture {architecture!r}")
+
+
+def model_config(model: nn.Module) -> dict[str, Any]:
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None and hasattr(cfg, "to_dict"):
+        return cfg.to_dict()
+    return dict(getattr(model, "init_kwargs", {}))
+
+
+def save_weights(model: nn.Module, folder: str | Path, name: str, architecture: str, version: str,
+                 meta: dict[str, Any] | None = None) -> Path:
+    """Write ``folder/name.safetensors`` and ``folder/name.json``; returns the tensor file's path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    path = folder / f"{name}.safetensors"
+    save_file(state, str(path), metadata={"architecture": architecture, "version": version})
+    card = {"architecture": architecture, "config": model_config(model), "version": version, "meta": meta or {}}
+    (folder / f"{name}.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_card(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    return json.loads(path.with_suffix(".json").read_text())
+
+
+def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model described by ``path``'s JSON card and load its tensors (strict)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_suffix(".safetensors")
+    card = read_card(path)
+    model = build_model(card["architecture"], card.get("config"))
+    model.load_state_dict(load_file(str(path), device="cpu"), strict=True)
+    return model.to(device).eval(), card
+
+
+def shipped_path(name: str) -> Path:
+    """``models/weights/<name>.safetensors`` (may not exist)."""
+    return SHIPPED_DIR / f"{name}.safetensors"
+
+
+__all__ = ["build_model", "save_weights", "load_weights", "read_card", "shipped_path", "SHIPPED_DIR", "model_config"]
