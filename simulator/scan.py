@@ -1,0 +1,281 @@
+"""What the simulated scanner acquires: a fully sampled k-space series and its truth.
+
+A :class:`Scan` is the common currency of the simulator: every reader
+(files, images, phantoms) returns one (or a list for multi-contrast exams),
+and the header, acquisition ordering and scoring all start from it.
+
+Array conventions (as in :mod:`models.fft`): k-space centre at index
+``n // 2`` on both axes, centered orthonormal FFTs; ``ky`` is the
+phase-encode axis, ``kx`` the readout, which carries the readout
+oversampling (``kx = readout_oversampling * nx``); the object fills the
+central ``nx`` columns of the oversampled field of view.
+"""
+from __future__ import annotations
+
+import uuid
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.coils import sense_combine
+from models.fft import fft2c, ifft2c
+from models.phantoms import brain_pair, cardiac_cine
+from models.synthetic import coil_maps as synthetic_coil_maps
+from models.synthetic import smooth_phase
+
+TIME_DIMENSIONS = ("phase", "repetition")
+
+
+def _uid(name: str, seed: int, what: str) -> str:
+    """A deterministic DICOM-style UID (2.25.<uuid int>) for reproducible runs."""
+    return "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, f"streamrecon/{what}/{name}/{seed}").int)
+
+
+@dataclass
+class Scan:
+    """One fully sampled (multi-)slice, multi-frame acquisition and its ground truth.
+
+    ``kspace``: ``(slices, frames, coils, ky, kx)`` complex64, fully sampled;
+    ``kx`` includes the readout oversampling.
+    ``reference``: ``(slices, frames, ny, nx)`` complex64 coil-combined truth
+    on the recon matrix (``nx = kx // readout_oversampling``, ``ny = ky``).
+    ``coil_maps``: ``(slices, coils, ny, nx)`` true maps on the recon matrix
+    (``None`` when unknown, e.g. measured data).
+    ``fov_mm``: recon field of view (x readout, y phase encode, z slice thickness).
+    ``frame_ms``: duration of one frame (real time) or one cardiac phase
+    (gated: the temporal resolution; the RR interval is ``frames * frame_ms``).
+    ``time_dimension``: ``"phase"`` (gated cine: frames go to ``idx.phase``)
+    or ``"repetition"`` (real time: frames go to ``idx.repetition``).
+    """
+
+    kspace: np.ndarray
+    reference: np.ndarray
+    coil_maps: np.ndarray | None
+    fov_mm: tuple[float, float, float]
+    readout_oversampling: int
+    slice_positions_mm: np.ndarray
+    read_dir: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    phase_dir: tuple[float, float, float] = (0.0, 1.0, 0.0)
+    slice_dir: tuple[float, float, float] = (0.0, 0.0, 1.0)
+    frame_ms: float = 36.0
+    time_dimension: str = "repetition"
+    contrast: int = 0
+    name: str = ""
+    frame_of_reference_uid: str = field(default_factory=lambda: _uid("anon", 0, "for"))
+    measurement_id: str = "streamrecon_00000"
+    protocol_name: str = ""
+    field_strength_t: float = 1.5
+    tr_ms: float | None = None
+    te_ms: float | None = None
+    flip_angle_deg: float | None = None
+    # fastMRI-style data: phase-encode columns outside the encoding limits
+    # (zero padding) are part of the matrix but never sent as readouts.
+    encoded_lines: tuple[int, int] | None = None
+    # Centre line of the phase-encode axis if it is not ky // 2 (asymmetric
+    # or partial Fourier acquisitions read from files).
+    ky_center: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kspace.ndim != 5:
+            raise ValueError(f"kspace must be (slices, frames, coils, ky, kx), got {self.kspace.shape}")
+        if self.time_dimension not in TIME_DIMENSIONS:
+            raise ValueError(f"time_dimension must be one of {TIME_DIMENSIONS}, got {self.time_dimension!r}")
+        s, f, _, ky, kx = self.kspace.shape
+        if kx % self.readout_oversampling:
+            raise ValueError(f"encoded readout {kx} is not a multiple of the oversampling {self.readout_oversampling}")
+        if self.reference.shape[:2] != (s, f):
+            raise ValueError(f"reference {self.reference.shape} does not match kspace {self.kspace.shape}")
+        self.slice_positions_mm = np.asarray(self.slice_positions_mm, dtype=np.float32).reshape(s, 3)
+
+    @property
+    def slices(self) -> int:
+        return self.kspace.shape[0]
+
+    @property
+    def frames(self) -> int:
+        return self.kspace.shape[1]
+
+    @property
+    def coils(self) -> int:
+        return self.kspace.shape[2]
+
+    @property
+    def ny(self) -> int:
+        return self.kspace.shape[3]
+
+    @property
+    def kx_encoded(self) -> int:
+        return self.kspace.shape[4]
+
+    @property
+    def recon_shape(self) -> tuple[int, int]:
+        return self.reference.shape[-2], self.reference.shape[-1]
+
+    @property
+    def measurement_uid(self) -> int:
+        """32-bit id of the measurement as carried in every acquisition header."""
+        return zlib.crc32(self.measurement_id.encode()) & 0xFFFFFFFF
+
+
+def crop_readout(coil_images: np.ndarray, nx: int) -> np.ndarray:
+    """Central ``nx`` columns of images reconstructed on the oversampled readout (last axis)."""
+    kx = coil_images.shape[-1]
+    start = kx // 2 - nx // 2
+    return coil_images[..., start:start + nx]
+
+
+def pad_readout(images: np.ndarray, kx: int) -> np.ndarray:
+    """Zero-pad the last axis from ``nx`` to ``kx`` around the centre (the inverse of :func:`crop_readout`)."""
+    nx = images.shape[-1]
+    start = kx // 2 - nx // 2
+    out = np.zeros(images.shape[:-1] + (kx,), dtype=np.complex64)
+    out[..., start:start + nx] = images
+    return out
+
+
+def coil_images_to_recon(kspace: np.ndarray, nx: int, maps: np.ndarray | None = None) -> np.ndarray:
+    """Coil-combine ``(..., coils, ky, kx)`` k-space onto the recon matrix.
+
+    Inverse FFT, crop of the readout oversampling, then SENSE combination
+    with ``maps`` (``(coils, ny, nx)``, broadcast over leading axes) or
+    root-sum-of-squares when ``maps`` is None.
+    """
+    imgs = crop_readout(ifft2c(kspace), nx)
+    if maps is None:
+        return np.sqrt(np.sum(np.abs(imgs) ** 2, axis=-3)).astype(np.complex64)
+    flat = imgs.reshape(-1, *imgs.shape[-3:])
+    out = np.stack([sense_combine(x, maps) for x in flat])
+    return out.reshape(imgs.shape[:-3] + imgs.shape[-2:])
+
+
+def scan_from_images(
+    images: np.ndarray,
+    *,
+    n_coils: int = 8,
+    readout_oversampling: int = 2,
+    noise_std: float = 0.0,
+    fov_mm: tuple[float, float, float] = (300.0, 300.0, 8.0),
+    slice_gap_mm: float = 10.0,
+    time_dimension: str = "repetition",
+    frame_ms: float = 36.0,
+    seed: int = 0,
+    name: str = "",
+    contrast: int = 0,
+    maps: np.ndarray | None = None,
+    phase_rad: float = 0.8 * np.pi,
+    measurement_id: str | None = None,
+    frame_of_reference_uid: str | None = None,
+) -> Scan:
+    """Simulate fully sampled multi-coil k-space from images.
+
+    ``images``: ``(slices, frames, ny, nx)`` (2-D and 3-D inputs are taken
+    as one slice / one frame). Complex images are used as they are; real
+    (magnitude) images get a smooth synthetic phase of at most
+    ``phase_rad`` per slice, constant over frames. Each frame is multiplied by
+    coil maps defined on the oversampled field of view (``n_coils`` loops
+    around it, :func:`models.synthetic.coil_maps`, the same for all slices
+    unless ``maps`` ``(coils, ny, kx)`` is given), zero-padded along the
+    readout to ``readout_oversampling * nx`` and Fourier transformed.
+    ``noise_std`` is the standard deviation of complex white Gaussian noise
+    added to k-space (``noise_std / sqrt(2)`` per real and imaginary part),
+    independent per coil; the reference stays noise-free.
+    ``slice_gap_mm`` is the distance between neighbouring slice centres
+    along the slice direction, centred on 0.
+    Because the maps satisfy ``sum |S|^2 = 1``, the reference equals the
+    (phased) input images: the true SENSE combination of the coil images.
+    """
+    images = np.asarray(images)
+    while images.ndim < 4:
+        images = images[None]
+    if images.ndim != 4:
+        raise ValueError(f"images must be (slices, frames, ny, nx), got {images.shape}")
+    if readout_oversampling not in (1, 2):
+        raise ValueError("readout_oversampling must be 1 or 2")
+    n_sl, n_fr, ny, nx = images.shape
+    rng = np.random.default_rng(seed)
+    if np.iscomplexobj(images):
+        ref = images.astype(np.complex64)
+    else:
+        mag = images.astype(np.float32)
+        ref = np.empty(images.shape, dtype=np.complex64)
+        for s in range(n_sl):
+            ph = smooth_phase((ny, nx), seed=seed + 17 * s + 1, max_rad=phase_rad)
+            ref[s] = mag[s] * np.exp(1j * ph)[None]
+    kx = readout_oversampling * nx
+    if maps is None:
+        maps = synthetic_coil_maps(n_coils, ny, kx, seed=seed)
+    maps = np.asarray(maps, dtype=np.complex64)
+    if maps.shape[1:] != (ny, kx):
+        raise ValueError(f"coil maps {maps.shape} must be (coils, {ny}, {kx}) on the oversampled grid")
+    ncoil = maps.shape[0]
+    kspace = np.empty((n_sl, n_fr, ncoil, ny, kx), dtype=np.complex64)
+    for s in range(n_sl):
+        padded = pad_readout(ref[s], kx)  # (frames, ny, kx)
+        kspace[s] = fft2c(maps[None] * padded[:, None]).astype(np.complex64)
+    if noise_std > 0:
+        noise = rng.normal(size=kspace.shape) + 1j * rng.normal(size=kspace.shape)
+        kspace += (noise * (noise_std / np.sqrt(2))).astype(np.complex64)
+    recon_maps = crop_readout(maps, nx)
+    positions = np.zeros((n_sl, 3), dtype=np.float32)
+    positions[:, 2] = (np.arange(n_sl) - (n_sl - 1) / 2) * slice_gap_mm
+    return Scan(
+        kspace=kspace,
+        reference=ref,
+        coil_maps=np.repeat(recon_maps[None], n_sl, axis=0),
+        fov_mm=tuple(float(v) for v in fov_mm),
+        readout_oversampling=readout_oversampling,
+        slice_positions_mm=positions,
+        frame_ms=float(frame_ms),
+        time_dimension=time_dimension,
+        contrast=contrast,
+        name=name,
+        frame_of_reference_uid=frame_of_reference_uid or _uid(name or "images", seed, "for"),
+        measurement_id=measurement_id or f"streamrecon_{zlib.crc32(f'{name}/{seed}/{contrast}'.encode()) % 100000:05d}",
+        protocol_name=name,
+    )
+
+
+def phantom_scan(
+    name: str = "cine",
+    *,
+    ny: int = 128,
+    nx: int = 128,
+    frames: int = 20,
+    slices: int = 1,
+    n_coils: int = 8,
+    seed: int = 0,
+    **kw,
+) -> Scan | list[Scan]:
+    """A built-in phantom as a :class:`Scan`.
+
+    ``"cine"``: :func:`models.phantoms.cardiac_cine` per slice; slices run
+    from base to apex (the heart shrinks, anatomy varies with the seed).
+    ``"brain"``: ``[reference Scan (contrast 0, T1w), target Scan (contrast 1, T2w)]``
+    from :func:`models.phantoms.brain_pair` (``ny`` is the matrix; ``frames`` is
+    ignored: one frame), same coils and frame of reference, different
+    measurement ids. Other keyword arguments go to :func:`scan_from_images`.
+    """
+    if name == "cine":
+        vols = np.stack([
+            cardiac_cine(ny, nx, frames, seed=seed + s, heart_scale=1.0 - 0.35 * s / max(slices - 1, 1) if slices > 1 else 1.0)
+            for s in range(slices)
+        ])
+        kw.setdefault("time_dimension", "repetition")
+        return scan_from_images(vols, n_coils=n_coils, seed=seed, name=kw.pop("scan_name", "phantom_cine"), **kw)
+    if name == "brain":
+        pairs = [brain_pair(ny, seed=seed + s) for s in range(slices)]
+        ref = np.stack([p[0] for p in pairs])[:, None]
+        tgt = np.stack([p[1] for p in pairs])[:, None]
+        kw.setdefault("fov_mm", (220.0, 220.0, 5.0))
+        kw.setdefault("frame_ms", 1000.0)
+        for_uid = _uid("phantom_brain", seed, "for")
+        scans = []
+        for contrast, imgs, label in ((0, ref, "T1w"), (1, tgt, "T2w")):
+            scans.append(scan_from_images(imgs, n_coils=n_coils, seed=seed, name=f"phantom_brain_{label}", contrast=contrast,
+                                          frame_of_reference_uid=for_uid, **kw))
+        return scans
+    raise ValueError(f"unknown phantom {name!r}; known: cine, brain")
+
+
+__all__ = ["Scan", "scan_from_images", "phantom_scan", "crop_readout", "pad_readout", "coil_images_to_recon"]
