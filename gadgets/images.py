@@ -12,6 +12,7 @@ from typing import Any
 
 import ismrmrd
 import numpy as np
+from ismrmrd.image import get_data_type_from_dtype
 
 from . import properties
 from .errors import reports_errors
@@ -22,14 +23,17 @@ UINT16_MAX_VALUE = 4095  # 12-bit display range most scanners assume
 
 
 def magnitude_image(image: ismrmrd.Image, data: np.ndarray) -> ismrmrd.Image:
-    """A copy of ``image``'s header and meta around new pixel ``data`` (``(ny, nx)``)."""
+    """A copy of ``image``'s header and meta around new magnitude pixels ``data`` (``(ny, nx)``)."""
+    data = np.asarray(data)
     head = ismrmrd.ImageHeader.from_buffer_copy(image.getHead())
-    out = ismrmrd.Image.from_array(data, transpose=False)
-    dtype, channels, matrix = out.data_type, out.channels, tuple(out.matrix_size)
-    out.setHead(head)
-    out._head.data_type, out._head.channels = dtype, channels
-    out._head.matrix_size[:] = matrix
-    out._head.image_type = ismrmrd.IMTYPE_MAGNITUDE
+    head.data_type = get_data_type_from_dtype(data.dtype)
+    head.channels = 1
+    head.matrix_size[:] = (data.shape[-1], data.shape[-2], 1)
+    head.image_type = ismrmrd.IMTYPE_MAGNITUDE
+    # Image(head=...) sizes its pixel buffer from the header, so the header
+    # must describe the new pixels before the image is made.
+    out = ismrmrd.Image(head=head)
+    out.data[:] = data.reshape(1, 1, *data.shape[-2:])
     out.meta = dict(image.meta)
     return out
 

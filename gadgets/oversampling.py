@@ -35,9 +35,9 @@ def crop_readout(data: np.ndarray, keep: int) -> np.ndarray:
     n = data.shape[-1]
     image = ifft1c(data, axis=-1)
     start = n // 2 - keep // 2
-    # The orthonormal FFT of fewer samples needs sqrt(keep/n) to keep the
-    # image intensity unchanged.
-    return (fft1c(image[..., start:start + keep], axis=-1) * np.sqrt(keep / n)).astype(np.complex64)
+    # Orthonormal transforms keep image-domain values, so no rescaling: the
+    # cropped readout reconstructs to the same pixel intensities.
+    return fft1c(image[..., start:start + keep], axis=-1).astype(np.complex64)
 
 
 @reports_errors
