@@ -35,9 +35,13 @@ def _write_gadgetron_error(destination: Any, error: GadgetError) -> None:
 
 def send_error(connection: Any, text: str) -> None:
     """Send ``text`` to the peer as an error, however the gadget is hosted."""
-    if hasattr(connection, "add_writer") and not getattr(connection, "accepts_gadget_errors", False):
-        # gadgetron.external.Connection: teach it to serialise GadgetError as id 8.
-        connection.add_writer(lambda item: isinstance(item, GadgetError), _write_gadgetron_error)
+    writers = getattr(connection, "writers", None)
+    if isinstance(writers, list) and not getattr(connection, "accepts_gadget_errors", False):
+        # gadgetron.external.Connection: teach it to serialise GadgetError as
+        # id 8. Its add_writer() wraps writers in a one-argument lambda that
+        # send() then calls with two (gadgetron 1.4.1), so register directly
+        # in the (predicate, writer(destination, item)) list send() walks.
+        writers.insert(0, (lambda item: isinstance(item, GadgetError), _write_gadgetron_error))
     try:
         connection.send(GadgetError(text))
     except Exception:  # the peer may already be gone; the log still has it
