@@ -75,6 +75,9 @@ class Scan:
     # Centre line of the phase-encode axis if it is not ky // 2 (asymmetric
     # or partial Fourier acquisitions read from files).
     ky_center: int | None = None
+    # An undersampling mask shipped with the data (CMRxRecon masks, fastMRI
+    # test sets), ``(frames, ky)`` bool, used when replay asks for the file's mask.
+    file_mask: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.kspace.ndim != 5:
@@ -200,7 +203,7 @@ def scan_from_images(
         mag = images.astype(np.float32)
         ref = np.empty(images.shape, dtype=np.complex64)
         for s in range(n_sl):
-            ph = smooth_phase((ny, nx), seed=seed + 17 * s + 1, max_rad=phase_rad)
+            ph = smooth_phase((ny, nx), seed=seed + 17 * s + 1 + 1000 * contrast, max_rad=phase_rad)
             ref[s] = mag[s] * np.exp(1j * ph)[None]
     kx = readout_oversampling * nx
     if maps is None:

@@ -1,0 +1,118 @@
+"""Images (magnitude) as scanner data: real MRI pictures, NIfTI volumes, .mat arrays.
+
+The real images in ``../shared/data`` (see its README) and any user file:
+the magnitude is normalised to a maximum of 1, optionally resized, given a
+smooth synthetic phase, multiplied by synthetic coil maps, Fourier
+transformed and optionally made noisy (:func:`simulator.scan.scan_from_images`).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .scan import Scan, _uid, scan_from_images
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".npy", ".mat")
+
+
+def shared_data_dir() -> Path:
+    """``$STREAMRECON_DATA`` or ``../shared/data`` beside the repository."""
+    env = os.environ.get("STREAMRECON_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _suffix(path: Path) -> str:
+    return ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def _resize(frames: np.ndarray, matrix: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    out = [np.asarray(Image.fromarray(f.astype(np.float32), mode="F").resize((matrix[1], matrix[0]), Image.BICUBIC)) for f in frames]
+    return np.clip(np.stack(out), 0, None)
+
+
+def read_image_file(path: str | Path, *, variable: str | None = None, slice_index: int | None = None,
+                    matrix: int | tuple[int, int] | None = None, max_frames: int | None = None) -> np.ndarray:
+    """Magnitude frames ``(frames, ny, nx)`` float32 with maximum 1.
+
+    - PNG/JPEG/...: one grey frame (colour converted to luminance);
+    - NIfTI: a 3-D volume gives its axial slice ``slice_index`` (default
+      middle) rotated to radiological display; 4-D takes the last axis as time;
+    - .mat: ``variable`` (default: the largest numeric array); a 3-D array
+      ``(ny, nx, frames)`` is a cine (as ``giraf_sax_cine25.mat``);
+    - .npy: 2-D or ``(frames, ny, nx)``.
+    ``matrix`` resizes (bicubic) to ``n`` x ``n`` or ``(ny, nx)``.
+    """
+    path = Path(path)
+    suf = _suffix(path)
+    if suf in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"):
+        from PIL import Image
+
+        arr = np.asarray(Image.open(path).convert("L"), dtype=np.float32)[None]
+    elif suf in (".nii", ".nii.gz"):
+        import nibabel
+
+        vol = np.asarray(nibabel.load(str(path)).get_fdata(dtype=np.float32))
+        if vol.ndim == 3:
+            z = vol.shape[2] // 2 if slice_index is None else slice_index
+            arr = np.rot90(vol[:, :, z])[None]
+        elif vol.ndim == 4:
+            z = vol.shape[2] // 2 if slice_index is None else slice_index
+            arr = np.stack([np.rot90(vol[:, :, z, t]) for t in range(vol.shape[3])])
+        else:
+            arr = vol[None] if vol.ndim == 2 else vol
+    elif suf == ".mat":
+        from .readers import read_mat_arrays
+
+        arrays = read_mat_arrays(path)
+        if variable is None:
+            variable = max(arrays, key=lambda k: arrays[k].size)
+        a = np.abs(np.transpose(arrays[variable])).astype(np.float32)  # back to MATLAB order (ny, nx[, frames])
+        arr = np.moveaxis(a, -1, 0) if a.ndim == 3 else a[None]
+    elif suf == ".npy":
+        a = np.abs(np.load(path)).astype(np.float32)
+        arr = a[None] if a.ndim == 2 else a
+    else:
+        raise ValueError(f"{path}: not an image file ({', '.join(IMAGE_SUFFIXES)})")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if max_frames is not None:
+        arr = arr[:max_frames]
+    if matrix is not None:
+        arr = _resize(arr, (matrix, matrix) if isinstance(matrix, int) else tuple(matrix))
+    return (arr / max(float(arr.max()), 1e-12)).astype(np.float32)
+
+
+def scan_from_image_file(path: str | Path, *, variable: str | None = None, slice_index: int | None = None,
+                         matrix: int | tuple[int, int] | None = None, max_frames: int | None = None, **kw) -> Scan:
+    """An image file as a fully sampled multi-coil Scan; ``kw`` go to :func:`scan_from_images`.
+
+    A multi-frame file (a cine) is a real-time series by default.
+    """
+    frames = read_image_file(path, variable=variable, slice_index=slice_index, matrix=matrix, max_frames=max_frames)
+    kw.setdefault("name", Path(path).name.split(".")[0])
+    return scan_from_images(frames[None], **kw)
+
+
+def image_pair_scans(reference: str | Path, target: str | Path, *, variables: tuple[str | None, str | None] = (None, None),
+                     **kw) -> list[Scan]:
+    """Two co-registered image files as ``[reference (contrast 0), target (contrast 1)]`` of one exam.
+
+    Same coils and frame of reference, separate measurements, separate phases.
+    """
+    seed = kw.pop("seed", 0)
+    matrix = kw.pop("matrix", None)
+    slice_index = kw.pop("slice_index", None)
+    for_uid = _uid(str(Path(reference).resolve()), seed, "for")
+    out = []
+    for c, (p, var) in enumerate(zip((reference, target), variables)):
+        frames = read_image_file(p, variable=var, matrix=matrix, slice_index=slice_index)
+        out.append(scan_from_images(frames[None], seed=seed, contrast=c, name=f"{Path(p).name.split('.')[0]}",
+                                    frame_of_reference_uid=for_uid, phase_rad=0.5 * np.pi, **kw))
+    # Separate scans get separate smooth phases (the coils stay: same seed).
+    return out
+
+
+__all__ = ["shared_data_dir", "read_image_file", "scan_from_image_file", "image_pair_scans", "IMAGE_SUFFIXES"]
