@@ -1,0 +1,136 @@
+"""The conventional gadgets one by one, through the embedded chain's connection."""
+from __future__ import annotations
+
+import io
+import xml.etree.ElementTree as ET
+
+import ismrmrd
+import numpy as np
+import pytest
+from gadgetron.types.recon_data import read_recon_data, write_recon_data
+
+from gadgets import properties
+from gadgets.frames import FrameAccumulator, frame_to_recon_data, frames_from
+from gadgets.noise import NoiseStatistics, whiten
+from gadgets.oversampling import crop_readout
+from models.fft import fft1c, ifft1c
+from pipelines.chain import Chain
+from pipelines.pipeline_config import PipelineError, load_gadgets, parse_pipeline
+from simulator.acquire import acquisitions
+from simulator.header import make_header
+from tests.streams import small_cine
+
+
+def run_chain(xml_stream: str, header, items):
+    pipeline = load_gadgets(parse_pipeline(f"<configuration><version>2</version><stream>{xml_stream}</stream></configuration>"),
+                            ("gadgets", "tests.gadgets_for_tests"))
+    chain = Chain(pipeline.gadgets, header)
+    chain.start()
+    out = []
+    import threading
+    t = threading.Thread(target=lambda: out.extend(chain.output()))
+    t.start()
+    for item in items:
+        chain.feed(item)
+    chain.close_input()
+    assert chain.join(30)
+    t.join(30)
+    return out, chain.errors
+
+
+def test_noise_prewhitening_gives_identity_covariance():
+    rng = np.random.default_rng(0)
+    mix = np.array([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [0.2, 0.3, 2.0]])
+    def noise(n):
+        return (mix @ (rng.standard_normal((3, n)) + 1j * rng.standard_normal((3, n))) / np.sqrt(2)).astype(np.complex64)
+    stats = NoiseStatistics()
+    for _ in range(20):
+        stats.add(noise(256), 5.0)
+    w = stats.whitening_matrix()
+    white = whiten(noise(20000), w)
+    cov = white @ white.conj().T / white.shape[1]
+    np.testing.assert_allclose(cov, np.eye(3), atol=0.05)
+
+
+def test_prewhiten_gadget_consumes_noise_and_whitens(tmp_path):
+    scan = small_cine(slices=1, frames=1, coils=3, ny=8, nx=8)
+    rng = np.random.default_rng(1)
+    acqs = list(acquisitions(scan))
+    noise = []
+    for _ in range(8):
+        a = ismrmrd.Acquisition.from_array((rng.standard_normal((3, 64)) * [[1], [3], [0.5]]).astype(np.complex64))
+        a.set_flag(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)
+        a.sample_time_us = acqs[0].sample_time_us / 2  # noise sampled at twice the bandwidth
+        noise.append(a)
+    out, errors = run_chain('<external><execute name="gadgets.noise" target="prewhiten" type="python"/></external>',
+                            make_header(scan), noise + acqs)
+    assert not errors and len(out) == len(acqs)
+    assert not any(o.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT) for o in out)
+    # Channel 1 has 3x the noise amplitude: whitening divides it by ~3. The
+    # noise was measured at twice the acquisition's bandwidth (twice its
+    # noise variance), so the acquisition is scaled up by sqrt(2) to reach
+    # unit noise variance.
+    ratio = np.abs(out[0].data[1]).mean() / np.abs(acqs[0].data[1]).mean()
+    assert 0.3 < ratio / np.sqrt(2) < 0.37
+
+
+def test_crop_readout_keeps_central_fov_pixels():
+    rng = np.random.default_rng(2)
+    image = np.zeros((2, 64), np.complex64)
+    image[:, 16:48] = rng.standard_normal((2, 32)) + 1j * rng.standard_normal((2, 32))
+    cropped = crop_readout(fft1c(image), 32)
+    np.testing.assert_allclose(ifft1c(cropped), image[:, 16:48], atol=1e-5)
+
+
+def test_accumulator_triggers_and_flushes():
+    scan = small_cine(slices=1, frames=3, coils=2, ny=8, nx=8)
+    header = make_header(scan)
+    acqs = list(acquisitions(scan))
+    for a in acqs:  # strip the flags: real-time counter changes and the end of stream must suffice
+        a.clear_all_flags()
+    acc = FrameAccumulator(header, time_dim="repetition")
+    done = [f for a in acqs for f in acc.add(a)]
+    assert len(done) == 2  # frames 0 and 1 closed by the counter change
+    done += acc.flush()
+    assert [f.key("repetition") for f in done] == [(0, 0, 0, t) for t in range(3)]
+    assert all(f.sampled.all() for f in done)
+    # A late readout of a completed frame is dropped, not turned into a second image.
+    assert acc.add(acqs[0]) == [] and acc.dropped_late == 1
+
+
+def test_recon_data_round_trips_through_gadgetron_serialisation():
+    scan = small_cine(slices=1, frames=1, coils=3, ny=12, nx=10)
+    acqs = list(acquisitions(scan, np.array([[i % 2 == 0 or 4 <= i < 8 for i in range(12)]]), calib_lines=(4, 8)))
+    acc = FrameAccumulator(make_header(scan))
+    (frame,) = [f for a in acqs for f in acc.add(a)]
+    buf = io.BytesIO()
+    write_recon_data(buf, frame_to_recon_data(frame))
+    buf.seek(2)  # past the message id
+    (back,) = list(frames_from(read_recon_data(buf)))
+    np.testing.assert_array_equal(back.kspace, frame.kspace)
+    np.testing.assert_array_equal(back.sampled, frame.sampled)
+    np.testing.assert_array_equal(back.calibration_sampled, frame.calibration_sampled)
+    assert back.calibration_sampled.sum() == 4 and back.sampled.sum() == 8
+    assert back.reference_header.idx.kspace_encode_step_1 == frame.reference_header.idx.kspace_encode_step_1
+    assert abs(back.acceleration - 1.5) < 1e-6
+
+
+def test_properties_parse_and_name_bad_values():
+    cfg = ET.fromstring('<configuration><property name="n" value="3"/><property name="flag" value="yes"/>'
+                        '<property name="bad" value="x"/></configuration>')
+    assert properties.get(cfg, "n", 0) == 3 and properties.get(cfg, "flag", False) is True
+    assert properties.get(cfg, "missing", 1.5) == 1.5
+    with pytest.raises(ValueError, match="property 'bad'"):
+        properties.get(cfg, "bad", 0)
+
+
+@pytest.mark.parametrize("xml,message", [
+    ("<configuration><version>1</version><stream/></configuration>", "version-2"),
+    ("<configuration><version>2</version></configuration>", "no <stream>"),
+    ("<configuration><version>2</version><stream><parallel/></stream></configuration>", "<parallel>"),
+    ("<configuration><version>2</version><stream><external><connect port='1'/></external></stream></configuration>", "connect"),
+    ("<configuration><version>2</version><stream><external><execute name='gadgets.frames' type='matlab' target='x'/></external></stream></configuration>", "matlab"),
+])
+def test_pipeline_parse_errors(xml, message):
+    with pytest.raises(PipelineError, match=message):
+        parse_pipeline(xml)
