@@ -1,0 +1,21 @@
+"""Trivial gadgets for plumbing checks and ingest benchmarks."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def pass_through(connection: Any) -> None:
+    """Forward everything unchanged."""
+    for item in connection:
+        connection.send(item)
+
+
+def consume(connection: Any) -> None:
+    """Read everything, send nothing: measures how fast a host can deliver items to a gadget."""
+    count = 0
+    for _ in connection:
+        count += 1
+    log.info("consumed %d items", count)
