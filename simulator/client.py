@@ -285,6 +285,10 @@ def run_session(
                 # SO_LINGER 0: close() sends RST, like a scanner losing the link.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 result.t_send_done = time.perf_counter()
+                try:
+                    sock.shutdown(socket.SHUT_RD)  # wakes the receiver; no FIN goes out
+                except OSError:
+                    pass
                 sock.close()
                 receiver.join(timeout=5.0)
                 result.t_end = time.perf_counter()
