@@ -98,27 +98,39 @@ def frame_to_recon_data(frame: Frame) -> ReconData:
     return ReconData([ReconBit(_buffer(frame.kspace, frame.headers, frame.sampling), ref)])
 
 
-def _unbuffer(buffer: ReconBuffer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _unbuffer(buffer: ReconBuffer) -> Iterator[tuple[tuple[int, int, int], np.ndarray, np.ndarray, np.ndarray]]:
+    """Each 2-D frame of a buffer: ``((n, s, loc), kspace, headers, sampled)``.
+
+    Our accumulator puts one frame in a buffer; Gadgetron's C++
+    ``BucketToBufferGadget`` stacks frames along N (e.g. phases), S and LOC,
+    so both kinds of buffer are read here.
+    """
     data = np.asarray(buffer.data)
     if data.ndim != 7:
         raise ValueError(f"ReconBuffer data must be [RO, E1, E2, CHA, N, S, LOC], got shape {data.shape}")
-    nx, ny, ne2, coils = data.shape[:4]
-    if ne2 != 1 or data.shape[4:] != (1, 1, 1):
-        raise ValueError(f"only single 2-D frames per bit are supported, got data shape {data.shape}")
-    kspace = np.ascontiguousarray(np.transpose(data[:, :, 0, :, 0, 0, 0], (2, 1, 0))).astype(np.complex64)
-    headers = np.asarray(buffer.headers, dtype=object).reshape(ny)
-    sampled = np.array([h.number_of_samples > 0 for h in headers], dtype=bool)
-    return kspace, headers, sampled
+    nx, ny, ne2, coils, nn, ns, nloc = data.shape
+    if ne2 != 1:
+        raise ValueError(f"3-D encoding (E2 = {ne2}) is not supported by the 2-D cine gadgets")
+    headers = np.asarray(buffer.headers, dtype=object).reshape(ny, 1, nn, ns, nloc)
+    for loc in range(nloc):
+        for s in range(ns):
+            for n in range(nn):
+                kspace = np.ascontiguousarray(np.transpose(data[:, :, 0, :, n, s, loc], (2, 1, 0))).astype(np.complex64)
+                h = headers[:, 0, n, s, loc]
+                sampled = np.array([x.number_of_samples > 0 for x in h], dtype=bool)
+                yield (n, s, loc), kspace, h, sampled
 
 
 def frames_from(item: Any) -> Iterator[Frame]:
-    """Every frame in a ``ReconData`` (one per bit)."""
+    """Every 2-D frame in a ``ReconData``: one per bit and N/S/LOC index."""
     for bit in item:
-        kspace, headers, sampled = _unbuffer(bit.data)
-        calibration = calib_headers = None
+        refs = {}
         if bit.ref is not None:
-            calibration, calib_headers, _ = _unbuffer(bit.ref)
-        yield Frame(kspace, sampled, headers, bit.data.sampling, calibration, calib_headers)
+            refs = {index: (k, h) for index, k, h, _ in _unbuffer(bit.ref)}
+        for index, kspace, headers, sampled in _unbuffer(bit.data):
+            # A reference buffer usually has a single N; use the matching one if any.
+            ref = refs.get(index) or refs.get((0,) + index[1:]) or (None, None)
+            yield Frame(kspace, sampled, headers, bit.data.sampling, ref[0], ref[1])
 
 
 def time_dimension(header: Any, override: str = "") -> str:

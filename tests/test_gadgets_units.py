@@ -134,3 +134,21 @@ def test_properties_parse_and_name_bad_values():
 def test_pipeline_parse_errors(xml, message):
     with pytest.raises(PipelineError, match=message):
         parse_pipeline(xml)
+
+
+def test_gadgetron_style_buffer_with_stacked_phases_is_split_into_frames():
+    """Gadgetron's C++ BucketToBufferGadget stacks phases along N: each becomes a frame."""
+    from gadgetron.types.recon_data import ReconBit, ReconBuffer, ReconData
+
+    scan = small_cine(slices=1, frames=3, coils=2, ny=8, nx=8)
+    acc = FrameAccumulator(make_header(scan), time_dim="repetition")
+    frames = [f for a in acquisitions(scan) for f in acc.add(a)]
+    data = np.stack([np.transpose(f.kspace, (2, 1, 0)) for f in frames], axis=-1)  # RO, E1, CHA, N
+    data = data[:, :, None, :, :, None, None]
+    headers = np.stack([f.headers for f in frames], axis=-1)[:, None, :, None, None]
+    buffer = ReconBuffer(np.asfortranarray(data), None, None, headers, frames[0].sampling)
+    split = list(frames_from(ReconData([ReconBit(buffer)])))
+    assert len(split) == 3
+    for a, b in zip(split, frames):
+        np.testing.assert_array_equal(a.kspace, b.kspace)
+        assert a.reference_header.idx.repetition == b.reference_header.idx.repetition
