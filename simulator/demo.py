@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
     print(f"embedded host listening on 127.0.0.1:{host.port}")
     try:
         return replay.main([
-            "phantom:cine", "--host", "127.0.0.1", "--port", str(host.port), "--pipeline", args.pipeline,
+            "cine", "--host", "127.0.0.1", "--port", str(host.port), "--pipeline", args.pipeline,
             "--accel", str(args.accel), "--mask", args.mask, "--order", "realtime", "--frame-ms", str(args.frame_ms),
             "--slices", "2", "--coils", "8", "--matrix", str(args.matrix), "--frames", str(args.frames),
             "--out", str(args.out),
