@@ -40,10 +40,20 @@ def crop_readout(data: np.ndarray, keep: int) -> np.ndarray:
     return fft1c(image[..., start:start + keep], axis=-1).astype(np.complex64)
 
 
+def crop_operator(n: int, keep: int) -> np.ndarray:
+    """The ``(n, keep)`` matrix ``R`` with ``crop_readout(d, keep) == d @ R``.
+
+    Per readout a matrix product is several times cheaper than two FFTs
+    (and their shifts) at scanner readout rates of thousands per second.
+    """
+    return crop_readout(np.eye(n, dtype=np.complex64), keep)
+
+
 @reports_errors
 def remove_oversampling(connection: Any) -> None:
     """Gadget: crop every imaging readout to the recon field of view."""
     factor = oversampling_factor(connection.header)
+    operators: dict[tuple[int, int], np.ndarray] = {}
     if factor == 1.0:
         log.info("no readout oversampling in the header; passing readouts through")
     for item in connection:
@@ -60,4 +70,7 @@ def remove_oversampling(connection: Any) -> None:
         head.discard_pre = int(item.discard_pre * keep // n)
         head.discard_post = int(item.discard_post * keep // n)
         traj = np.zeros((keep, item.trajectory_dimensions), np.float32)
-        connection.send(ismrmrd.Acquisition(head, crop_readout(item.data, keep), traj))
+        op = operators.get((n, keep))
+        if op is None:
+            op = operators[(n, keep)] = crop_operator(n, keep)
+        connection.send(ismrmrd.Acquisition(head, np.ascontiguousarray(item.data @ op), traj))

@@ -152,3 +152,11 @@ def test_gadgetron_style_buffer_with_stacked_phases_is_split_into_frames():
     for a, b in zip(split, frames):
         np.testing.assert_array_equal(a.kspace, b.kspace)
         assert a.reference_header.idx.repetition == b.reference_header.idx.repetition
+
+
+def test_crop_operator_equals_fft_crop():
+    from gadgets.oversampling import crop_operator
+
+    rng = np.random.default_rng(3)
+    d = (rng.standard_normal((4, 96)) + 1j * rng.standard_normal((4, 96))).astype(np.complex64)
+    np.testing.assert_allclose(d @ crop_operator(96, 48), crop_readout(d, 48), atol=1e-5)

@@ -46,6 +46,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--slices", type=int, default=2)
     p.add_argument("--frame-ms", type=float, default=36.0)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--accel", type=float, nargs="+", default=[1.0, 8.0],
+                   help="accelerations for the latency runs (kt-gaussian masks with 16 ACS lines)")
     args = p.parse_args(argv)
 
     from pipelines.host import StreamHost
@@ -78,17 +80,21 @@ def main(argv: list[str]) -> int:
     print(f"  embedded host (socket -> reader -> chain -> consume gadget): {max(host_mbs):8.1f}")
     print(f"  gadgetron.external.Connection (python -m gadgetron ... consume): {max(ext_mbs):8.1f}")
 
-    res = run_session("127.0.0.1", host.port, header=header, items=acqs, config_file="cine_conventional",
-                      pacing=Pacing(mode="frame", frame_ms=args.frame_ms))
-    assert res.closed and len(res.images) == args.frames * args.slices, (len(res.images), res.texts)
-    lat = []
-    for image, arrived in zip(res.images, res.image_times):
-        sent = res.send_times[(image.slice, image.contrast, image.repetition)]
-        lat.append((arrived - sent) * 1e3)
-    lat = np.array(lat)
+    from models.masks import line_mask
+
     print(f"\nconventional chain frame latency at {args.frame_ms:g} ms per frame "
-          f"(last readout sent -> image received, {len(lat)} frames):")
-    print(f"  p50 {np.percentile(lat, 50):6.1f} ms   p95 {np.percentile(lat, 95):6.1f} ms   max {lat.max():6.1f} ms")
+          f"(last readout sent -> image received):")
+    for accel in args.accel:
+        mask = None if accel <= 1 else line_mask("kt-gaussian", scan.ny, args.frames, accel=accel, acs=16, seed=0)
+        items = list(acquisitions(scan, mask))
+        res = run_session("127.0.0.1", host.port, header=make_header(scan, accel=accel), items=items,
+                          config_file="cine_conventional", pacing=Pacing(mode="frame", frame_ms=args.frame_ms))
+        assert res.closed and len(res.images) == args.frames * args.slices, (len(res.images), res.texts)
+        lat = np.array([(arrived - res.send_times[(im.slice, im.contrast, im.repetition)]) * 1e3
+                        for im, arrived in zip(res.images, res.image_times)])
+        rate = len(items) / (args.frames * args.slices * args.frame_ms / 1e3)  # one block per slice and frame
+        print(f"  R={accel:<4g} ({rate:7.0f} readouts/s): p50 {np.percentile(lat, 50):6.1f} ms   "
+              f"p95 {np.percentile(lat, 95):6.1f} ms   max {lat.max():6.1f} ms   ({len(lat)} frames)")
     host.shutdown()
     host.server_close()
     return 0
