@@ -145,7 +145,10 @@ def simulate_acquisition(rng: np.random.Generator, images: np.ndarray, masks: np
     kspace = (full * m).astype(np.complex64)
     counts = np.maximum(masks.sum(0), 1)[None, :, None]
     averaged = kspace.sum(0) / counts
-    est = estimate_coil_maps(averaged)
+    try:
+        est = estimate_coil_maps(averaged)
+    except ValueError:  # tiny matrices at high acceleration: no contiguous centre; use the central 4 lines anyway
+        est = estimate_coil_maps(averaged, calib_lines=(ny // 2 - 2, ny // 2 + 2))
     zf = np.sum(np.conj(est)[None] * ifft2c(kspace), axis=1)
     target = np.sum(np.conj(est)[None] * ifft2c(full), axis=1)
     return {"kspace": kspace, "maps": est, "zero_filled": zf.astype(np.complex64), "target": target.astype(np.complex64)}
@@ -190,6 +193,20 @@ class CineSampler:
         img = img * np.exp(1j * smooth_random_phase(rng, self.size))
         return periodic_motion(img.astype(np.complex64), n_frames, amplitude_px=float(rng.uniform(*self.motion_px)),
                                seed=int(rng.integers(1 << 31)))
+
+    def clip(self, rng: np.random.Generator, length: int) -> dict[str, np.ndarray]:
+        """A whole short periodic clip for unsupervised (DDEI) training: ``zero_filled (L, ny, nx)``,
+        ``kspace (L, C, ny, nx)``, ``mask (L, ny)``, ``maps``; ``target_image (L, ny, nx)`` is for
+        validation only (the unsupervised loss never reads it). Scaled like ``__call__``."""
+        s = self.settings
+        video = self.cine(rng, length)
+        ny = video.shape[-2]
+        masks, _ = sample_line_masks(rng, ny, length, float(rng.uniform(*s.accel)), s.acs(ny), s.families)
+        acq = simulate_acquisition(rng, video, masks, int(rng.integers(s.coils[0], s.coils[1] + 1)),
+                                   float(rng.uniform(*s.noise)))
+        sc = _scale(acq["zero_filled"])
+        return {"zero_filled": acq["zero_filled"] / sc, "kspace": acq["kspace"] / sc, "mask": masks,
+                "maps": acq["maps"], "target_image": acq["target"] / sc}
 
     def __call__(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         s = self.settings
@@ -246,11 +263,12 @@ class PairSampler:
 def collate(samples: Sequence[dict[str, np.ndarray]], pad_coils: bool = True) -> dict[str, np.ndarray]:
     """Stack samples; coil counts differ, so k-space and maps are zero-padded to the largest (zero maps add nothing)."""
     out: dict[str, np.ndarray] = {}
-    cmax = max(s["kspace"].shape[0] for s in samples)
+    cmax = max(s["maps"].shape[-3] for s in samples)
     for key in samples[0]:
         arrs = [np.asarray(s[key]) for s in samples]
-        if key in ("kspace", "maps") and pad_coils:
-            arrs = [np.concatenate([a, np.zeros((cmax - a.shape[0],) + a.shape[1:], a.dtype)]) for a in arrs]
+        if key in ("kspace", "maps") and pad_coils:  # the coil axis is -3 in both
+            arrs = [np.concatenate([a, np.zeros(a.shape[:-3] + (cmax - a.shape[-3],) + a.shape[-2:], a.dtype)], axis=-3)
+                    for a in arrs]
         out[key] = np.stack(arrs)
     return out
 
