@@ -63,3 +63,14 @@ def test_similarity_is_one_for_identical_neighbours():
 def test_paper_config_is_constructible():
     model = SGFMRI(SGFMRIConfig.paper())
     assert sum(p.numel() for p in model.parameters()) > 1_000_000
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cpu_and_cuda_agree():
+    torch.manual_seed(3)
+    model = SGFMRI(TINY).eval()
+    x, r = torch.randn(2, 2, 26, 22), torch.randn(2, 2, 26, 22)
+    with torch.no_grad():
+        cpu = model(x, r)
+        gpu = model.cuda()(x.cuda(), r.cuda()).cpu()
+    assert torch.allclose(cpu, gpu, atol=1e-3, rtol=1e-3)
