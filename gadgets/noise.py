@@ -17,6 +17,7 @@ import ismrmrd
 import numpy as np
 
 from .errors import reports_errors
+from .runtime import single_threaded_blas
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def whiten(data: np.ndarray, matrix: np.ndarray, scale: float = 1.0) -> np.ndarr
 @reports_errors
 def prewhiten(connection: Any) -> None:
     """Gadget: consume noise readouts, whiten every following readout."""
+    single_threaded_blas()
     stats = NoiseStatistics()
     matrix: np.ndarray | None = None
     for item in connection:

@@ -16,6 +16,7 @@ import numpy as np
 from models.fft import fft1c, ifft1c
 
 from .errors import reports_errors
+from .runtime import single_threaded_blas
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ def crop_operator(n: int, keep: int) -> np.ndarray:
 @reports_errors
 def remove_oversampling(connection: Any) -> None:
     """Gadget: crop every imaging readout to the recon field of view."""
+    single_threaded_blas()
     factor = oversampling_factor(connection.header)
     operators: dict[tuple[int, int], np.ndarray] = {}
     if factor == 1.0:
