@@ -1,0 +1,153 @@
+"""The one inference interface the deep-learning gadgets call (DESIGN.md contract 4).
+
+Two backends answer the same three calls:
+
+- :class:`InProcessBackend` (the default): ``models.inference.load_model`` in
+  this process. Loaded models are cached per process, so every session of
+  the embedded host shares one copy; a fresh Gadgetron external process pays
+  the load once per scan.
+- the inference service client (``pipelines.inference_client``), chosen by
+  the pipeline property ``inference_endpoint`` (e.g. ``tcp://127.0.0.1:5555``).
+  It is imported by name with :mod:`importlib`, so no gadget module imports
+  socket code statically (gadgets know no sockets; ``pipelines`` does).
+
+Calls (NumPy in, NumPy out, shapes as in :mod:`models.inference`)::
+
+    backend.cine_batch(frames (B,3,ny,nx), kspace (B,C,ny,nx), mask (B,ny), maps (B,C,ny,nx), causal) -> (B,ny,nx)
+    backend.pair_batch(reference (B,ny,nx) | None, target_zf (B,ny,nx), kspace, mask, maps) -> (B,ny,nx)
+    backend.model_info(model) -> {"name", "version", "device", ...}
+
+Every failure (model error, timeout, service down) raises
+:class:`InferenceError`; the gadgets catch it and fall back to the
+conventional image, flagged in the image meta.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from . import properties
+
+log = logging.getLogger(__name__)
+
+CLIENT_MODULE = "pipelines.inference_client"
+
+
+class InferenceError(RuntimeError):
+    """Inference did not produce an image (the reason is the message)."""
+
+
+class Backend(Protocol):
+    label: str
+
+    def cine_batch(self, frames: np.ndarray, kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray,
+                   causal: bool) -> np.ndarray: ...
+
+    def pair_batch(self, reference: np.ndarray | None, target: np.ndarray, kspace: np.ndarray, mask: np.ndarray,
+                   maps: np.ndarray) -> np.ndarray: ...
+
+    def model_info(self, model: str) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+_MODELS: dict[tuple, Any] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def cached_model(name: str, device: str = "cpu", weights: str | None = None, allow_random: bool = False):
+    """``models.inference.load_model`` once per (name, device, weights) in this process."""
+    key = (name, device, str(Path(weights).resolve()) if weights else "", bool(allow_random))
+    with _MODELS_LOCK:
+        rec = _MODELS.get(key)
+        if rec is None:
+            from models.inference import load_model
+
+            rec = load_model(name, device=device, weights=weights or None, allow_random=allow_random)
+            log.info("loaded %s (%s) on %s", rec.name, rec.version, rec.device)
+            _MODELS[key] = rec
+        return rec
+
+
+class InProcessBackend:
+    """Models in this process; one lock per model keeps concurrent sessions from oversubscribing the CPU."""
+
+    label = "in-process"
+
+    def __init__(self, device: str = "cpu", weights: dict[str, str | None] | None = None,
+                 allow_random: bool = False) -> None:
+        self.device = device
+        self.weights = dict(weights or {})
+        self.allow_random = allow_random
+        self._locks: dict[str, threading.Lock] = {}
+
+    def _model(self, name: str):
+        try:
+            return cached_model(name, self.device, self.weights.get(name), self.allow_random)
+        except Exception as exc:
+            raise InferenceError(f"cannot load {name}: {type(exc).__name__}: {exc}") from exc
+
+    def _lock(self, name: str) -> threading.Lock:
+        return self._locks.setdefault(name, threading.Lock())
+
+    def cine_batch(self, frames, kspace, mask, maps, causal):
+        rec = self._model("kgmgt")
+        try:
+            with self._lock("kgmgt"):
+                return rec.reconstruct_cine_batch(frames, kspace, mask, maps, causal=causal)
+        except Exception as exc:
+            raise InferenceError(f"kgmgt failed: {type(exc).__name__}: {exc}") from exc
+
+    def pair_batch(self, reference, target, kspace, mask, maps):
+        rec = self._model("sgfmri")
+        try:
+            with self._lock("sgfmri"):
+                return rec.reconstruct_pair_batch(reference, target, kspace, mask, maps)
+        except Exception as exc:
+            raise InferenceError(f"sgfmri failed: {type(exc).__name__}: {exc}") from exc
+
+    def model_info(self, model: str) -> dict[str, Any]:
+        return dict(self._model(model).info)
+
+    def close(self) -> None:
+        pass
+
+
+def backend_from_config(config: Any) -> Backend:
+    """The backend a gadget's properties ask for.
+
+    Properties: ``inference_endpoint`` (empty: in-process), ``inference_timeout_ms``
+    (service only, default 5000), ``device`` ("cpu", "cuda", "auto"; in-process,
+    default "auto"), ``kgmgt_weights`` / ``sgfmri_weights`` (a ``.safetensors``
+    path; default the shipped set), ``allow_random`` (tests only: untrained
+    network when no weights exist; default false).
+    """
+    endpoint = properties.get(config, "inference_endpoint", "").strip()
+    if endpoint:
+        module = importlib.import_module(CLIENT_MODULE)
+        return module.InferenceClient(endpoint, timeout_ms=properties.get(config, "inference_timeout_ms", 5000))
+    return InProcessBackend(
+        device=properties.get(config, "device", "auto"),
+        weights={"kgmgt": properties.get(config, "kgmgt_weights", "") or None,
+                 "sgfmri": properties.get(config, "sgfmri_weights", "") or None},
+        allow_random=properties.get(config, "allow_random", False),
+    )
+
+
+def model_meta(backend: Backend, model: str) -> dict[str, str]:
+    """Meta naming the model for the images; never raises (a dead service is reported by the call itself)."""
+    try:
+        info = backend.model_info(model)
+    except Exception as exc:  # the fallback path will say why per image
+        log.warning("model info unavailable from %s: %s", backend.label, exc)
+        return {"ModelVersion": "unknown", "Weights": "unknown"}
+    return {"ModelVersion": str(info.get("version", "unknown")), "Weights": str(info.get("name", "unknown")),
+            "InferenceDevice": str(info.get("device", "unknown"))}
+
+
+__all__ = ["InferenceError", "InProcessBackend", "backend_from_config", "cached_model", "model_meta"]

@@ -1,0 +1,180 @@
+"""Client of the inference service (``streamrecon infer-server``) over ZeroMQ.
+
+Wire format, both directions: a multipart message, first part a UTF-8 JSON
+header, then one raw buffer per array, described in the header's
+``"arrays"`` list as ``{"name", "dtype", "shape"}``. Only plain numeric
+dtypes are accepted; nothing is pickled.
+
+Requests: ``{"op": "health"}``, ``{"op": "info", "model": ...}``,
+``{"op": "cine", "causal": bool}`` with arrays frames, kspace, mask, maps,
+``{"op": "pair"}`` with arrays [reference], target, kspace, mask, maps.
+Replies: ``{"ok": true, ...}`` with array ``image``, or ``{"ok": false, "error": text}``.
+
+The client is a DEALER socket with one request in flight. A request that
+gets no answer within ``timeout_ms`` raises :class:`~gadgets.inference.InferenceError`;
+the socket is then rebuilt (a late answer is discarded by request id) and,
+for ``retry_after_s``, further calls fail at once instead of each waiting
+out the timeout, so a dead service costs a scan one timeout, not one per
+frame.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+import zmq
+
+from gadgets.inference import InferenceError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"complex64", "float32", "float64", "bool", "int32", "int64", "uint8"}
+
+
+def encode(header: dict[str, Any], arrays: dict[str, np.ndarray | None]) -> list[bytes | memoryview]:
+    """``[json header, buffer, buffer, ...]``; ``None`` arrays are left out."""
+    parts: list[bytes | memoryview] = []
+    described = []
+    for name, a in arrays.items():
+        if a is None:
+            continue
+        a = np.ascontiguousarray(a)
+        if a.dtype.name not in DTYPES:
+            raise TypeError(f"array {name!r}: dtype {a.dtype} cannot travel")
+        described.append({"name": name, "dtype": a.dtype.name, "shape": list(a.shape)})
+        parts.append(memoryview(a).cast("B") if a.size else b"")
+    return [json.dumps({**header, "arrays": described}).encode()] + parts
+
+
+def decode(parts: list[bytes]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The inverse of :func:`encode`; checks every buffer against its description."""
+    if not parts:
+        raise ValueError("empty message")
+    header = json.loads(bytes(parts[0]).decode())
+    described = header.pop("arrays", [])
+    if len(described) != len(parts) - 1:
+        raise ValueError(f"header describes {len(described)} arrays, message has {len(parts) - 1}")
+    arrays = {}
+    for d, buf in zip(described, parts[1:]):
+        if d["dtype"] not in DTYPES:
+            raise ValueError(f"array {d['name']!r}: dtype {d['dtype']!r} not accepted")
+        dtype = np.dtype(d["dtype"])
+        shape = tuple(int(n) for n in d["shape"])
+        if len(buf) != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
+            raise ValueError(f"array {d['name']!r}: {len(buf)} bytes do not hold {d['dtype']} {shape}")
+        arrays[d["name"]] = np.frombuffer(buf, dtype=dtype).reshape(shape)
+    return header, arrays
+
+
+class InferenceClient:
+    """One connection to the service; the gadget-side backend (see :mod:`gadgets.inference`)."""
+
+    def __init__(self, endpoint: str, timeout_ms: int = 5000, retry_after_s: float = 2.0,
+                 context: zmq.Context | None = None) -> None:
+        self.endpoint = endpoint
+        self.timeout_ms = int(timeout_ms)
+        self.retry_after_s = retry_after_s
+        self.label = f"service {endpoint}"
+        self._ctx = context or zmq.Context.instance()
+        self._ids = itertools.count(1)
+        self._socket: zmq.Socket | None = None
+        self._down_until = 0.0
+        self._down_reason = ""
+        self._info: dict[str, dict] = {}
+        self._tag = f"{os.getpid()}-{id(self):x}"
+
+    def _connect(self) -> zmq.Socket:
+        if self._socket is None:
+            s = self._ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(self.endpoint)
+            self._socket = s
+        return self._socket
+
+    def _reset(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def request(self, header: dict[str, Any], arrays: dict[str, np.ndarray | None] | None = None,
+                timeout_ms: int | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        now = time.monotonic()
+        if now < self._down_until:
+            raise InferenceError(f"inference service {self.endpoint} unavailable ({self._down_reason}); "
+                                 f"retrying in {self._down_until - now:.1f} s")
+        rid = f"{self._tag}-{next(self._ids)}"
+        sock = self._connect()
+        timeout = self.timeout_ms if timeout_ms is None else timeout_ms
+        try:
+            sock.send_multipart(encode({**header, "id": rid}, arrays or {}), copy=False)
+            deadline = time.monotonic() + timeout / 1000.0
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sock.poll(max(1, int(left * 1000))):
+                    raise TimeoutError(f"no answer within {timeout} ms")
+                reply, out = decode(sock.recv_multipart())
+                if reply.get("id") == rid:
+                    break
+                log.debug("discarding a late answer %s", reply.get("id"))
+        except Exception as exc:
+            self._reset()
+            self._down_reason = f"{type(exc).__name__}: {exc}"
+            self._down_until = time.monotonic() + self.retry_after_s
+            log.warning("inference service %s: %s", self.endpoint, self._down_reason)
+            raise InferenceError(f"inference service {self.endpoint}: {self._down_reason}") from exc
+        if not reply.get("ok"):
+            raise InferenceError(f"inference service {self.endpoint}: {reply.get('error', 'unknown error')}")
+        return reply, out
+
+    # ---------------------------------------------------------------- backend interface
+    @staticmethod
+    def _batched_mask(mask, kspace) -> np.ndarray:
+        mask, n = np.asarray(mask, bool), len(kspace)
+        # (B, ny) per-item lines (what the gadgets pass) or (B, ny, nx); else one shared mask.
+        per_item = mask.ndim == 3 or (mask.ndim == 2 and mask.shape == (n, kspace.shape[-2]))
+        return mask if per_item else np.broadcast_to(mask, (n,) + mask.shape)
+
+    def cine_batch(self, frames, kspace, mask, maps, causal):
+        mask = self._batched_mask(mask, kspace)
+        _, out = self.request({"op": "cine", "causal": bool(causal)},
+                              {"frames": np.asarray(frames, np.complex64), "kspace": np.asarray(kspace, np.complex64),
+                               "mask": np.asarray(mask, bool), "maps": np.asarray(maps, np.complex64)})
+        return np.array(out["image"])
+
+    def pair_batch(self, reference, target, kspace, mask, maps):
+        mask = self._batched_mask(mask, kspace)
+        _, out = self.request({"op": "pair"},
+                              {"reference": None if reference is None else np.asarray(reference, np.complex64),
+                               "target": np.asarray(target, np.complex64), "kspace": np.asarray(kspace, np.complex64),
+                               "mask": np.asarray(mask, bool), "maps": np.asarray(maps, np.complex64)})
+        return np.array(out["image"])
+
+    def model_info(self, model: str) -> dict[str, Any]:
+        if model not in self._info:
+            reply, _ = self.request({"op": "info", "model": model})
+            self._info[model] = reply["info"]
+        return self._info[model]
+
+    def health(self, timeout_ms: int = 1000) -> dict[str, Any]:
+        reply, _ = self.request({"op": "health"}, timeout_ms=timeout_ms)
+        return reply
+
+    def close(self) -> None:
+        self._reset()
+
+
+def health(endpoint: str, timeout_ms: int = 1000) -> dict[str, Any]:
+    """One health check of the service at ``endpoint`` (raises InferenceError when it does not answer)."""
+    client = InferenceClient(endpoint, timeout_ms=timeout_ms, retry_after_s=0.0)
+    try:
+        return client.health(timeout_ms)
+    finally:
+        client.close()
+
+
+__all__ = ["InferenceClient", "encode", "decode", "health"]
