@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-from .pipeline_config import DEFAULT_GADGET_PACKAGES
+from .pipeline_config import DEFAULT_GADGET_PACKAGES, PIPELINE_DIR, PipelineError, load_gadgets, parse_pipeline
 from .protocol import Limits
 from .session import Session, SessionOptions
 
@@ -79,6 +79,22 @@ class StreamHost(socketserver.ThreadingTCPServer):
             self.address_family = socket.AF_INET6
         super().__init__((host, port), _Handler)
 
+    def preload_pipelines(self) -> list[str]:
+        """Import every known pipeline's gadget modules now, so the first scan does not pay for it.
+
+        Returns the pipelines that could not be loaded (logged, not fatal:
+        a broken site pipeline must not stop the others from serving).
+        """
+        failed = []
+        folders = [*self.options.search_dirs, PIPELINE_DIR]
+        for path in sorted({p.name: p for d in reversed(folders) for p in Path(d).glob("*.xml")}.values()):
+            try:
+                load_gadgets(parse_pipeline(path.read_text(), path.name), self.options.allowed_packages)
+            except PipelineError as exc:
+                log.warning("pipeline %s not preloaded: %s", path.name, exc)
+                failed.append(path.name)
+        return failed
+
     @property
     def port(self) -> int:
         return int(self.server_address[1])
@@ -132,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.stream:
         return run_stream(options=options)
     server = StreamHost(args.host, args.port, options, idle_timeout_s=args.idle_timeout)
+    server.preload_pipelines()
     log.info("streamrecon host listening on %s:%d", args.host, server.port)
     try:
         server.serve_forever()

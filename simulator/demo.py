@@ -30,6 +30,7 @@ def main(argv: list[str]) -> int:
     from simulator import replay
 
     host = StreamHost("127.0.0.1", 0)
+    host.preload_pipelines()
     host.start_background()
     print(f"embedded host listening on 127.0.0.1:{host.port}")
     try:

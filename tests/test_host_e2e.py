@@ -133,3 +133,7 @@ def test_four_concurrent_sessions_equal_sequential(stream_host):
         for a, b in zip(seq.images, con.images):
             np.testing.assert_array_equal(a.data, b.data)
             assert a.image_index == b.image_index and a.repetition == b.repetition
+
+
+def test_preload_imports_every_shipped_pipeline(stream_host):
+    assert stream_host.preload_pipelines() == []
