@@ -106,9 +106,10 @@ class InferenceService:
             for identity, header, _ in items:
                 self._reply(identity, {"ok": False, "id": header.get("id"), "error": f"{type(exc).__name__}: {exc}"})
             return
-        self.counts[op] += len(items)
+        self.counts[op] += sum(sizes)  # images
+        self.counts[f"{op}_requests"] += len(items)
         self.counts["batches"] += 1
-        self.counts["max_batch_items"] = max(self.counts["max_batch_items"], len(items))
+        self.counts["max_batch_requests"] = max(self.counts["max_batch_requests"], len(items))
         start = 0
         for (identity, header, _), n in zip(items, sizes):
             self._reply(identity, {"ok": True, "id": header.get("id"), "batch": len(items)},
