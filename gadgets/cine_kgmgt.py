@@ -36,15 +36,21 @@ scan's length; per gated series: its phases until all are out.
 Properties: ``mode`` ("centered" | "causal", default centered),
 ``series_index`` (1), ``conventional_series_index`` (0), ``emit_conventional``
 (true), ``time_dimension`` (default from the header), ``max_calibration_lines``
-(32), ``max_batch`` (8, windows released together run as one batch), and the
-inference properties of :func:`gadgets.inference.backend_from_config`.
+(32), ``max_batch`` (8: windows released together, or waiting while the
+model was busy, run as one batch), ``model_thread`` (true: the model runs on
+its own thread so conventional images never wait for it; false: inline),
+``max_pending`` (32 windows queued for the model before the frame path
+waits), and the inference properties of
+:func:`gadgets.inference.backend_from_config`.
 """
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import ismrmrd
 import numpy as np
@@ -236,6 +242,7 @@ class KGMgTStream:
         self.meta = {"Model": "KGMgT", "Mode": self.mode, "InferenceBackend": self.backend.label,
                      **model_meta(self.backend, "kgmgt")}
         self.held: dict[GroupKey, dict[int, _Held]] = {}
+        self.worker: ModelWorker | None = None  # set by the gadget: model beside the frame path
         self.counts = {"model": 0, "fallback": 0}
         self._reasons: set[str] = set()
         log.info("KGMgT %s over %s (period %s), inference %s, %s %s", self.mode, self.time_dim,
@@ -245,12 +252,17 @@ class KGMgTStream:
         s, c, st, t = frame.key(self.time_dim)
         return (s, c, st), t
 
-    def add(self, frame: Frame) -> list[ismrmrd.Image]:
-        """One completed frame in; the images it releases out (conventional first)."""
-        out = []
+    def add(self, frame: Frame) -> Iterator[ismrmrd.Image]:
+        """One completed frame in; the images it releases out, as they are made.
+
+        A generator, so the frame's conventional image leaves before the
+        model runs. With a :class:`ModelWorker` attached (``self.worker``), the
+        model-series images leave from the worker instead and only the
+        conventional image comes out here.
+        """
         conv = conventional_image(frame, self.header, self.cache, "sense", self.conv_series)
         if self.emit_conventional:
-            out.append(conv)
+            yield conv
         g, t = self._key(frame)
         try:
             k, m = recon_kspace(frame.kspace, frame.sampled, self.recon_shape)
@@ -258,17 +270,29 @@ class KGMgTStream:
             log.warning("frame %s %d: %s", g, t, exc)
             k, m = None, None
         self.held.setdefault(g, {})[t] = _Held(frame, k, m, _pixels(conv), dict(conv.meta))
-        out.extend(self._run(self.windows.add(g, t)))
+        jobs = [self._job(w) for w in self.windows.add(g, t)]
         self._prune(g)
-        return out
+        yield from self._dispatch(jobs)
 
     def flush(self) -> list[ismrmrd.Image]:
-        out = self._run(self.windows.flush())
+        """The stream ended: the frames still waiting, with the best neighbours available."""
+        jobs = [self._job(w) for w in self.windows.flush()]
         for g in list(self.held):
             self._prune(g)
+        out = list(self._dispatch(jobs))
+        if self.worker is not None:
+            self.worker.finish()
         log.info("KGMgT: %d model images, %d fallbacks%s", self.counts["model"], self.counts["fallback"],
                  f" ({'; '.join(sorted(self._reasons))})" if self._reasons else "")
         return out
+
+    def _dispatch(self, jobs: list["_Job"]) -> Iterator[ismrmrd.Image]:
+        if self.worker is not None:
+            for job in jobs:
+                self.worker.put(job)
+            return
+        for i in range(0, len(jobs), self.max_batch):
+            yield from self.execute(jobs[i:i + self.max_batch])
 
     def _prune(self, g: GroupKey) -> None:
         gone = self.windows.droppable(g)
@@ -277,45 +301,48 @@ class KGMgTStream:
                 self.held[g].pop(t, None)
             self.windows.drop(g, gone)
 
-    def _run(self, windows: list[Window]) -> list[ismrmrd.Image]:
-        out = []
-        for i in range(0, len(windows), self.max_batch):
-            out.extend(self._run_batch(windows[i:i + self.max_batch]))
-        return out
+    def _job(self, w: Window) -> "_Job":
+        """Everything the model needs for window ``w``, made now (the held frames may go afterwards)."""
+        held = self.held[w.group]
+        target = held[w.t]
+        job = _Job(w, target.frame, target.conventional, target.conventional_meta)
+        maps, job.coil_source = self.cache.get(w.group[0])
+        if maps is None:
+            job.reason = "no coil maps yet (too few calibration lines)"
+        elif any(held[t].kspace is None for t in w.times):
+            job.reason = "k-space not representable on the recon matrix"
+        else:
+            # zero-filled SENSE images of the window, all with the maps the model's DC uses
+            job.frames = np.stack([sense_combine(ifft2c(held[t].kspace), maps) for t in w.times]).astype(np.complex64)
+            job.kspace, job.mask, job.maps = target.kspace, target.mask, maps
+        return job
 
-    def _fallback(self, w: Window, reason: str) -> ismrmrd.Image:
-        held = self.held[w.group][w.t]
+    def _fallback(self, job: "_Job", reason: str) -> ismrmrd.Image:
+        w = job.window
         if reason not in self._reasons:
             log.warning("KGMgT fallback to the conventional image (frame %s %d): %s", w.group, w.t, reason)
             self._reasons.add(reason)
         self.counts["fallback"] += 1
-        meta = {**self.meta, "ReconMethod": held.conventional_meta.get("ReconMethod", "zero-filled"),
-                "CoilMaps": held.conventional_meta.get("CoilMaps", "none"), "Fallback": reason,
+        meta = {**self.meta, "ReconMethod": job.conventional_meta.get("ReconMethod", "zero-filled"),
+                "CoilMaps": job.conventional_meta.get("CoilMaps", "none"), "Fallback": reason,
                 "Window": ",".join(map(str, w.times))}
-        return image_from_frame(held.frame, held.conventional, self.header, series_index=self.series, meta=meta)
+        return image_from_frame(job.frame, job.conventional, self.header, series_index=self.series, meta=meta)
 
-    def _run_batch(self, windows: list[Window]) -> list[ismrmrd.Image]:
+    def execute(self, jobs: list["_Job"]) -> list[ismrmrd.Image]:
+        """The model-series images of ``jobs`` (one batched call), in order; never raises for a model failure."""
         results: dict[int, ismrmrd.Image] = {}
         todo = []
-        for i, w in enumerate(windows):
-            maps, source = self.cache.get(w.group[0])
-            group = self.held[w.group]
-            if maps is None:
-                results[i] = self._fallback(w, "no coil maps yet (too few calibration lines)")
-            elif any(group[t].kspace is None for t in w.times):
-                results[i] = self._fallback(w, "k-space not representable on the recon matrix")
+        for i, job in enumerate(jobs):
+            if job.reason is not None:
+                results[i] = self._fallback(job, job.reason)
             else:
-                todo.append((i, w, maps, source))
+                todo.append((i, job))
         if todo:
-            frames = np.stack([np.stack([sense_combine(ifft2c(self.held[w.group][t].kspace), maps) for t in w.times])
-                               for _, w, maps, _ in todo]).astype(np.complex64)
-            target = [self.held[w.group][w.t] for _, w, _, _ in todo]
-            kspace = np.stack([h.kspace for h in target])
-            mask = np.stack([h.mask for h in target])
-            maps = np.stack([m for _, _, m, _ in todo])
             start = time.perf_counter()
             try:
-                images = self.backend.cine_batch(frames, kspace, mask, maps, self.mode == "causal")
+                images = self.backend.cine_batch(np.stack([j.frames for _, j in todo]), np.stack([j.kspace for _, j in todo]),
+                                                 np.stack([j.mask for _, j in todo]), np.stack([j.maps for _, j in todo]),
+                                                 self.mode == "causal")
                 if images.shape != (len(todo),) + self.recon_shape:
                     raise InferenceError(f"model returned {images.shape}, expected {(len(todo),) + self.recon_shape}")
                 if not np.all(np.isfinite(images)):
@@ -326,32 +353,113 @@ class KGMgTStream:
             except Exception as exc:  # never lose a frame to an unexpected backend error
                 error = f"{type(exc).__name__}: {exc}"
             ms = (time.perf_counter() - start) * 1000.0
-            for j, (i, w, _, source) in enumerate(todo):
+            for j, (i, job) in enumerate(todo):
                 if error is not None:
-                    results[i] = self._fallback(w, error)
+                    results[i] = self._fallback(job, error)
                     continue
                 self.counts["model"] += 1
-                meta = {**self.meta, "ReconMethod": "KGMgT + k-space DC", "CoilMaps": source,
-                        "Window": ",".join(map(str, w.times)), "InferenceMs": f"{ms:.1f}", "Batch": str(len(todo))}
-                results[i] = image_from_frame(target[j].frame, images[j], self.header, series_index=self.series,
-                                              meta=meta)
-        return [results[i] for i in range(len(windows))]
+                meta = {**self.meta, "ReconMethod": "KGMgT + k-space DC", "CoilMaps": job.coil_source,
+                        "Window": ",".join(map(str, job.window.times)), "InferenceMs": f"{ms:.1f}",
+                        "Batch": str(len(todo))}
+                results[i] = image_from_frame(job.frame, images[j], self.header, series_index=self.series, meta=meta)
+        return [results[i] for i in range(len(jobs))]
+
+
+@dataclass
+class _Job:
+    window: Window
+    frame: Frame
+    conventional: np.ndarray
+    conventional_meta: dict
+    coil_source: str = "none"
+    reason: str | None = None
+    frames: np.ndarray | None = None   # (3, ny, nx) zero-filled window
+    kspace: np.ndarray | None = None   # (coils, ny, nx) frame t's measured k-space
+    mask: np.ndarray | None = None     # (ny,)
+    maps: np.ndarray | None = None     # (coils, ny, nx)
+
+
+class ModelWorker:
+    """Runs the model beside the frame path, so conventional images never wait for the network.
+
+    Jobs queue in release order (bounded by ``max_pending``: when the model
+    falls that far behind, the frame path waits, which keeps memory bounded
+    however long the scan). The worker takes every job waiting (up to
+    ``max_batch``) as one batch, so a model slower than the frame rate
+    catches up with bigger batches instead of an ever longer queue of single
+    calls. ``send`` is called from the worker thread only; images of the
+    model series leave in release order.
+    """
+
+    _END = object()
+
+    def __init__(self, stream: KGMgTStream, send: Callable[[ismrmrd.Image], None], max_pending: int = 32) -> None:
+        self.stream, self.send = stream, send
+        self.queue: queue.Queue = queue.Queue(maxsize=max(1, max_pending))
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="kgmgt-model", daemon=True)
+        self.thread.start()
+
+    def put(self, job: _Job) -> None:
+        self.queue.put(job)
+
+    def finish(self) -> None:
+        self.queue.put(self._END)
+        self.thread.join()
+        if self.error is not None:
+            raise RuntimeError(f"KGMgT model worker failed: {self.error}") from self.error
+
+    def _run(self) -> None:
+        done = False
+        while not done:
+            batch = [self.queue.get()]
+            while len(batch) < self.stream.max_batch:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            if batch[-1] is self._END:
+                batch.pop()
+                done = True
+            if not batch:
+                continue
+            try:
+                images = self.stream.execute(batch)
+            except BaseException as exc:  # image building failed: still one (flagged) image per frame
+                log.exception("KGMgT batch failed")
+                self.error = self.error or exc
+                try:
+                    images = [self.stream._fallback(job, f"{type(exc).__name__}: {exc}") for job in batch]
+                except BaseException:
+                    continue
+            for image in images:
+                self.send(image)
 
 
 @reports_errors
 def reconstruct(connection: Any) -> None:
     """Gadget: ``ReconData`` frames in; conventional and KGMgT images out (module docstring)."""
     stream = KGMgTStream(connection.header, connection.config)
+    lock = threading.Lock()  # gadgetron.external.Connection.send is not thread-safe
+
+    def send(item: Any) -> None:
+        with lock:
+            connection.send(item)
+
+    if properties.get(connection.config, "model_thread", True):
+        stream.worker = ModelWorker(stream, send, properties.get(connection.config, "max_pending", 32))
     try:
         for item in connection:
             if not hasattr(item, "bits"):
-                connection.send(item)
+                send(item)
                 continue
             for frame in frames_from(item):
                 for image in stream.add(frame):
-                    connection.send(image)
+                    send(image)
     finally:
         # Also on failure: frames still waiting for neighbours get their images.
-        for image in stream.flush():
-            connection.send(image)
-        stream.backend.close()
+        try:
+            for image in stream.flush():
+                send(image)
+        finally:
+            stream.backend.close()

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import ismrmrd
 import numpy as np
@@ -203,7 +203,8 @@ class SGFMRIStream:
         return resample(stored.image, self.recon_shape), f"store ({stored.age_s:.0f} s old, {stored.meta.get('measurement_id', '?')})", ""
 
     # ---------------------------------------------------------------- frames
-    def add(self, frame: Frame) -> list[ismrmrd.Image]:
+    def add(self, frame: Frame) -> Iterator[ismrmrd.Image]:
+        """A frame in; its conventional image out at once, then (targets) the SGF-MRI image."""
         conv = conventional_image(frame, self.header, self.cache, "sense", self.conv_series)
         contrast = int(frame.reference_header.idx.contrast)
         if contrast == self.reference_contrast:
@@ -211,9 +212,11 @@ class SGFMRIStream:
                 log.warning("reference contrast %d is undersampled (R=%.2f); used as it is", contrast, frame.acceleration)
             self._keep_reference(frame, _pixels(conv))
             conv.meta = {**conv.meta, "Role": "reference"}
-            return [conv]
+            yield conv
+            return
         conv.meta = {**conv.meta, "Role": "target"}
-        return [conv, self._target(frame, conv)]
+        yield conv
+        yield self._target(frame, conv)
 
     def _fallback(self, frame: Frame, conv: ismrmrd.Image, reason: str, extra: dict) -> ismrmrd.Image:
         log.warning("SGF-MRI fallback to the conventional image: %s", reason)
