@@ -251,3 +251,50 @@ def test_shipped_weights_beat_zero_filled(stream_host):
     zf = np.mean([psnr(conv[k], np.abs(scan.reference[k])) for k in conv])
     dl = np.mean([psnr(model[k], np.abs(scan.reference[k])) for k in model])
     assert dl > zf + 1.0, (dl, zf)
+
+
+class SlowBackend(RecordingBackend):
+    """The real in-process model, made slower than the frames arrive (an overloaded GPU/CPU)."""
+
+    def cine_batch(self, frames, kspace, mask, maps, causal):
+        import time
+
+        time.sleep(0.3)
+        return super().cine_batch(frames, kspace, mask, maps, causal)
+
+
+def test_model_thread_keeps_conventional_images_flowing_and_batches_the_backlog(weights):
+    import threading
+    import time
+
+    from gadgets.cine_kgmgt import ModelWorker
+
+    scan, mask = _scan(frames=8, slices=1)
+    header = make_header(scan)
+    backend = SlowBackend(device="cpu", weights={"kgmgt": str(weights["kgmgt"])})
+    stream = KGMgTStream(header, ET.fromstring('<configuration><property name="mode" value="causal"/></configuration>'),
+                         backend=backend)
+    sent, lock = [], threading.Lock()
+
+    def send(image):
+        with lock:
+            sent.append((time.perf_counter(), image))
+
+    stream.worker = ModelWorker(stream, send, max_pending=4)
+    acc = FrameAccumulator(header, time_dim="repetition")
+    conv_times = []
+    start = time.perf_counter()
+    for acq in acquisitions(scan, mask, calib_lines=CALIB):
+        for frame in acc.add(acq):
+            for image in stream.add(frame):  # only conventional images come out here
+                assert int(image.image_series_index) == 0
+                conv_times.append(time.perf_counter() - start)
+    flushed = stream.flush()
+    assert flushed == [] and len(conv_times) == 8
+    model = [im for _, im in sent]
+    assert [im.repetition for im in model] == list(range(8)) and all("Fallback" not in im.meta for im in model)
+    # the backlog went as batches, so 8 frames took far fewer than 8 slow calls
+    sizes = [len(c[0]) for c in backend.calls]
+    assert sum(sizes) == 8 and len(sizes) < 8 and max(sizes) > 1
+    # frames did not wait for one slow call each (the queue holds 4 before the frame path waits)
+    assert conv_times[3] < 0.3 * 3
