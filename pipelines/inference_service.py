@@ -43,9 +43,16 @@ class InferenceService:
                  batch_window_ms: float = 4.0, max_batch: int = 16) -> None:
         self.weights = dict(weights or {})
         self.models = {}
+        self.unavailable: dict[str, str] = {}
         t0 = time.perf_counter()
         for name in models:  # load before binding: once the port answers, the models are warm
-            self.models[name] = cached_model(name, device, self.weights.get(name), allow_random)
+            try:
+                self.models[name] = cached_model(name, device, self.weights.get(name), allow_random)
+            except Exception as exc:  # serve the others; requests for this one are answered with the reason
+                self.unavailable[name] = f"{type(exc).__name__}: {exc}"
+                log.error("model %s not loaded: %s", name, self.unavailable[name])
+        if not self.models:
+            raise RuntimeError(f"no model could be loaded: {self.unavailable}")
         self.load_s = time.perf_counter() - t0
         self.batch_window_s = batch_window_ms / 1000.0
         self.max_batch = max_batch
@@ -69,7 +76,8 @@ class InferenceService:
 
     def _health(self) -> dict[str, Any]:
         return {"ok": True, "status": "ready", "endpoint": self.endpoint,
-                "models": {n: r.info for n, r in self.models.items()}, "load_s": self.load_s,
+                "models": {n: r.info for n, r in self.models.items()}, "unavailable": self.unavailable,
+                "load_s": self.load_s,
                 "uptime_s": time.time() - self.started, "counts": dict(self.counts)}
 
     # ------------------------------------------------------------ batching
@@ -125,14 +133,17 @@ class InferenceService:
             elif op == "info":
                 model = self.models.get(header.get("model"))
                 if model is None:
+                    why = self.unavailable.get(header.get("model"), "not asked for (--models)")
                     self._reply(identity, {"ok": False, "id": header.get("id"),
-                                           "error": f"model {header.get('model')!r} not loaded here"})
+                                           "error": f"model {header.get('model')!r} not loaded: {why}"})
                 else:
                     self._reply(identity, {"ok": True, "id": header.get("id"), "info": model.info})
             elif op in ("cine", "pair"):
                 key = self._group_key(header, arrays)
-                if op == "cine" and "kgmgt" not in self.models or op == "pair" and "sgfmri" not in self.models:
-                    self._reply(identity, {"ok": False, "id": header.get("id"), "error": f"no model for {op} loaded"})
+                needed = "kgmgt" if op == "cine" else "sgfmri"
+                if needed not in self.models:
+                    why = self.unavailable.get(needed, "not asked for (--models)")
+                    self._reply(identity, {"ok": False, "id": header.get("id"), "error": f"{needed} not loaded: {why}"})
                     continue
                 groups[key].append((identity, header, arrays))
             else:
@@ -206,9 +217,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    service = InferenceService(args.bind, [m for m in args.models.split(",") if m], args.device,
-                               {"kgmgt": args.kgmgt_weights, "sgfmri": args.sgfmri_weights},
-                               args.allow_random, args.batch_window_ms, args.max_batch)
+    try:
+        service = InferenceService(args.bind, [m for m in args.models.split(",") if m], args.device,
+                                   {"kgmgt": args.kgmgt_weights, "sgfmri": args.sgfmri_weights},
+                                   args.allow_random, args.batch_window_ms, args.max_batch)
+    except Exception as exc:
+        log.error("inference service not started: %s", exc)
+        return 1
     log.info("models loaded in %.2f s", service.load_s)
     if args.ready_file:
         with open(args.ready_file + ".tmp", "w") as f:

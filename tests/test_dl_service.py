@@ -9,7 +9,7 @@ import zmq
 
 from models.masks import line_mask
 from pipelines.inference_client import InferenceClient, decode, encode, health
-from simulator.acquire import acquisitions
+from simulator.acquire import acquisitions, exam_acquisitions
 from simulator.client import Pacing, run_session
 from simulator.header import make_header
 from tests.dl_support import pipeline_text, pixels, series, start_service, stop, tiny_weights
@@ -114,7 +114,9 @@ def test_two_simultaneous_scans_through_the_service_match_in_process(stream_host
 def test_killing_the_service_mid_scan_still_yields_every_image(stream_host, weights):
     proc, endpoint = start_service(weights, models="kgmgt")
     scan, mask = _scan(slices=1, frames=10)
-    xml = pipeline_text("kgmgt_cine_service", MODULE, inference_endpoint=endpoint, inference_timeout_ms=1500)
+    # generous: a loaded 2-core machine can take seconds for one call; after the kill one call waits
+    # this out, then the client fails fast for 2 s at a time (frames queue meanwhile and go as fallbacks)
+    xml = pipeline_text("kgmgt_cine_service", MODULE, inference_endpoint=endpoint, inference_timeout_ms=8000)
     killed = threading.Event()
 
     def on_image(image):
@@ -139,3 +141,43 @@ def test_killing_the_service_mid_scan_still_yields_every_image(stream_host, weig
         assert endpoint in im.meta["Fallback"] and "fallback" in im.meta["ImageComment"]
         c = next(x for x in conv if x.repetition == im.repetition)
         np.testing.assert_allclose(pixels(im), pixels(c))
+
+
+def _brain_exam():
+    from tests.test_dl_multicontrast import MASK, brain
+
+    ref, tgt = brain(uid="2.25.service")
+    return make_header(tgt, n_contrasts=2), list(exam_acquisitions([ref, tgt], [None, MASK]))
+
+
+def test_sgfmri_through_the_service_matches_in_process(stream_host, weights, service, tmp_path):
+    header, items = _brain_exam()
+    via = run_session("127.0.0.1", stream_host.port, header=header, items=items, config_text=pipeline_text(
+        "sgfmri_multicontrast_service", "gadgets.multicontrast", inference_endpoint=service, inference_timeout_ms=60000,
+        reference_store=tmp_path / "a"))
+    local = run_session("127.0.0.1", stream_host.port, header=header, items=items, config_text=pipeline_text(
+        "sgfmri_multicontrast", "gadgets.multicontrast", sgfmri_weights=weights["sgfmri"], device="cpu",
+        reference_store=tmp_path / "b"))
+    a, b = series(via.images, 1), series(local.images, 1)
+    assert len(a) == len(b) == 2
+    for x, y in zip(a, b):
+        assert "Fallback" not in x.meta and x.meta["InferenceBackend"] == f"service {service}"
+        assert x.meta["ReferenceSource"] == y.meta["ReferenceSource"] == "this stream"
+        np.testing.assert_allclose(pixels(x), pixels(y), rtol=1e-4, atol=1e-4 * pixels(y).max())
+
+
+def test_service_without_a_model_serves_the_others_and_gadgets_fall_back(stream_host, weights, tmp_path):
+    broken = {"kgmgt": weights["kgmgt"], "sgfmri": tmp_path / "missing.safetensors"}
+    proc, endpoint = start_service(broken, models="kgmgt,sgfmri")
+    try:
+        h = health(endpoint)
+        assert "kgmgt" in h["models"] and "no weights" in h["unavailable"]["sgfmri"]
+        header, items = _brain_exam()
+        r = run_session("127.0.0.1", stream_host.port, header=header, items=items, config_text=pipeline_text(
+            "sgfmri_multicontrast_service", "gadgets.multicontrast", inference_endpoint=endpoint,
+            inference_timeout_ms=60000, reference_store=tmp_path / "store"))
+    finally:
+        stop(proc)
+    assert r.closed and not r.texts and len(series(r.images, 0)) == 4
+    for im in series(r.images, 1):
+        assert "sgfmri not loaded" in im.meta["Fallback"] and im.meta["ModelVersion"] == "unknown"

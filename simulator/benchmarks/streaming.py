@@ -108,6 +108,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--skip-cold", action="store_true")
     p.add_argument("--kgmgt-weights", default="", help=".safetensors (default: shipped; untrained stand-in if absent)")
     args = p.parse_args(argv)
+    import logging
+
+    logging.getLogger("pipelines.inference_client").setLevel(logging.ERROR)  # health polling while it starts
 
     from models.inference import DEFAULT_WEIGHTS
     from models.masks import line_mask
