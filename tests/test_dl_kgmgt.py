@@ -298,3 +298,20 @@ def test_model_thread_keeps_conventional_images_flowing_and_batches_the_backlog(
     assert sum(sizes) == 8 and len(sizes) < 8 and max(sizes) > 1
     # frames did not wait for one slow call each (the queue holds 4 before the frame path waits)
     assert conv_times[3] < 0.3 * 3
+
+
+@pytest.mark.parametrize("name", ["kgmgt_cine", "kgmgt_cine_causal", "kgmgt_cine_service", "kgmgt_cine_causal_service",
+                                  "sgfmri_multicontrast", "sgfmri_multicontrast_service"])
+def test_shipped_dl_pipelines_load_and_emit_both_series(name):
+    from gadgets import properties
+    from pipelines.pipeline_config import load_gadgets, pipeline_from_config_file
+
+    pipeline = load_gadgets(pipeline_from_config_file(name))
+    dl = pipeline.gadgets[-2]
+    assert dl.module in ("gadgets.cine_kgmgt", "gadgets.multicontrast") and pipeline.gadgets[-1].module == "gadgets.images"
+    assert properties.get(dl.config, "series_index", -1) == 1
+    assert properties.get(dl.config, "conventional_series_index", -1) == 0
+    endpoint = properties.get(dl.config, "inference_endpoint", "")
+    assert endpoint.startswith("tcp://") == name.endswith("_service")
+    if name.startswith("kgmgt"):
+        assert properties.get(dl.config, "mode", "") == ("causal" if "causal" in name else "centered")
