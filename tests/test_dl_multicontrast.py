@@ -160,3 +160,24 @@ def test_six_pixel_shift_detected_and_corrected(stream_host, weights, tmp_path):
         a, c, u = pixels(a), pixels(c), pixels(u)
         # correcting the shift brings the output back to what an aligned reference gives
         assert np.abs(c - a).mean() < 0.2 * np.abs(u - a).mean(), (np.abs(c - a).mean(), np.abs(u - a).mean())
+
+
+@pytest.mark.skipif(not __import__("models.weights", fromlist=["shipped_path"]).shipped_path("sgfmri_brain_small").exists(),
+                    reason="shipped SGF-MRI weights not in models/weights yet")
+def test_shipped_weights_beat_zero_filled(stream_host, tmp_path):
+    from models.metrics import psnr, ssim
+    from simulator.scan import phantom_scan
+
+    ref, tgt = phantom_scan("brain", ny=64, nx=64, slices=2, n_coils=8)
+    mask = line_mask("equispaced", 64, 1, accel=4, seed=1)
+    xml = pipeline_text("sgfmri_multicontrast", MODULE, device="cpu", reference_store=tmp_path)
+    r = run_session("127.0.0.1", stream_host.port, header=make_header(tgt, n_contrasts=2), config_text=xml,
+                    items=exam_acquisitions([ref, tgt], [None, mask], calib_lines=(20, 44)), timeout=300)
+    conv = {im.slice: pixels(im) for im in series(r.images, 0) if im.contrast == 1}
+    model = {im.slice: im for im in _targets(r)}
+    assert len(conv) == len(model) == 2
+    for s, im in model.items():
+        assert "Fallback" not in im.meta and im.meta["ModelVersion"].startswith("sgfmri_brain_small")
+        truth = np.abs(tgt.reference[s, 0])
+        assert psnr(pixels(im), truth) > psnr(conv[s], truth)
+        assert ssim(pixels(im), truth) > ssim(conv[s], truth) + 0.01
