@@ -161,7 +161,8 @@ class Reconstructor:
 
 
 def load_model(name: str = "kgmgt", device: str = "cpu", weights: str | Path | None = None,
-               allow_random: bool = False, precision: str = "fp32") -> Reconstructor:
+               allow_random: bool = False, precision: str = "fp32", dc_method: str | None = None,
+               dc_iterations: int = 10) -> Reconstructor:
     """Load a reconstructor.
 
     Args:
@@ -172,6 +173,11 @@ def load_model(name: str = "kgmgt", device: str = "cpu", weights: str | Path | N
         allow_random: if no weights are found, return a randomly initialised
             network marked ``UNTRAINED-random-init`` (tests only).
         precision: ``"fp32"``, or ``"bf16"``/``"fp16"`` autocast on CUDA.
+        dc_method: override the multi-coil DC solver: ``"gradient"`` (one step,
+            as trained) or ``"prox"`` (the exact soft-DC proximal step by
+            ``dc_iterations`` CG iterations with the learned noise weight: uses
+            the coils fully, like CG-SENSE anchored at the network's output).
+            ``None`` keeps the weights' setting.
     """
     if name not in DEFAULT_WEIGHTS:
         raise ValueError(f"unknown model {name!r}; one of {sorted(DEFAULT_WEIGHTS)}")
@@ -181,11 +187,30 @@ def load_model(name: str = "kgmgt", device: str = "cpu", weights: str | Path | N
         model, card = load_weights(path, dev)
         if card["architecture"] != name:
             raise ValueError(f"{path} holds a {card['architecture']} model, not {name}")
-        return Reconstructor(model, name, path.stem, card.get("version", path.stem), dev, False, precision)
+        version = card.get("version", path.stem)
+        if dc_method is not None:
+            _set_dc(model, dc_method, dc_iterations)
+            version += f"+dc-{dc_method}" if dc_method != model_dc_default(card) else ""
+        return Reconstructor(model, name, path.stem, version, dev, False, precision)
     if not allow_random:
         raise FileNotFoundError(f"no weights at {path}; train them (streamrecon train) or pass allow_random=True for tests")
     torch.manual_seed(0)
-    return Reconstructor(build_model(name), name, f"{name}-{UNTRAINED}", UNTRAINED, dev, True, precision)
+    model = build_model(name)
+    if dc_method is not None:
+        _set_dc(model, dc_method, dc_iterations)
+    return Reconstructor(model, name, f"{name}-{UNTRAINED}", UNTRAINED, dev, True, precision)
+
+
+def model_dc_default(card: dict) -> str:
+    return "gradient"  # every shipped config trains with the one-step gradient DC
+
+
+def _set_dc(model: torch.nn.Module, method: str, iterations: int) -> None:
+    if method not in ("gradient", "prox"):
+        raise ValueError(f"dc_method must be 'gradient' or 'prox', got {method!r}")
+    if method == "prox" and model.dc.mode != "soft":
+        raise ValueError("the prox DC needs a soft-DC model")
+    model.dc.method, model.dc.cg_iterations = method, iterations
 
 
 __all__ = ["load_model", "Reconstructor", "robust_scale", "DEFAULT_WEIGHTS", "UNTRAINED"]

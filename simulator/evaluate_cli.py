@@ -50,7 +50,7 @@ def evaluate_cine(args, out: Path) -> list:
     t, ny, nx = cine.shape
     video = (cine * np.exp(1j * smooth_phase((ny, nx), seed=7, max_rad=np.pi))[None]).astype(np.complex64)
     maps_true = coil_maps(8, ny, nx, seed=11)
-    rec = load_model("kgmgt", device=args.device, weights=args.kgmgt_weights)
+    rec = load_model("kgmgt", device=args.device, weights=args.kgmgt_weights, dc_method=args.dc_method)
     scores, strips = [], {}
     for accel in args.accels:
         masks = line_mask("kt-gaussian", ny, t, accel=accel, acs=8, seed=int(accel * 100))
@@ -87,7 +87,7 @@ def evaluate_pairs(args, out: Path) -> list:
     from models.training_data import simulate_acquisition
     from . import model_data
 
-    rec = load_model("sgfmri", device=args.device, weights=args.sgfmri_weights)
+    rec = load_model("sgfmri", device=args.device, weights=args.sgfmri_weights, dc_method=args.dc_method)
     scores = []
     for case, (ref_img, tgt_img) in model_data.multicontrast_evaluation_pairs().items():
         ny, nx = tgt_img.shape
@@ -124,6 +124,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--kgmgt-weights", type=Path, default=None)
     p.add_argument("--sgfmri-weights", type=Path, default=None)
+    p.add_argument("--dc-method", choices=("gradient", "prox"), default=None,
+                   help="override the networks' multi-coil DC solver (see models.inference.load_model)")
     p.add_argument("--out", type=Path, default=Path("out") / "evaluate")
     args = p.parse_args(argv)
     import torch

@@ -69,3 +69,16 @@ def test_weights_roundtrip_without_pickle(tmp_path, arch):
         assert torch.equal(a, b), k
     rec = load_model(arch, weights=path)
     assert rec.version == "t-1" and not rec.info["random_init"]
+
+
+def test_prox_dc_override_is_more_consistent_with_the_data(tmp_path):
+    from models.dc import kspace_residual
+    frames, kspace, mask, maps = _case(seed=2)
+    out = {}
+    for method in ("gradient", "prox"):
+        rec = load_model("sgfmri", weights=tmp_path / "x.safetensors", allow_random=True, dc_method=method, dc_iterations=20)
+        assert rec.model.dc.method == method
+        img = rec.reconstruct_single(frames[1], kspace, mask, maps)
+        out[method] = float(kspace_residual(torch.from_numpy(img)[None], torch.from_numpy(kspace)[None],
+                                            torch.from_numpy(mask), torch.from_numpy(maps)[None]))
+    assert out["prox"] < out["gradient"]
