@@ -58,9 +58,27 @@ class Backend(Protocol):
 
 _MODELS: dict[tuple, Any] = {}
 _MODELS_LOCK = threading.Lock()
+DEFAULT_CPU_THREADS = 1
 
 
-def cached_model(name: str, device: str = "cpu", weights: str | None = None, allow_random: bool = False):
+def set_cpu_threads(threads: int) -> None:
+    """Threads torch may use for CPU inference in this process.
+
+    One by default: torch's OpenMP pool spin-waits, and with any other load on
+    the cores (the frame path of the same scan, other scans, anything else on
+    the host) two threads made one KGMgT call 40x slower than one thread on
+    our 2-core machine (88 ms -> 3.4 s per 64x64 frame). Streaming work is
+    parallel across scans and frames; a dedicated CPU inference box may ask
+    for more.
+    """
+    import torch  # the models' dependency; imported only when a model is used
+
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def cached_model(name: str, device: str = "cpu", weights: str | None = None, allow_random: bool = False,
+                 cpu_threads: int = DEFAULT_CPU_THREADS):
     """``models.inference.load_model`` once per (name, device, weights) in this process."""
     key = (name, device, str(Path(weights).resolve()) if weights else "", bool(allow_random))
     with _MODELS_LOCK:
@@ -68,6 +86,7 @@ def cached_model(name: str, device: str = "cpu", weights: str | None = None, all
         if rec is None:
             from models.inference import load_model
 
+            set_cpu_threads(cpu_threads)
             rec = load_model(name, device=device, weights=weights or None, allow_random=allow_random)
             log.info("loaded %s (%s) on %s", rec.name, rec.version, rec.device)
             _MODELS[key] = rec
@@ -80,15 +99,16 @@ class InProcessBackend:
     label = "in-process"
 
     def __init__(self, device: str = "cpu", weights: dict[str, str | None] | None = None,
-                 allow_random: bool = False) -> None:
+                 allow_random: bool = False, cpu_threads: int = DEFAULT_CPU_THREADS) -> None:
         self.device = device
         self.weights = dict(weights or {})
         self.allow_random = allow_random
+        self.cpu_threads = cpu_threads
         self._locks: dict[str, threading.Lock] = {}
 
     def _model(self, name: str):
         try:
-            return cached_model(name, self.device, self.weights.get(name), self.allow_random)
+            return cached_model(name, self.device, self.weights.get(name), self.allow_random, self.cpu_threads)
         except Exception as exc:
             raise InferenceError(f"cannot load {name}: {type(exc).__name__}: {exc}") from exc
 
@@ -123,9 +143,10 @@ def backend_from_config(config: Any) -> Backend:
 
     Properties: ``inference_endpoint`` (empty: in-process), ``inference_timeout_ms``
     (service only, default 5000), ``device`` ("cpu", "cuda", "auto"; in-process,
-    default "auto"), ``kgmgt_weights`` / ``sgfmri_weights`` (a ``.safetensors``
-    path; default the shipped set), ``allow_random`` (tests only: untrained
-    network when no weights exist; default false).
+    default "auto"), ``cpu_threads`` (torch threads for CPU inference, default 1,
+    see :func:`set_cpu_threads`), ``kgmgt_weights`` / ``sgfmri_weights`` (a
+    ``.safetensors`` path; default the shipped set), ``allow_random`` (tests
+    only: untrained network when no weights exist; default false).
     """
     endpoint = properties.get(config, "inference_endpoint", "").strip()
     if endpoint:
@@ -136,6 +157,7 @@ def backend_from_config(config: Any) -> Backend:
         weights={"kgmgt": properties.get(config, "kgmgt_weights", "") or None,
                  "sgfmri": properties.get(config, "sgfmri_weights", "") or None},
         allow_random=properties.get(config, "allow_random", False),
+        cpu_threads=properties.get(config, "cpu_threads", DEFAULT_CPU_THREADS),
     )
 
 
@@ -150,4 +172,4 @@ def model_meta(backend: Backend, model: str) -> dict[str, str]:
             "InferenceDevice": str(info.get("device", "unknown"))}
 
 
-__all__ = ["InferenceError", "InProcessBackend", "backend_from_config", "cached_model", "model_meta"]
+__all__ = ["InferenceError", "InProcessBackend", "backend_from_config", "cached_model", "model_meta", "set_cpu_threads"]

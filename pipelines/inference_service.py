@@ -40,14 +40,14 @@ class InferenceService:
 
     def __init__(self, bind: str = "tcp://127.0.0.1:5555", models: Sequence[str] = ("kgmgt", "sgfmri"),
                  device: str = "auto", weights: dict[str, str | None] | None = None, allow_random: bool = False,
-                 batch_window_ms: float = 4.0, max_batch: int = 16) -> None:
+                 batch_window_ms: float = 4.0, max_batch: int = 16, cpu_threads: int = 1) -> None:
         self.weights = dict(weights or {})
         self.models = {}
         self.unavailable: dict[str, str] = {}
         t0 = time.perf_counter()
         for name in models:  # load before binding: once the port answers, the models are warm
             try:
-                self.models[name] = cached_model(name, device, self.weights.get(name), allow_random)
+                self.models[name] = cached_model(name, device, self.weights.get(name), allow_random, cpu_threads)
             except Exception as exc:  # serve the others; requests for this one are answered with the reason
                 self.unavailable[name] = f"{type(exc).__name__}: {exc}"
                 log.error("model %s not loaded: %s", name, self.unavailable[name])
@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-random", action="store_true", help="tests only: untrained networks when weights are missing")
     p.add_argument("--batch-window-ms", type=float, default=4.0)
     p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--cpu-threads", type=int, default=1,
+                   help="torch threads for CPU inference (default 1: OpenMP spin-waiting under any other load "
+                        "made 2 threads 40x slower than 1 on a 2-core host; raise on a dedicated CPU box)")
     p.add_argument("--ready-file", default=None, help="write the bound endpoint here once serving (for scripts)")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -220,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         service = InferenceService(args.bind, [m for m in args.models.split(",") if m], args.device,
                                    {"kgmgt": args.kgmgt_weights, "sgfmri": args.sgfmri_weights},
-                                   args.allow_random, args.batch_window_ms, args.max_batch)
+                                   args.allow_random, args.batch_window_ms, args.max_batch, args.cpu_threads)
     except Exception as exc:
         log.error("inference service not started: %s", exc)
         return 1
