@@ -289,6 +289,7 @@ def test_model_thread_keeps_conventional_images_flowing_and_batches_the_backlog(
             for image in stream.add(frame):  # only conventional images come out here
                 assert int(image.image_series_index) == 0
                 conv_times.append(time.perf_counter() - start)
+            assert len(stream.held[(0, 0, 0)]) <= 4  # frames no window needs any more are let go
     flushed = stream.flush()
     assert flushed == [] and len(conv_times) == 8
     model = [im for _, im in sent]

@@ -181,3 +181,20 @@ def test_shipped_weights_beat_zero_filled(stream_host, tmp_path):
         truth = np.abs(tgt.reference[s, 0])
         assert psnr(pixels(im), truth) > psnr(conv[s], truth)
         assert ssim(pixels(im), truth) > ssim(conv[s], truth) + 0.01
+
+
+def test_reference_crosses_gadgetron_processes_through_the_store(weights, tmp_path):
+    """As Gadgetron runs it: every scan in fresh `python -m gadgetron` processes, one after the other."""
+    from pipelines.pipeline_config import parse_pipeline
+    from simulator.gadgetron_parent import run_pipeline_as_externals
+
+    ref, tgt = brain(uid="2.25.gadgetron", slices=1)
+    gadgets = parse_pipeline(_xml(weights, tmp_path)).gadgets
+    first, errors = run_pipeline_as_externals(gadgets, make_header(ref).toXML().encode(), acquisitions(ref))
+    assert errors == [] and len(first) == 1 and first[0].meta["Role"] == "reference"
+    second, errors = run_pipeline_as_externals(gadgets, make_header(tgt).toXML().encode(),
+                                               acquisitions(tgt, MASK, calib_lines=CALIB))
+    assert errors == [] and [int(im.image_series_index) for im in second] == [0, 1]
+    model = second[1]
+    assert model.meta["ReferenceSource"].startswith("store (") and "Fallback" not in model.meta
+    assert model.meta["ImageComment"].startswith("SGF-MRI | R=4.0")
