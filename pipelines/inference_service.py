@@ -9,6 +9,7 @@ fit together (same model, mode and shapes) run as one batch. Wire format:
 :mod:`pipelines.inference_client`.
 
     streamrecon infer-server --bind tcp://127.0.0.1:5555 [--device auto] [--batch-window-ms 4]
+    streamrecon infer-server --check tcp://127.0.0.1:5555      # health, exit status 0 when ready
 
 A request that fails (bad arrays, model error) gets ``{"ok": false,
 "error": ...}``; the service keeps serving. ``{"op": "health"}`` answers at
@@ -212,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads for CPU inference (default 1: OpenMP spin-waiting under any other load "
                         "made 2 threads 40x slower than 1 on a 2-core host; raise on a dedicated CPU box)")
     p.add_argument("--ready-file", default=None, help="write the bound endpoint here once serving (for scripts)")
+    p.add_argument("--check", metavar="ENDPOINT", default=None,
+                   help="do not serve: ask the service at ENDPOINT for its health, print it, exit 0 if ready else 1")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -220,6 +223,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.check:
+        import json
+
+        from .inference_client import health
+
+        try:
+            print(json.dumps(health(args.check, timeout_ms=2000), indent=1, sort_keys=True))
+            return 0
+        except Exception as exc:
+            print(f"streamrecon infer-server --check {args.check}: {exc}", file=sys.stderr)
+            return 1
     try:
         service = InferenceService(args.bind, [m for m in args.models.split(",") if m], args.device,
                                    {"kgmgt": args.kgmgt_weights, "sgfmri": args.sgfmri_weights},

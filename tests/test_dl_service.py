@@ -181,3 +181,19 @@ def test_service_without_a_model_serves_the_others_and_gadgets_fall_back(stream_
     assert r.closed and not r.texts and len(series(r.images, 0)) == 4
     for im in series(r.images, 1):
         assert "sgfmri not loaded" in im.meta["Fallback"] and im.meta["ModelVersion"] == "unknown"
+
+
+def test_health_check_from_the_command_line(service):
+    import json
+    import subprocess
+    import sys
+
+    from tests.dl_support import ROOT, free_port
+
+    ok = subprocess.run([sys.executable, "-m", "pipelines.cli", "infer-server", "--check", service],
+                        capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["status"] == "ready"
+    dead = subprocess.run([sys.executable, "-m", "pipelines.cli", "infer-server", "--check",
+                           f"tcp://127.0.0.1:{free_port()}", "--log-level", "ERROR"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert dead.returncode == 1 and "no answer" in dead.stderr
