@@ -40,7 +40,8 @@ Properties: ``mode`` ("centered" | "causal", default centered),
 model was busy, run as one batch), ``model_thread`` (true: the model runs on
 its own thread so conventional images never wait for it; false: inline),
 ``max_pending`` (32 windows queued for the model before the frame path
-waits), and the inference properties of
+waits), ``map_wait_frames`` (8: windows of a slice that may wait for its
+coil maps before falling back), and the inference properties of
 :func:`gadgets.inference.backend_from_config`.
 """
 from __future__ import annotations
@@ -243,6 +244,8 @@ class KGMgTStream:
                      **model_meta(self.backend, "kgmgt")}
         self.held: dict[GroupKey, dict[int, _Held]] = {}
         self.worker: ModelWorker | None = None  # set by the gadget: model beside the frame path
+        self.map_wait_frames = max(0, properties.get(config, "map_wait_frames", 8))
+        self._waiting: dict[int, list[_Job]] = {}  # per slice: jobs waiting for coil maps
         self.counts = {"model": 0, "fallback": 0}
         self._reasons: set[str] = set()
         log.info("KGMgT %s over %s (period %s), inference %s, %s %s", self.mode, self.time_dim,
@@ -270,13 +273,13 @@ class KGMgTStream:
             log.warning("frame %s %d: %s", g, t, exc)
             k, m = None, None
         self.held.setdefault(g, {})[t] = _Held(frame, k, m, _pixels(conv), dict(conv.meta))
-        jobs = [self._job(w) for w in self.windows.add(g, t)]
+        jobs = self._ready_for_maps([self._job(w) for w in self.windows.add(g, t)])
         self._prune(g)
         yield from self._dispatch(jobs)
 
     def flush(self) -> list[ismrmrd.Image]:
         """The stream ended: the frames still waiting, with the best neighbours available."""
-        jobs = [self._job(w) for w in self.windows.flush()]
+        jobs = self._ready_for_maps([self._job(w) for w in self.windows.flush()], final=True)
         for g in list(self.held):
             self._prune(g)
         out = list(self._dispatch(jobs))
@@ -302,20 +305,46 @@ class KGMgTStream:
             self.windows.drop(g, gone)
 
     def _job(self, w: Window) -> "_Job":
-        """Everything the model needs for window ``w``, made now (the held frames may go afterwards)."""
+        """Everything the model needs for window ``w``, taken now (the held frames may go afterwards)."""
         held = self.held[w.group]
         target = held[w.t]
         job = _Job(w, target.frame, target.conventional, target.conventional_meta)
-        maps, job.coil_source = self.cache.get(w.group[0])
-        if maps is None:
-            job.reason = "no coil maps yet (too few calibration lines)"
-        elif any(held[t].kspace is None for t in w.times):
+        if any(held[t].kspace is None for t in w.times):
             job.reason = "k-space not representable on the recon matrix"
         else:
-            # zero-filled SENSE images of the window, all with the maps the model's DC uses
-            job.frames = np.stack([sense_combine(ifft2c(held[t].kspace), maps) for t in w.times]).astype(np.complex64)
-            job.kspace, job.mask, job.maps = target.kspace, target.mask, maps
+            job.window_kspace = [held[t].kspace for t in w.times]
+            job.kspace, job.mask = target.kspace, target.mask
         return job
+
+    def _ready_for_maps(self, jobs: list["_Job"], final: bool = False) -> list["_Job"]:
+        """Jobs that can go now, in order; jobs of a slice with no coil maps yet wait for them.
+
+        Real-time cine often has no separate calibration scan: the maps come
+        from the time-averaged centre of the first frames (TSENSE-like), so
+        the first windows of a slice wait (at most ``map_wait_frames`` of
+        them, and never past the end of the stream) instead of falling back
+        at once. A job that cannot wait any longer falls back, flagged.
+        """
+        for job in jobs:
+            self._waiting.setdefault(job.window.group[0], []).append(job)
+        out = []
+        for key in list(self._waiting):
+            queue_ = self._waiting[key]
+            maps, source = self.cache.get(key)
+            while queue_:
+                job = queue_[0]
+                if job.reason is None and maps is not None:
+                    # zero-filled SENSE images of the window, all with the maps the model's DC uses
+                    job.frames = np.stack([sense_combine(ifft2c(k), maps) for k in job.window_kspace]).astype(np.complex64)
+                    job.maps, job.coil_source, job.window_kspace = maps, source, None
+                elif job.reason is None and (final or len(queue_) > self.map_wait_frames):
+                    job.reason = "no coil maps yet (too few calibration lines)"
+                elif job.reason is None:
+                    break  # wait for the maps
+                out.append(queue_.pop(0))
+            if not queue_:
+                del self._waiting[key]
+        return out
 
     def _fallback(self, job: "_Job", reason: str) -> ismrmrd.Image:
         w = job.window
@@ -373,6 +402,7 @@ class _Job:
     conventional_meta: dict
     coil_source: str = "none"
     reason: str | None = None
+    window_kspace: list | None = None  # the window's k-space until coil maps exist
     frames: np.ndarray | None = None   # (3, ny, nx) zero-filled window
     kspace: np.ndarray | None = None   # (coils, ny, nx) frame t's measured k-space
     mask: np.ndarray | None = None     # (ny,)

@@ -316,3 +316,21 @@ def test_shipped_dl_pipelines_load_and_emit_both_series(name):
     assert endpoint.startswith("tcp://") == name.endswith("_service")
     if name.startswith("kgmgt"):
         assert properties.get(dl.config, "mode", "") == ("causal" if "causal" in name else "centered")
+
+
+@pytest.mark.parametrize("wait", [8, 0])
+def test_without_calibration_scan_first_windows_wait_for_time_averaged_maps(stream_host, weights, wait):
+    scan, mask = _scan("realtime", frames=8, slices=1)  # kt-uniform: the centre fills over a few frames
+    xml = pipeline_text("kgmgt_cine", MODULE, kgmgt_weights=weights["kgmgt"], device="cpu", map_wait_frames=wait)
+    result = run_session("127.0.0.1", stream_host.port, header=make_header(scan), config_text=xml,
+                         items=acquisitions(scan, mask))  # no calibration lines
+    assert result.closed and not result.texts
+    conv, model = series(result.images, 0), series(result.images, 1)
+    assert [im.repetition for im in model] == list(range(8)) and len(conv) == 8
+    fallbacks = [im.repetition for im in model if "Fallback" in im.meta]
+    first_sense = min(im.repetition for im in conv if "SENSE" in im.meta["ImageComment"])
+    assert first_sense > 0  # the maps really came from the time-averaged centre, frames later
+    if wait:
+        assert fallbacks == [] and all(im.meta["CoilMaps"] == "time-averaged k-space centre" for im in model)
+    else:
+        assert fallbacks and all("no coil maps yet" in model[t].meta["Fallback"] for t in fallbacks)
