@@ -197,3 +197,20 @@ def test_health_check_from_the_command_line(service):
                            f"tcp://127.0.0.1:{free_port()}", "--log-level", "ERROR"],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert dead.returncode == 1 and "no answer" in dead.stderr
+
+
+def test_gadgetron_external_processes_use_the_warm_service(weights, service):
+    """Contract 4 as deployed: Gadgetron's per-scan `python -m gadgetron` process reaches the warm service."""
+    from pipelines.pipeline_config import parse_pipeline
+    from simulator.gadgetron_parent import run_pipeline_as_externals
+
+    scan, mask = _scan(slices=1, frames=3)
+    before = health(service)["counts"].get("cine", 0)
+    xml = pipeline_text("kgmgt_cine_service", MODULE, inference_endpoint=service, inference_timeout_ms=30000)
+    items, errors = run_pipeline_as_externals(parse_pipeline(xml).gadgets, make_header(scan).toXML().encode(),
+                                              acquisitions(scan, mask, calib_lines=CALIB))
+    assert errors == []
+    model = series(items, 1)
+    assert [im.repetition for im in model] == [0, 1, 2] and len(series(items, 0)) == 3
+    assert all("Fallback" not in im.meta and im.meta["InferenceBackend"] == f"service {service}" for im in model)
+    assert health(service)["counts"]["cine"] - before == 3
