@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -207,7 +208,11 @@ class FrameAccumulator:
     time_dim: str = "phase"
     trigger_on_counter: bool = True
     open: dict = field(default_factory=dict)
-    done: set = field(default_factory=set)
+    # Keys of completed frames, oldest first, to recognise late readouts.
+    # Bounded so a real-time scan of any length keeps flat memory: a readout
+    # arriving thousands of frames late is not a scanner's behaviour.
+    done: "OrderedDict[FrameKey, None]" = field(default_factory=OrderedDict)
+    max_done: int = 4096
     shape: tuple[int, int] | None = None  # (coils, nx) fixed by the first readout
     dropped_late: int = 0
     count: int = 0
@@ -285,7 +290,9 @@ class FrameAccumulator:
 
     def _close(self, key: FrameKey) -> Frame:
         frame = self.open.pop(key)
-        self.done.add(key)
+        self.done[key] = None
+        while len(self.done) > self.max_done:
+            self.done.popitem(last=False)
         headers = _filled(frame.headers)
         calib_headers = _filled(frame.calibration_headers) if frame.calibration_headers is not None else None
         if not frame.sampled.any() and frame.calibration is not None:

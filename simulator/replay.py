@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pacing", choices=("asap", "timestamps", "frame"), help="default: frame with --frame-ms, else asap")
     p.add_argument("--scanners", type=int, default=1)
     p.add_argument("--contrasts", choices=("stream", "sessions"), default="stream")
-    p.add_argument("--lookahead", type=int, default=0, help="frames after t a frame's output needs (1 for a centred 3-frame window)")
+    p.add_argument("--lookahead", type=int, default=0, help="frames after t a frame's output needs, for images that do not name their Window in meta")
     p.add_argument("--coils", type=int, default=8)
     p.add_argument("--matrix", type=int, help="phantom/image matrix size")
     p.add_argument("--frames", type=int, default=20)
@@ -228,15 +228,19 @@ def _report(args, scans, masks, merged: list[StreamResult], wall: float) -> tupl
     series = by_series(first.images)
     for idx, imgs in sorted(series.items()):
         series_rows[idx] = score_frames({k: np.abs(image_array(im)) for k, im in imgs.items()}, scans)
-    lat_all: list[float] = []
+    # Latency per series; the headline is the last series (the model's, when
+    # a pipeline emits the conventional series 0 beside it).
+    lat_by_series: dict[int, list[float]] = {k: [] for k in series}
     for r in merged:
-        lat_all += frame_latencies_ms(r, lookahead=args.lookahead, series=min(series) if series else None)
+        for k in series:
+            lat_by_series[k] += frame_latencies_ms(r, lookahead=args.lookahead, series=k)
+    lat_all = lat_by_series[max(series)] if series else []
     expected = sum(s.slices * s.frames for s in scans) if len(scans) == 1 else target.slices * target.frames
     # Headline scores are the target contrast's (an exam's reference contrast is an input, not a result).
     def target_rows(rows: list[dict]) -> list[dict]:
         return [r for r in rows if r["contrast"] == target.contrast]
 
-    primary = summarise(target_rows(series_rows.get(min(series), []))) if series else summarise([])
+    primary = summarise(target_rows(series_rows.get(max(series), []))) if series else summarise([])
     sent_frames = sum(len(r.send_times) for r in merged)
     report = {
         "pipeline": args.pipeline,
@@ -253,7 +257,9 @@ def _report(args, scans, masks, merged: list[StreamResult], wall: float) -> tupl
         "ssim": primary["ssim"],
         "nmse": primary["nmse"],
         "scoring": "magnitude vs fully sampled reference, no rescaling, data range = reference max (fastMRI)",
-        "series": {str(k): {**summarise(target_rows(v)), "per_frame": v} for k, v in series_rows.items()},
+        "series": {str(k): {"name": _series_name(series[k]), **summarise(target_rows(v)),
+                            "latency_ms": percentiles(lat_by_series.get(k, [])), "per_frame": v}
+                   for k, v in series_rows.items()},
         "zero_filled": {**summarise(zf_rows), "per_frame": zf_rows},
         "latency_ms": percentiles(lat_all),
         "throughput": {
@@ -284,6 +290,16 @@ def _report(args, scans, masks, merged: list[StreamResult], wall: float) -> tupl
     write_report(out / "report.json", report)
     ok = primary["frames"] == expected * 1 and not report["host_messages"]
     return report, 0 if ok else 1
+
+
+def _series_name(images: dict) -> str:
+    """What the host called a series (its ImageSeriesDescription), for the table."""
+    for im in images.values():
+        try:
+            return str(im.meta.get("ImageSeriesDescription", ""))
+        except Exception:
+            return ""
+    return ""
 
 
 def main(argv: list[str]) -> int:

@@ -160,3 +160,15 @@ def test_crop_operator_equals_fft_crop():
     rng = np.random.default_rng(3)
     d = (rng.standard_normal((4, 96)) + 1j * rng.standard_normal((4, 96))).astype(np.complex64)
     np.testing.assert_allclose(d @ crop_operator(96, 48), crop_readout(d, 48), atol=1e-5)
+
+
+def test_accumulator_memory_stays_bounded_on_long_real_time_scans():
+    scan = small_cine(slices=1, frames=1, coils=1, ny=4, nx=4)
+    acc = FrameAccumulator(make_header(scan), time_dim="repetition", max_done=64)
+    (acq,) = [a for a in acquisitions(scan)][:1]
+    for t in range(1000):
+        acq.idx.repetition = t
+        acq.clear_all_flags()
+        acq.set_flag(ismrmrd.ACQ_LAST_IN_REPETITION)
+        assert len(acc.add(acq)) == 1
+    assert len(acc.done) == 64 and not acc.open
