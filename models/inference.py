@@ -4,7 +4,7 @@
     rec = load_model("kgmgt")            # or "sgfmri"; device="cpu"|"cuda"|"auto"
     image = rec.reconstruct_cine(frames, kspace, mask, maps)        # (ny, nx) complex64
     image = rec.reconstruct_pair(reference, target_zf, kspace, mask, maps)
-    rec.info -> {"name", "version", "architecture", "parameters", "random_init", "device"}
+    rec.info -> {"name", "version", "architecture", "parameters", "random_init", "device", "dc"}
 
 Shapes and conventions (all complex64 unless said; ``ny`` phase encode, ``nx`` readout):
 
@@ -67,12 +67,13 @@ class Reconstructor:
         self.model = model.to(device).eval()
         self.architecture, self.name, self.version = architecture, name, version
         self.device, self.random_init, self.precision = device, random_init, precision
+        self.dc = f"{getattr(model.dc, 'mode', '?')}-{getattr(model.dc, 'method', '?')}"
 
     @property
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "architecture": self.architecture,
                 "parameters": sum(p.numel() for p in self.model.parameters()),
-                "random_init": self.random_init, "device": str(self.device)}
+                "random_init": self.random_init, "device": str(self.device), "dc": self.dc}
 
     # ------------------------------------------------------------ helpers
     def _autocast(self):
@@ -161,8 +162,8 @@ class Reconstructor:
 
 
 def load_model(name: str = "kgmgt", device: str = "cpu", weights: str | Path | None = None,
-               allow_random: bool = False, precision: str = "fp32", dc_method: str | None = None,
-               dc_iterations: int = 10) -> Reconstructor:
+               allow_random: bool = False, precision: str = "fp32", dc_method: str = "auto",
+               dc_iterations: int = 5) -> Reconstructor:
     """Load a reconstructor.
 
     Args:
@@ -173,11 +174,17 @@ def load_model(name: str = "kgmgt", device: str = "cpu", weights: str | Path | N
         allow_random: if no weights are found, return a randomly initialised
             network marked ``UNTRAINED-random-init`` (tests only).
         precision: ``"fp32"``, or ``"bf16"``/``"fp16"`` autocast on CUDA.
-        dc_method: override the multi-coil DC solver: ``"gradient"`` (one step,
-            as trained) or ``"prox"`` (the exact soft-DC proximal step by
-            ``dc_iterations`` CG iterations with the learned noise weight: uses
-            the coils fully, like CG-SENSE anchored at the network's output).
-            ``None`` keeps the weights' setting.
+        dc_method: the multi-coil DC solver at inference. ``"gradient"``: the
+            one step the networks were trained with. ``"prox"``: the exact
+            soft-DC proximal step ``argmin ||z - x||^2 + lam ||A z - y||^2``
+            with the learned ``lam``, by ``dc_iterations`` CG iterations -- it
+            uses the coils fully (CG-SENSE anchored at the network's output).
+            ``"auto"`` (default): ``prox`` with 5 iterations for soft-DC models,
+            else ``gradient``. Five iterations were chosen on the phantom
+            (a 192x156 validation cine at 8x and 10x: gradient 29.1/26.5 dB,
+            prox-5 31.9/29.0 dB, prox-10 32.6/25.5 dB -- more iterations amplify
+            aliasing once the acceleration exceeds the coil count), not on the
+            evaluation data.
     """
     if name not in DEFAULT_WEIGHTS:
         raise ValueError(f"unknown model {name!r}; one of {sorted(DEFAULT_WEIGHTS)}")
@@ -187,30 +194,26 @@ def load_model(name: str = "kgmgt", device: str = "cpu", weights: str | Path | N
         model, card = load_weights(path, dev)
         if card["architecture"] != name:
             raise ValueError(f"{path} holds a {card['architecture']} model, not {name}")
-        version = card.get("version", path.stem)
-        if dc_method is not None:
-            _set_dc(model, dc_method, dc_iterations)
-            version += f"+dc-{dc_method}" if dc_method != model_dc_default(card) else ""
-        return Reconstructor(model, name, path.stem, version, dev, False, precision)
-    if not allow_random:
+        rec = Reconstructor(model, name, path.stem, card.get("version", path.stem), dev, False, precision)
+    elif allow_random:
+        torch.manual_seed(0)
+        rec = Reconstructor(build_model(name), name, f"{name}-{UNTRAINED}", UNTRAINED, dev, True, precision)
+    else:
         raise FileNotFoundError(f"no weights at {path}; train them (streamrecon train) or pass allow_random=True for tests")
-    torch.manual_seed(0)
-    model = build_model(name)
-    if dc_method is not None:
-        _set_dc(model, dc_method, dc_iterations)
-    return Reconstructor(model, name, f"{name}-{UNTRAINED}", UNTRAINED, dev, True, precision)
+    rec.dc = _set_dc(rec.model, dc_method, dc_iterations)
+    return rec
 
 
-def model_dc_default(card: dict) -> str:
-    return "gradient"  # every shipped config trains with the one-step gradient DC
-
-
-def _set_dc(model: torch.nn.Module, method: str, iterations: int) -> None:
+def _set_dc(model: torch.nn.Module, method: str, iterations: int) -> str:
+    """Configure the model's DC solver; returns a short description for image meta."""
+    if method == "auto":
+        method = "prox" if model.dc.mode == "soft" else "gradient"
     if method not in ("gradient", "prox"):
-        raise ValueError(f"dc_method must be 'gradient' or 'prox', got {method!r}")
+        raise ValueError(f"dc_method must be 'auto', 'gradient' or 'prox', got {method!r}")
     if method == "prox" and model.dc.mode != "soft":
         raise ValueError("the prox DC needs a soft-DC model")
     model.dc.method, model.dc.cg_iterations = method, iterations
+    return f"{model.dc.mode}-{method}" + (f"-{iterations}" if method == "prox" else "")
 
 
 __all__ = ["load_model", "Reconstructor", "robust_scale", "DEFAULT_WEIGHTS", "UNTRAINED"]

@@ -60,7 +60,7 @@ def evaluate_cine(args, out: Path) -> list:
             "zero-filled": lambda: acq["zero_filled"],
             "CG-SENSE": lambda: cg_sense(k, masks, maps, lam=1e-3, iterations=15),
             "TV-temporal (torch)": lambda: tv_temporal(k, masks, maps, lam=0.03, iterations=100),
-            f"KGMgT [{rec.version}]": lambda: reconstruct_cine_with(rec, acq["zero_filled"], k, masks, maps),
+            f"KGMgT [{rec.version}, DC {rec.dc}]": lambda: reconstruct_cine_with(rec, acq["zero_filled"], k, masks, maps),
             "KGMgT causal": lambda: reconstruct_cine_with(rec, acq["zero_filled"], k, masks, maps, causal=True),
         }
         if bart_available():
@@ -100,7 +100,7 @@ def evaluate_pairs(args, out: Path) -> list:
             methods = {
                 "zero-filled": lambda: zf,
                 "CG-SENSE": lambda: cg_sense(k[None], mask, maps, lam=1e-3, iterations=15)[0],
-                f"SGF-MRI no reference [{rec.version}]": lambda: rec.reconstruct_single(zf, k, mask[0], maps),
+                f"SGF-MRI no reference [{rec.version}, DC {rec.dc}]": lambda: rec.reconstruct_single(zf, k, mask[0], maps),
                 "SGF-MRI with reference": lambda: rec.reconstruct_pair(ref_img.astype(np.complex64), zf, k, mask[0], maps),
             }
             images = []
@@ -124,7 +124,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--kgmgt-weights", type=Path, default=None)
     p.add_argument("--sgfmri-weights", type=Path, default=None)
-    p.add_argument("--dc-method", choices=("gradient", "prox"), default=None,
+    p.add_argument("--dc-method", choices=("auto", "gradient", "prox"), default="auto",
                    help="override the networks' multi-coil DC solver (see models.inference.load_model)")
     p.add_argument("--out", type=Path, default=Path("out") / "evaluate")
     args = p.parse_args(argv)

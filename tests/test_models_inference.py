@@ -77,7 +77,7 @@ def test_prox_dc_override_is_more_consistent_with_the_data(tmp_path):
     out = {}
     for method in ("gradient", "prox"):
         rec = load_model("sgfmri", weights=tmp_path / "x.safetensors", allow_random=True, dc_method=method, dc_iterations=20)
-        assert rec.model.dc.method == method
+        assert rec.model.dc.method == method and rec.info["dc"].endswith(method if method == "gradient" else "prox-20")
         img = rec.reconstruct_single(frames[1], kspace, mask, maps)
         out[method] = float(kspace_residual(torch.from_numpy(img)[None], torch.from_numpy(kspace)[None],
                                             torch.from_numpy(mask), torch.from_numpy(maps)[None]))
