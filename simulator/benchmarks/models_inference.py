@@ -8,8 +8,8 @@ torch temporal-TV solver (100 iterations) and, when ``bart`` is on PATH,
 BART ``pics`` give the conventional time per frame on the same data.
 
 Time: median of ``--repeats`` runs after one warm-up, divided by the batch.
-Memory: peak resident memory of the process during the call minus the
-memory before it (Linux VmHWM reset through /proc/self/clear_refs); on CUDA,
+Memory: each configuration runs in a fresh process; peak resident memory
+during its first call minus the memory before it (Linux VmHWM reset through /proc/self/clear_refs); on CUDA,
 ``torch.cuda.max_memory_allocated`` above the allocation before the call.
 Weights are random for timing (time and memory do not depend on them).
 """
@@ -53,30 +53,59 @@ def _inputs(b: int, n: int, coils: int, device):
     return [t.to(device) for t in (x, k, maps, mask)]
 
 
-def bench_model(name, model, sizes, batches, device, repeats, coils=8):
+MODELS = {
+    "kgmgt-small": ("KGMgT small (shipped)", lambda: _kgmgt("cpu_small")),
+    "sgfmri-small": ("SGF-MRI small (shipped)", lambda: _sgfmri("cpu_small")),
+    "kgmgt-official": ("KGMgT official width", lambda: _kgmgt("official")),
+    "sgfmri-paper": ("SGF-MRI paper width", lambda: _sgfmri("paper")),
+}
+
+
+def _kgmgt(kind):
+    from models.kgmgt import KGMgT, KGMgTConfig
+    return KGMgT(getattr(KGMgTConfig, kind)())
+
+
+def _sgfmri(kind):
+    from models.sgfmri import SGFMRI, SGFMRIConfig
+    return SGFMRI(getattr(SGFMRIConfig, kind)())
+
+
+def run_one(key: str, n: int, b: int, device: str, repeats: int, coils: int = 8) -> str:
+    """One configuration in this (fresh) process: ``ONE params seconds_per_frame peak_MiB``."""
     import torch
 
     from models.evaluate import measure
+    torch.manual_seed(0)
+    model = MODELS[key][1]().to(device).eval()
+    x, k, maps, mask = _inputs(b, n, coils, device)
+    if key.startswith("kgmgt"):
+        call = lambda: model(x, x.roll(1, -1), x.roll(-1, -1), kspace=k, mask=mask, maps=maps)  # noqa: E731
+    else:
+        call = lambda: model(x, x.flip(-1), kspace=k, mask=mask, maps=maps)  # noqa: E731
+    with torch.no_grad():
+        _, _, mem = measure(call, device)  # first call: its peak is the memory figure (nothing cached yet)
+        times = [measure(call, device)[1] for _ in range(repeats)]
+    return f"ONE {sum(p.numel() for p in model.parameters())} {statistics.median(times) / b} {mem}"
+
+
+def bench_model(key, sizes, batches, device, repeats, threads):
+    """Each (size, batch) in a fresh process, so the peak memory is not hidden by memory an earlier run left cached."""
     rows = []
-    model = model.to(device).eval()
-    params = sum(p.numel() for p in model.parameters())
+    name = MODELS[key][0]
     for n in sizes:
         for b in batches:
-            x, k, maps, mask = _inputs(b, n, coils, device)
-            if name.startswith("KGMgT"):
-                call = lambda: model(x, x.roll(1, -1), x.roll(-1, -1), kspace=k, mask=mask, maps=maps)  # noqa: E731
-            else:
-                call = lambda: model(x, x.flip(-1), kspace=k, mask=mask, maps=maps)  # noqa: E731
-            try:
-                with torch.no_grad():
-                    _, _, mem = measure(call, device)  # warm-up; also the memory figure
-                    times = [measure(call, device)[1] for _ in range(repeats)]
-            except RuntimeError as exc:  # out of memory and the like: report, go on
-                rows.append((name, params, n, b, None, None, str(exc).splitlines()[0][:60]))
+            cmd = [sys.executable, "-m", "simulator.benchmarks.models_inference", "--one", key, str(n), str(b),
+                   "--device", device, "--threads", str(threads), "--repeats", str(repeats)]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            line = [ln for ln in out.stdout.splitlines() if ln.startswith("ONE ")]
+            if not line:
+                rows.append((name, 0, n, b, None, None, (out.stderr.strip().splitlines() or ["failed"])[-1][:60]))
                 continue
-            rows.append((name, params, n, b, statistics.median(times) / b, mem, ""))
-            print(f"{name:24s} {params:>9d} params  {n}x{n} batch {b}: {statistics.median(times) / b * 1e3:9.1f} ms/frame, "
-                  f"peak +{mem if mem is None else round(mem)} MiB", flush=True)
+            _, params, sec, mem = line[0].split()
+            rows.append((name, int(params), n, b, float(sec), None if mem == "None" else float(mem), ""))
+            print(f"{name:24s} {int(params):>9d} params  {n}x{n} batch {b}: {float(sec) * 1e3:9.1f} ms/frame, "
+                  f"peak +{mem if mem == 'None' else round(float(mem))} MiB", flush=True)
     return rows
 
 
@@ -89,52 +118,29 @@ def main(argv: list[str]) -> int:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--scaling-sizes", type=int, nargs="+", default=[128, 256, 384, 512])
     p.add_argument("--skip-official", action="store_true", help="time only the shipped small configs")
-    p.add_argument("--one-sgf", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--one", nargs=3, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     import torch
 
-    if args.one_sgf:  # child process of the scaling measurement
-        from models.evaluate import measure
-        from models.sgfmri import SGFMRI, SGFMRIConfig
+    if args.one:  # child process: one configuration
         if args.threads:
             torch.set_num_threads(args.threads)
-        torch.manual_seed(0)
-        model = SGFMRI(SGFMRIConfig.cpu_small()).to(args.device).eval()
-        x, k, maps, mask = _inputs(1, args.one_sgf, 8, args.device)
-        with torch.no_grad():
-            _, sec, mem = measure(lambda: model(x, x.flip(-1), kspace=k, mask=mask, maps=maps), args.device)
-        print(f"ONE {sum(q.numel() for q in model.parameters())} {sec} {mem}")
+        print(run_one(args.one[0], int(args.one[1]), int(args.one[2]), args.device, args.repeats))
         return 0
-
     from models.baselines import bart_available, bart_pics, tv_temporal
     from models.evaluate import measure
-    from models.kgmgt import KGMgT, KGMgTConfig
-    from models.sgfmri import SGFMRI, SGFMRIConfig
-
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"date {time.strftime('%Y-%m-%d %H:%M')}\nmachine: {_machine(args.device)}")
     print(f"command: streamrecon bench models {' '.join(argv)}")
-    models = [("KGMgT small (shipped)", KGMgT(KGMgTConfig.cpu_small())), ("SGF-MRI small (shipped)", SGFMRI(SGFMRIConfig.cpu_small()))]
-    if not args.skip_official:
-        models += [("KGMgT official width", KGMgT(KGMgTConfig.official())), ("SGF-MRI paper width", SGFMRI(SGFMRIConfig.paper()))]
+    keys = ["kgmgt-small", "sgfmri-small"] + ([] if args.skip_official else ["kgmgt-official", "sgfmri-paper"])
+    threads = torch.get_num_threads()
     rows = []
-    for name, model in models:
-        rows += bench_model(name, model, args.sizes, args.batches, args.device, args.repeats)
-    print("\nSGF-MRI (small) memory scaling, batch 1, each size in a fresh process:")
-    scaling = []
-    for n in args.scaling_sizes:
-        cmd = [sys.executable, "-m", "simulator.benchmarks.models_inference", "--one-sgf", str(n), "--device", args.device,
-               "--threads", str(torch.get_num_threads())]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        line = [ln for ln in out.stdout.splitlines() if ln.startswith("ONE ")]
-        if not line:
-            scaling.append(("SGF-MRI small, scaling", 0, n, 1, None, None, (out.stderr.strip().splitlines() or ["failed"])[-1][:60]))
-            continue
-        _, params, sec, mem = line[0].split()
-        scaling.append(("SGF-MRI small, scaling", int(params), n, 1, float(sec), None if mem == "None" else float(mem), ""))
-        print(f"  {n}x{n}: {float(sec) * 1e3:.1f} ms, peak +{mem} MiB", flush=True)
+    for key in keys:
+        rows += bench_model(key, args.sizes, args.batches, args.device, args.repeats, threads)
+    print("\nSGF-MRI (small) memory scaling, batch 1:")
+    scaling = bench_model("sgfmri-small", args.scaling_sizes, [1], args.device, 1, threads)
     # conventional reference on the same kind of data: a 12-frame cine at 192x192, 8 coils, 8x
     t, n, c = 12, 192, 8
     rng = np.random.default_rng(0)
