@@ -39,13 +39,16 @@ Properties: ``mode`` ("centered" | "causal", default centered),
 (32), ``max_batch`` (8: windows released together, or waiting while the
 model was busy, run as one batch), ``model_thread`` (true: the model runs on
 its own thread so conventional images never wait for it; false: inline),
-``max_pending`` (32 windows queued for the model before the frame path
-waits), ``map_wait_frames`` (8: windows of a slice that may wait for its
+``max_pending`` (64 windows queued for the model before the frame path
+waits), ``max_lag_ms`` (real time 2000, gated 0 = off: how far the model
+series may fall behind before new windows fall back, see
+:class:`ModelWorker`), ``map_wait_frames`` (8: windows of a slice that may wait for its
 coil maps before falling back), and the inference properties of
 :func:`gadgets.inference.backend_from_config`.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -407,30 +410,67 @@ class _Job:
     kspace: np.ndarray | None = None   # (coils, ny, nx) frame t's measured k-space
     mask: np.ndarray | None = None     # (ny,)
     maps: np.ndarray | None = None     # (coils, ny, nx)
+    holds_slot: bool = False           # counted against ModelWorker.max_pending
 
 
 class ModelWorker:
     """Runs the model beside the frame path, so conventional images never wait for the network.
 
-    Jobs queue in release order (bounded by ``max_pending``: when the model
-    falls that far behind, the frame path waits, which keeps memory bounded
-    however long the scan). The worker takes every job waiting (up to
-    ``max_batch``) as one batch, so a model slower than the frame rate
-    catches up with bigger batches instead of an ever longer queue of single
-    calls. ``send`` is called from the worker thread only; images of the
-    model series leave in release order.
+    Jobs queue in release order. Two bounds keep a live scan live and its
+    memory flat, however long it runs:
+
+    - ``max_lag_ms`` (real time: 2000; gated: 0 = off): when the oldest
+      window still waiting for the model was queued longer ago than that,
+      a new window does not wait: it drops its k-space and becomes a
+      flagged fallback (its conventional image, ``Fallback: model behind``).
+      On a CPU slower than the frame rate, part of the frames then carry the
+      model's image and the others say so, and the model series stays
+      within about ``max_lag_ms`` of the scan instead of drifting further
+      behind every second. Gated cine delivers its frames in one burst at
+      the end of the breath-hold and every one should get the model.
+    - ``max_pending`` (64): at most that many windows holding k-space wait;
+      beyond it the frame path waits (a burst replayed as fast as possible).
+
+    The worker takes every job waiting (up to ``max_batch``) as one batch,
+    so a model slower than the frame rate catches up with bigger batches.
+    ``send`` is called from the worker thread only; images of the model
+    series leave in release order.
     """
 
     _END = object()
 
-    def __init__(self, stream: KGMgTStream, send: Callable[[ismrmrd.Image], None], max_pending: int = 32) -> None:
+    def __init__(self, stream: KGMgTStream, send: Callable[[ismrmrd.Image], None], max_pending: int = 64,
+                 max_lag_ms: float = 0.0) -> None:
         self.stream, self.send = stream, send
-        self.queue: queue.Queue = queue.Queue(maxsize=max(1, max_pending))
+        self.max_pending = max(1, max_pending)
+        self.max_lag_s = max(0.0, max_lag_ms) / 1000.0
+        # Heavy jobs (holding k-space) are counted by the semaphore and their
+        # queueing times kept oldest first; light fallback jobs only hold a
+        # conventional image and pass straight through.
+        self.slots = threading.BoundedSemaphore(self.max_pending)
+        self._waiting_since: collections.deque = collections.deque()
+        self._lock = threading.Lock()
+        self.queue: queue.Queue = queue.Queue()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="kgmgt-model", daemon=True)
         self.thread.start()
 
+    def lag_s(self) -> float:
+        """How long the oldest window still waiting for the model has waited."""
+        with self._lock:
+            return time.perf_counter() - self._waiting_since[0] if self._waiting_since else 0.0
+
     def put(self, job: _Job) -> None:
+        if job.reason is None:
+            lag = self.lag_s()
+            if self.max_lag_s and lag > self.max_lag_s:
+                job.reason = f"model behind by {lag * 1000:.0f} ms (real time: not waiting)"
+                job.window_kspace = job.frames = job.kspace = job.mask = job.maps = None
+            else:
+                self.slots.acquire()
+                job.holds_slot = True
+                with self._lock:
+                    self._waiting_since.append(time.perf_counter())
         self.queue.put(job)
 
     def finish(self) -> None:
@@ -454,7 +494,15 @@ class ModelWorker:
             if not batch:
                 continue
             try:
-                images = self.stream.execute(batch)
+                try:
+                    images = self.stream.execute(batch)
+                finally:
+                    for job in batch:
+                        if job.holds_slot:
+                            job.holds_slot = False
+                            with self._lock:
+                                self._waiting_since.popleft()
+                            self.slots.release()
             except BaseException as exc:  # image building failed: still one (flagged) image per frame
                 log.exception("KGMgT batch failed")
                 self.error = self.error or exc
@@ -477,7 +525,9 @@ def reconstruct(connection: Any) -> None:
             connection.send(item)
 
     if properties.get(connection.config, "model_thread", True):
-        stream.worker = ModelWorker(stream, send, properties.get(connection.config, "max_pending", 32))
+        gated = stream.time_dim == "phase"
+        stream.worker = ModelWorker(stream, send, properties.get(connection.config, "max_pending", 64),
+                                    properties.get(connection.config, "max_lag_ms", 0.0 if gated else 2000.0))
     try:
         for item in connection:
             if not hasattr(item, "bits"):

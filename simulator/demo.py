@@ -1,9 +1,12 @@
 """``streamrecon demo``: the README's main job.
 
 Starts the embedded host on a free loopback port, replays the built-in
-beating-heart cine (8 coils, 2 slices) through a pipeline at real-time pace,
-and prints what came back, its scores and latency, and where the images
-were written. Needs no download and no GPU.
+beating-heart cine (8 coils, 2 slices, kt-Gaussian 8x) at real-time pace
+(36 ms a frame) through the KGMgT pipeline, and prints the image quality of
+the KGMgT series against the zero-filled input and the conventional series,
+frame latency, and where the images and GIFs were written. Needs no
+download and no GPU. The matrix is 96x96 by default so the model keeps up
+better on a laptop CPU; ``--matrix 128`` or more where a GPU is present.
 """
 from __future__ import annotations
 
@@ -17,12 +20,12 @@ from pipelines.host import StreamHost
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="streamrecon demo", description=__doc__.splitlines()[0])
-    p.add_argument("--pipeline", default="cine_conventional")
+    p.add_argument("--pipeline", default="kgmgt_cine")
     p.add_argument("--out", type=Path, default=Path("out/demo"))
-    p.add_argument("--accel", type=float, default=1.0)
-    p.add_argument("--mask", default="vd-random")
+    p.add_argument("--accel", type=float, default=8.0)
+    p.add_argument("--mask", default="kt-gaussian")
     p.add_argument("--frame-ms", type=float, default=36.0)
-    p.add_argument("--matrix", type=int, default=128)
+    p.add_argument("--matrix", type=int, default=96)
     p.add_argument("--frames", type=int, default=20)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)

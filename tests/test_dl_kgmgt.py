@@ -301,6 +301,42 @@ def test_model_thread_keeps_conventional_images_flowing_and_batches_the_backlog(
     assert conv_times[3] < 0.3 * 3
 
 
+def test_real_time_model_lag_is_bounded_by_flagged_fallbacks(weights):
+    """A model slower than the frame rate: the model series stays within max_lag_ms, never drifting."""
+    import threading
+    import time
+
+    from gadgets.cine_kgmgt import ModelWorker
+
+    scan, mask = _scan(frames=12, slices=1)
+    header = make_header(scan)
+    backend = SlowBackend(device="cpu", weights={"kgmgt": str(weights["kgmgt"])})
+    stream = KGMgTStream(header, ET.fromstring('<configuration><property name="mode" value="causal"/></configuration>'),
+                         backend=backend)
+    sent, lock = [], threading.Lock()
+
+    def send(image):
+        with lock:
+            sent.append(image)
+
+    stream.worker = ModelWorker(stream, send, max_pending=64, max_lag_ms=400)
+    acc = FrameAccumulator(header, time_dim="repetition")
+    conv = []
+    for acq in acquisitions(scan, mask, calib_lines=CALIB):
+        for frame in acc.add(acq):
+            conv.extend(stream.add(frame))
+            time.sleep(0.05)  # frames arrive every 50 ms; the model needs 300 ms a call
+    stream.flush()
+    assert [im.repetition for im in conv] == list(range(12))
+    assert [im.repetition for im in sent] == list(range(12))  # one model-series image per frame, in order
+    behind = [im for im in sent if "model behind" in im.meta.get("Fallback", "")]
+    modelled = [im for im in sent if "Fallback" not in im.meta]
+    assert behind and modelled, "a slow model should give some model images and some flagged fallbacks"
+    conv_by_frame = {im.repetition: np.asarray(im.data) for im in conv}
+    for im in behind:  # a fallback carries the frame's conventional image
+        np.testing.assert_allclose(np.asarray(im.data), conv_by_frame[im.repetition], rtol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["kgmgt_cine", "kgmgt_cine_causal", "kgmgt_cine_service", "kgmgt_cine_causal_service",
                                   "sgfmri_multicontrast", "sgfmri_multicontrast_service"])
 def test_shipped_dl_pipelines_load_and_emit_both_series(name):
