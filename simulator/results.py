@@ -196,11 +196,14 @@ def save_dicom(out_dir: Path, images: list[ismrmrd.Image], scans: list[Scan]) ->
     series_uids: dict[int, str] = {}
     study_uid = generate_uid()
     count = 0
+    scales: dict[int, float] = {}
     for im in images:
         series = int(im.image_series_index)
         series_uids.setdefault(series, generate_uid())
         arr = np.abs(image_array(im)).astype(np.float64)
-        scale = 4095.0 / max(arr.max(), 1e-12)
+        # One scale per series (from its first image), so a cine's frames
+        # keep their relative brightness in a DICOM viewer.
+        scale = scales.setdefault(series, 4095.0 / max(arr.max(), 1e-12))
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = MRImageStorage
         meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -212,13 +215,18 @@ def save_dicom(out_dir: Path, images: list[ismrmrd.Image], scans: list[Scan]) ->
         ds.PatientName, ds.PatientID = "streamrecon^phantom", "SIMULATED"
         ds.Rows, ds.Columns = arr.shape
         fov = im.field_of_view
-        ds.PixelSpacing = [float(fov[1]) / arr.shape[0], float(fov[0]) / arr.shape[1]]
+        dy, dx = float(fov[1]) / arr.shape[0], float(fov[0]) / arr.shape[1]
+        ds.PixelSpacing = [dy, dx]
         ds.SliceThickness = float(fov[2])
-        ds.ImagePositionPatient = [float(v) for v in im.position]
+        # ISMRMRD's position is the image centre; DICOM's is the centre of
+        # the first (top-left) pixel.
+        centre, read, phase = (np.asarray(v, dtype=np.float64) for v in (im.position, im.read_dir, im.phase_dir))
+        corner = centre - read * dx * (arr.shape[1] / 2 - 0.5) - phase * dy * (arr.shape[0] / 2 - 0.5)
+        ds.ImagePositionPatient = [float(v) for v in corner]
         ds.ImageOrientationPatient = [float(v) for v in im.read_dir] + [float(v) for v in im.phase_dir]
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.PixelData = (arr * scale).astype(np.uint16).tobytes()
+        ds.PixelData = np.clip(np.rint(arr * scale), 0, 65535).astype(np.uint16).tobytes()
         ds.save_as(out_dir / f"s{series:02d}_sl{im.slice:02d}_c{im.contrast}_f{frame_key(im)[2]:03d}.dcm", enforce_file_format=True)
         count += 1
     return count

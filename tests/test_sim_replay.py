@@ -159,3 +159,21 @@ def test_real_host_answers_faults_and_keeps_serving(stream_host, small):
     assert dropped.closed and len(dropped.images) == 6 and not dropped.texts
     imgs = {frame_key(i): np.squeeze(i.data) for i in dropped.images}
     assert np.abs(imgs[(0, 0, 1)] - np.abs(small.reference[0, 1])).max() > 1e-4
+
+
+def test_replay_writes_dicom_a_viewer_can_place(stream_host, tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    out = tmp_path / "dicom"
+    code = replay_main(["cine", "--port", str(stream_host.port), "--pipeline", "cine_conventional", "--matrix", "24",
+                        "--frames", "3", "--slices", "2", "--coils", "2", "--dicom", "--no-progress", "--out", str(out)])
+    assert code == 0
+    files = sorted(out.rglob("*.dcm"))
+    assert len(files) == 6
+    ds = [pydicom.dcmread(f) for f in files]
+    assert {d.Modality for d in ds} == {"MR"} and len({d.SeriesInstanceUID for d in ds}) == 1
+    assert (ds[0].Rows, ds[0].Columns) == (24, 24)
+    # The first pixel's centre sits half a field of view (less half a pixel) from the image centre.
+    d = ds[0]
+    spacing = float(d.PixelSpacing[1])
+    assert abs(float(d.ImagePositionPatient[0]) + spacing * 11.5) < 1e-3
+    assert max(int(x.pixel_array.max()) for x in ds) <= 4095
