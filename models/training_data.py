@@ -176,12 +176,20 @@ class CineSampler:
     size: tuple[int, int] = (80, 80)
     frames: tuple[int, int] = (12, 25)
     phantom_fraction: float = 0.3
+    cines: Sequence[np.ndarray] = ()   # real cines (T, ny, nx), e.g. CMRxRecon references; used with cine_fraction
+    cine_fraction: float = 0.5
     causal_fraction: float = 0.3
     motion_px: tuple[float, float] = (1.0, 4.0)
     settings: SimulationSettings = field(default_factory=SimulationSettings)
 
     def cine(self, rng: np.random.Generator, n_frames: int) -> np.ndarray:
         ny, nx = self.size
+        if self.cines and (rng.random() < self.cine_fraction or not self.static_images):
+            real = np.asarray(self.cines[int(rng.integers(len(self.cines)))])
+            video = augment_geometry(rng, [real], self.size, min_crop=0.6)[0]
+            if not np.iscomplexobj(real):  # magnitude references get a smooth phase
+                video = video * np.exp(1j * smooth_random_phase(rng, self.size))[None]
+            return (video / max(float(np.abs(video).max()), 1e-8)).astype(np.complex64)
         if not self.static_images or rng.random() < self.phantom_fraction:
             from .phantoms import cardiac_cine
             big = cardiac_cine(ny + ny // 4, nx + nx // 4, n_frames, seed=int(rng.integers(1 << 31)))
@@ -200,6 +208,9 @@ class CineSampler:
         validation only (the unsupervised loss never reads it). Scaled like ``__call__``."""
         s = self.settings
         video = self.cine(rng, length)
+        if video.shape[0] != length:  # a real cine: take `length` consecutive frames (periodic)
+            start = int(rng.integers(video.shape[0]))
+            video = video[[(start + i) % video.shape[0] for i in range(length)]]
         ny = video.shape[-2]
         masks, _ = sample_line_masks(rng, ny, length, float(rng.uniform(*s.accel)), s.acs(ny), s.families)
         acq = simulate_acquisition(rng, video, masks, int(rng.integers(s.coils[0], s.coils[1] + 1)),
@@ -212,7 +223,7 @@ class CineSampler:
         s = self.settings
         n_frames = int(rng.integers(self.frames[0], self.frames[1] + 1))
         video = self.cine(rng, n_frames)
-        ny = video.shape[-2]
+        n_frames, ny = video.shape[0], video.shape[-2]  # a real cine keeps its own frame count
         accel = float(rng.uniform(*s.accel))
         masks, _ = sample_line_masks(rng, ny, n_frames, accel, s.acs(ny), s.families)
         acq = simulate_acquisition(rng, video, masks, int(rng.integers(s.coils[0], s.coils[1] + 1)),

@@ -5,7 +5,16 @@ Data (``--data``):
   see ``simulator.model_data`` for the splits -- the real cine and the CDLMRI
   slices are held out for ``streamrecon evaluate``), plus, for cine, the
   built-in beating-heart phantom (``--phantom-fraction``);
-- ``synthetic``: the built-in phantoms only (no files needed).
+- ``synthetic``: the built-in phantoms only (no files needed);
+- ``none``: only the files given below.
+
+Datasets (any number, added to ``--data``), read by ``simulator.readers`` and
+used in the image domain -- their fully sampled coil-combined references are
+re-simulated with random coils, phases and masks like everything else:
+``--cmrxrecon FILE...`` (2023/2024 cine .mat: real cardiac motion),
+``--ismrmrd FILE...`` (multi-frame scans -> cines, single frames -> static
+images), ``--fastmri FILE...`` (slices -> static images for cine),
+``--m4raw DIR`` (T1 guides T2 and FLAIR pairs for SGF-MRI).
 
 Examples:
     streamrecon train --model kgmgt --steps 3000 --time-limit 2100 --export kgmgt_cine_small
@@ -37,12 +46,36 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} logical cores, {gpu}, torch {torch.__version__}"
 
 
+def _dataset_images(args) -> tuple[list, list]:
+    """Static images and real cines from the dataset options, via ``simulator.readers``."""
+    import numpy as np
+    images, cines = [], []
+    scans = []
+    if args.cmrxrecon or args.ismrmrd or args.fastmri:
+        from . import readers
+        scans += [readers.read_cmrxrecon(p) for p in args.cmrxrecon]
+        for p in args.ismrmrd:
+            scans += readers.read_ismrmrd(p)
+        scans += [readers.read_fastmri(p) for p in args.fastmri]
+    for scan in scans:
+        for sl in np.asarray(scan.reference):  # (frames, ny, nx) per slice
+            if sl.shape[0] > 2:
+                cines.append(sl.astype(np.complex64))
+            else:
+                images.append(np.abs(sl[0]).astype(np.float32))
+    return images, cines
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamrecon train", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=("kgmgt", "sgfmri"), required=True)
     p.add_argument("--config", choices=("small", "official"), default="small",
                    help="network width: the CPU-trainable 'small' one or the paper's")
-    p.add_argument("--data", choices=("shared", "synthetic"), default="shared")
+    p.add_argument("--data", choices=("shared", "synthetic", "none"), default="shared")
+    p.add_argument("--cmrxrecon", type=Path, nargs="+", default=[])
+    p.add_argument("--ismrmrd", type=Path, nargs="+", default=[])
+    p.add_argument("--fastmri", type=Path, nargs="+", default=[])
+    p.add_argument("--m4raw", type=Path, default=None)
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -83,18 +116,37 @@ def main(argv: list[str]) -> int:
     settings = SimulationSettings(accel=tuple(args.accel))
     if args.model == "kgmgt":
         images = model_data.cine_training_images() if args.data == "shared" else []
+        cines = []
+        extra_images, extra_cines = _dataset_images(args)
+        images, cines = images + extra_images, cines + extra_cines
         size = args.size or 80
-        sampler = CineSampler(images, size=(size, size), frames=(8, 14),
-                              phantom_fraction=1.0 if not images else args.phantom_fraction, settings=settings)
+        phantom = 1.0 if not (images or cines) else (0.0 if args.data == "none" else args.phantom_fraction)
+        sampler = CineSampler(images, size=(size, size), frames=(8, 14), phantom_fraction=phantom,
+                              cines=cines, settings=settings)
+        print(f"cine data: {len(images)} static images, {len(cines)} real cines, phantom fraction {phantom}")
         task = "cine"
         from models.kgmgt import KGMgTConfig
         cfg = KGMgTConfig.official() if args.config == "official" else KGMgTConfig.cpu_small()
     else:
+        pairs = []
         if args.data == "shared":
             pairs = model_data.multicontrast_training_pairs()
-        else:
+        elif args.data == "synthetic":
             from models.phantoms import brain_pair
             pairs = [tuple(np.abs(a) for a in brain_pair(128, seed=s)) for s in range(64)]
+        if args.m4raw:
+            from .readers import read_m4raw_pair
+            for target in ("T2", "FLAIR"):
+                try:
+                    ref_scan, tgt_scan = read_m4raw_pair(args.m4raw, reference="T1", target=target)
+                except (FileNotFoundError, KeyError, ValueError) as exc:
+                    print(f"m4raw T1->{target}: {exc}", file=sys.stderr)
+                    continue
+                pairs += [(np.abs(r[0]), np.abs(t[0])) for r, t in zip(ref_scan.reference, tgt_scan.reference)]
+        if not pairs:
+            print("no training pairs: use --data shared|synthetic or --m4raw", file=sys.stderr)
+            return 2
+        print(f"multi-contrast data: {len(pairs)} pairs")
         size = args.size or 96
         sampler = PairSampler(pairs, size=(size, size), settings=settings)
         task = "pair"
