@@ -25,6 +25,15 @@ also be shared, without the batch axis). Intensities are normalised inside:
 each item is divided by a robust maximum (99th percentile of ``|zero-filled
 frame t|``, or of the target) and multiplied back after.
 
+Super-resolution with SGF-MRI: pass the zero-padded low-resolution image as
+``target_zero_filled``, its k-space and ``models.sgfmri.lowres_mask(ny, nx,
+factor)`` as the mask (DC then keeps the measured centre). The shipped
+weights were trained for undersampled reconstruction only.
+
+DC at inference: ``load_model(dc_method="auto")`` runs the exact soft-DC
+proximal step (5 CG iterations, learned noise weight); ``info["dc"]`` names
+the solver. See :func:`load_model`.
+
 Weights: the shipped safetensors in ``models/weights/``. If they are missing
 ``load_model`` raises, unless ``allow_random=True`` -- then the network is
 randomly initialised, ``info["random_init"]`` is True and the version reads
