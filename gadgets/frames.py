@@ -13,7 +13,6 @@ frames must cross a socket.
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field

@@ -188,7 +188,6 @@ def save_pictures(out_dir: Path, rows: dict[str, np.ndarray], stem: str, *, max_
 
 def save_dicom(out_dir: Path, images: list[ismrmrd.Image], scans: list[Scan]) -> int:
     """One MR DICOM file per image (pydicom, an optional dependency); returns the count written."""
-    import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 

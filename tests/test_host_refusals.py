@@ -1,7 +1,6 @@
 """Hostile and broken input: each refused with a message, and the server keeps serving."""
 from __future__ import annotations
 
-import ctypes
 import io
 import socket
 import struct

@@ -5,7 +5,7 @@ import torch
 from models.complex_channels import from_channels
 from models.dc import kspace_residual
 from models.kgmgt import AdaptiveSpatiotemporalAttention, KGMgT, KGMgTConfig, WindowAttention, count_parameters
-from models.operators import expand_mask, sense_forward
+from models.operators import sense_forward
 
 TINY = KGMgTConfig(channels=8, depth=2, heads=2, window=4, mlp_ratio=2.0, asa_groups=2, asa_radius=1, dc_mode="hard")
 

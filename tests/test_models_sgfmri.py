@@ -3,7 +3,6 @@ import pytest
 import torch
 
 from models.complex_channels import from_channels
-from models.dc import kspace_residual
 from models.fft import fft2c
 from models.sgfmri import SGFMRI, NeighbourhoodSimilarity, SGFMRIConfig, lowres_mask
 from models.operators import sense_forward

@@ -10,11 +10,10 @@ import ismrmrd.xsd
 import numpy as np
 import pytest
 
-from models.coils import rss
 from models.metrics import psnr
 from models.phantoms import brain_pair, cardiac_cine
 from models.synthetic import cardiac_waveform, coil_maps, periodic_motion, smooth_phase
-from simulator.acquire import acquisitions, exam_acquisitions, frame_key, iter_kspace, schedule
+from simulator.acquire import acquisitions, exam_acquisitions, frame_key, iter_kspace
 from simulator.client import Pacing, run_session
 from simulator.header import header_time_dimension, make_header
 from simulator.recorder import RecordingHost

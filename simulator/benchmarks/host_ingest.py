@@ -17,25 +17,11 @@ Three figures, one run, one machine:
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import time
 from datetime import datetime, timezone
 
 import numpy as np
 
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}, Python {platform.python_version()}, torch {torch.__version__}"
+from simulator.benchmarks import machine
 
 
 def main(argv: list[str]) -> int:

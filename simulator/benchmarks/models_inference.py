@@ -16,7 +16,6 @@ Weights are random for timing (time and memory do not depend on them).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import subprocess
 import sys
@@ -24,22 +23,7 @@ import time
 
 import numpy as np
 
-
-def _machine(device: str) -> str:
-    import os
-
-    import torch
-    cpu = platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else "-"
-    return (f"CPU {cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}, "
-            f"torch {torch.__version__}, device {device} ({gpu})")
+from simulator.benchmarks import machine
 
 
 def _inputs(b: int, n: int, coils: int, device):
@@ -132,7 +116,7 @@ def main(argv: list[str]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"date {time.strftime('%Y-%m-%d %H:%M')}\nmachine: {_machine(args.device)}")
+    print(f"date {time.strftime('%Y-%m-%d %H:%M')}\nmachine: {machine(args.device)}")
     print(f"command: streamrecon bench models {' '.join(argv)}")
     keys = ["kgmgt-small", "sgfmri-small"] + ([] if args.skip_official else ["kgmgt-official", "sgfmri-paper"])
     threads = torch.get_num_threads()

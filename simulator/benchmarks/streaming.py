@@ -118,7 +118,7 @@ def main(argv: list[str]) -> int:
     from pipelines.host import StreamHost
     from pipelines.inference_client import health
     from simulator.acquire import acquisitions
-    from simulator.benchmarks.host_ingest import machine
+    from simulator.benchmarks import machine
     from simulator.client import Pacing, run_session
     from simulator.header import make_header
     from simulator.results import frame_latencies_ms, percentiles
