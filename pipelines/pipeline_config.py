@@ -164,3 +164,27 @@ def pipeline_from_config_file(name: str, search_dirs: Sequence[Path] = (),
 
 def pipeline_from_config_text(text: str, allowed_packages: Sequence[str] = DEFAULT_GADGET_PACKAGES) -> Pipeline:
     return load_gadgets(parse_pipeline(text), allowed_packages)
+
+
+def with_properties(xml_text: str, module: str, **props: object) -> str:
+    """Pipeline XML with properties of the gadget from ``module`` set (added when absent)."""
+    root = ET.fromstring(xml_text)
+    for ext in root.iter("external"):
+        execute = next((c for c in ext if _tag(c) == "execute"), None)
+        if execute is None or execute.get("name") != module:
+            continue
+        cfg = next((c for c in ext if _tag(c) == "configuration"), None)
+        if cfg is None:
+            cfg = ET.SubElement(ext, "configuration")
+        for key, value in props.items():
+            prop = next((q for q in cfg.iter("property") if q.get("name") == key), None)
+            if prop is None:
+                prop = ET.SubElement(cfg, "property", name=key)
+            prop.set("value", str(value))
+        return ET.tostring(root, encoding="unicode")
+    raise PipelineError(f"pipeline has no gadget from module {module!r}")
+
+
+def shipped_pipeline_with(name: str, module: str, **props: object) -> str:
+    """A shipped pipeline's XML (``pipelines/<name>.xml``) with gadget properties changed."""
+    return with_properties(resolve_config_file(name).read_text(), module, **props)

@@ -15,15 +15,16 @@ Splits, fixed so nothing evaluated is trained on:
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 
 def data_dir() -> Path:
-    env = os.environ.get("STREAMRECON_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    """``$STREAMRECON_DATA`` or ``../shared/data`` beside the repository (one definition: :mod:`simulator.images`)."""
+    from simulator.images import shared_data_dir
+
+    return shared_data_dir()
 
 
 def have_data() -> bool:

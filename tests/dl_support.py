@@ -1,15 +1,15 @@
 """Helpers for the deep-learning gadget tests: tiny weight files, pipeline properties, a service process."""
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
+
+from pipelines.pipeline_config import shipped_pipeline_with as pipeline_text  # noqa: F401  (tests import it from here)
+from simulator.processes import free_port, python_env, stop  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = ROOT / "pipelines"
@@ -35,20 +35,6 @@ def tiny_weights(folder: Path) -> dict[str, Path]:
     return {"kgmgt": k, "sgfmri": s}
 
 
-def pipeline_text(name: str, module: str, **props) -> str:
-    """A shipped pipeline's XML with properties of the gadget ``module`` set (added when absent)."""
-    root = ET.fromstring((PIPELINES / f"{name}.xml").read_text())
-    for ext in root.iter("external"):
-        if ext.find("execute").get("name") != module:
-            continue
-        cfg = ext.find("configuration")
-        for key, value in props.items():
-            prop = next((p for p in cfg.iter("property") if p.get("name") == key), None)
-            if prop is None:
-                prop = ET.SubElement(cfg, "property", name=key)
-            prop.set("value", str(value))
-        return ET.tostring(root, encoding="unicode")
-    raise KeyError(f"{name} has no gadget {module}")
 
 
 def series(images, index: int) -> list:
@@ -59,10 +45,6 @@ def pixels(image) -> np.ndarray:
     return np.asarray(image.data).reshape(image.data.shape[-2:])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_service(weights: dict[str, Path], models: str = "kgmgt", tmp: Path | None = None,
@@ -71,7 +53,7 @@ def start_service(weights: dict[str, Path], models: str = "kgmgt", tmp: Path | N
     from pipelines.inference_client import health
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+    env = python_env()
     cmd = [sys.executable, "-m", "pipelines.cli", "infer-server", "--bind", endpoint, "--device", "cpu",
            "--models", models, "--kgmgt-weights", str(weights["kgmgt"]), "--sgfmri-weights", str(weights["sgfmri"]),
            "--log-level", "WARNING"] + (extra or [])
@@ -88,12 +70,3 @@ def start_service(weights: dict[str, Path], models: str = "kgmgt", tmp: Path | N
     proc.kill()
     raise RuntimeError("infer-server did not become healthy")
 
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)

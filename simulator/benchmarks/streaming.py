@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -37,61 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.pipeline_config import shipped_pipeline_with
+from simulator.images import shared_data_dir
+from simulator.processes import free_port, python_env, stop, wait_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def data_dir() -> Path:
-    env = os.environ.get("STREAMRECON_DATA")
-    return Path(env) if env else ROOT.parent / "shared" / "data"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
-
-
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listening on {port}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def pipeline_text(name: str, module: str, **props) -> str:
-    """A shipped pipeline's XML with properties of the gadget ``module`` set (added when absent)."""
-    import xml.etree.ElementTree as ET
-
-    root = ET.fromstring((ROOT / "pipelines" / f"{name}.xml").read_text())
-    for ext in root.iter("external"):
-        if ext.find("execute").get("name") == module:
-            cfg = ext.find("configuration")
-            for key, value in props.items():
-                prop = next((q for q in cfg.iter("property") if q.get("name") == key), None)
-                if prop is None:
-                    prop = ET.SubElement(cfg, "property", name=key)
-                prop.set("value", str(value))
-    return ET.tostring(root, encoding="unicode")
 
 
 def main(argv: list[str]) -> int:
@@ -149,7 +100,7 @@ def main(argv: list[str]) -> int:
             scans["phantom cine"] = phantom_scan("cine", ny=n, nx=n, frames=args.frames, slices=1, n_coils=args.coils,
                                                  frame_ms=args.frame_ms)
         elif src == "real":
-            path = data_dir() / "cine" / "giraf_sax_cine25.mat"
+            path = shared_data_dir() / "cine" / "giraf_sax_cine25.mat"
             if not path.exists():
                 print(f"real cine: {path} absent, skipped")
                 continue
@@ -170,7 +121,7 @@ def main(argv: list[str]) -> int:
         header, acqs, _ = items(warm)
         t0 = time.perf_counter()
         run_session("127.0.0.1", host.port, header=header, items=acqs,
-                    config_text=pipeline_text("kgmgt_cine", module, **gadget_props))
+                    config_text=shipped_pipeline_with("kgmgt_cine", module, **gadget_props))
         print(f"warm-up scan (loads the model into the host): {time.perf_counter() - t0:.1f} s")
 
         print("\n1. frame latency, real time, model in the host process (ms)")
@@ -179,7 +130,7 @@ def main(argv: list[str]) -> int:
             header, acqs, _ = items(scan)
             for pipeline, mode, look in (("kgmgt_cine", "centered", 1), ("kgmgt_cine_causal", "causal", 0)):
                 r = run_session("127.0.0.1", host.port, header=header, items=acqs,
-                                config_text=pipeline_text(pipeline, module, **gadget_props),
+                                config_text=shipped_pipeline_with(pipeline, module, **gadget_props),
                                 pacing=Pacing.per_frame(args.frame_ms), timeout=600)
                 lat = percentiles(frame_latencies_ms(r, series=1, lookahead=look))
                 conv = percentiles(frame_latencies_ms(r, series=0, lookahead=0))
@@ -195,12 +146,12 @@ def main(argv: list[str]) -> int:
         service_proc = None
         if not args.skip_cold:
             print("\n2. first-image latency, cold start (fresh `streamrecon serve` process per scan)")
-            endpoint = f"tcp://127.0.0.1:{_free_port()}"
+            endpoint = f"tcp://127.0.0.1:{free_port()}"
             cmd = [sys.executable, "-m", "pipelines.cli", "infer-server", "--bind", endpoint, "--device", args.device,
                    "--models", "kgmgt", "--log-level", "WARNING"]
             cmd += ["--kgmgt-weights", weights] if trained else ["--allow-random"]
             t0 = time.perf_counter()
-            service_proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            service_proc = subprocess.Popen(cmd, env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             while True:
                 try:
                     h = health(endpoint, timeout_ms=500)
@@ -210,20 +161,20 @@ def main(argv: list[str]) -> int:
                         raise RuntimeError("inference service did not start")
                     time.sleep(0.2)
             print(f"inference service ready in {time.perf_counter() - t0:.1f} s (models loaded in {h['load_s']:.1f} s)")
-            for label, xml in (("model loaded by the gadget", pipeline_text("kgmgt_cine", module, **gadget_props)),
-                               ("warm inference service", pipeline_text("kgmgt_cine_service", module,
+            for label, xml in (("model loaded by the gadget", shipped_pipeline_with("kgmgt_cine", module, **gadget_props)),
+                               ("warm inference service", shipped_pipeline_with("kgmgt_cine_service", module,
                                                                          inference_endpoint=endpoint,
                                                                          inference_timeout_ms=60000))):
-                port = _free_port()
+                port = free_port()
                 host_proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port),
-                                              "--log-level", "WARNING"], env=_env(),
+                                              "--log-level", "WARNING"], env=python_env(),
                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 try:
-                    _wait_port(port, host_proc)
+                    wait_port(port, host_proc)
                     r = run_session("127.0.0.1", port, header=header, items=acqs, config_text=xml,
                                     pacing=Pacing.per_frame(args.frame_ms), timeout=600)
                 finally:
-                    _stop(host_proc)
+                    stop(host_proc)
                 first = next(i for i, im in enumerate(r.images) if int(im.image_series_index) == 1)
                 im = r.images[first]
                 need = r.send_times[(im.slice, im.contrast, min(im.repetition + 1, scan.frames - 1))]
@@ -235,9 +186,9 @@ def main(argv: list[str]) -> int:
         print("\n3. throughput, unpaced, concurrent scanners (KGMgT images per second over the wall time)")
         small = phantom_scan("cine", ny=n, nx=n, frames=args.throughput_frames, slices=1, n_coils=args.coils)
         header, acqs, _ = items(small)
-        backends = [("in-process", pipeline_text("kgmgt_cine", module, **gadget_props))]
+        backends = [("in-process", shipped_pipeline_with("kgmgt_cine", module, **gadget_props))]
         if service_proc is not None:
-            backends.append(("service", pipeline_text("kgmgt_cine_service", module, inference_endpoint=endpoint,
+            backends.append(("service", shipped_pipeline_with("kgmgt_cine_service", module, inference_endpoint=endpoint,
                                                       inference_timeout_ms=120000)))
         for label, xml in backends:
             for k in [int(x) for x in args.scanners.split(",")]:
@@ -262,7 +213,7 @@ def main(argv: list[str]) -> int:
         if service_proc is not None:
             counts = health(endpoint)["counts"]
             print(f"  service counters: {counts}")
-            _stop(service_proc)
+            stop(service_proc)
     finally:
         host.shutdown()
         host.server_close()
