@@ -543,3 +543,10 @@ def reconstruct(connection: Any) -> None:
                 send(image)
         finally:
             stream.backend.close()
+
+
+def preload(config: Any) -> str:
+    """Host hook: load the kgmgt weights this configuration uses before the first scan arrives."""
+    from .inference import preload as preload_model
+
+    return preload_model(config, "kgmgt")

@@ -161,6 +161,20 @@ def backend_from_config(config: Any) -> Backend:
     )
 
 
+def preload(config: Any, model: str) -> str:
+    """Load ``model`` now if this gadget configuration runs it in-process (a long-lived host's warm start).
+
+    Returns what was done, for the log; a configuration that uses the
+    inference service has nothing to load here.
+    """
+    backend = backend_from_config(config)
+    if not isinstance(backend, InProcessBackend):
+        backend.close()
+        return f"{model}: served by {backend.label}"
+    info = backend.model_info(model)
+    return f"{model}: {info.get('version', '?')} on {info.get('device', '?')}"
+
+
 def model_meta(backend: Backend, model: str) -> dict[str, str]:
     """Meta naming the model for the images; never raises (a dead service is reported by the call itself)."""
     try:

@@ -280,3 +280,10 @@ def reconstruct(connection: Any) -> None:
         log.info("SGF-MRI: %d with reference, %d single-contrast, %d fallbacks", stream.counts["model"],
                  stream.counts["single"], stream.counts["fallback"])
         stream.backend.close()
+
+
+def preload(config: Any) -> str:
+    """Host hook: load the sgfmri weights this configuration uses before the first scan arrives."""
+    from .inference import preload as preload_model
+
+    return preload_model(config, "sgfmri")

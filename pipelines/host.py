@@ -9,6 +9,7 @@ ISMRMRD stream on stdin and writes the result stream on stdout, like
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import socket
 import socketserver
@@ -79,9 +80,11 @@ class StreamHost(socketserver.ThreadingTCPServer):
             self.address_family = socket.AF_INET6
         super().__init__((host, port), _Handler)
 
-    def preload_pipelines(self) -> list[str]:
+    def preload_pipelines(self, models: bool = True) -> list[str]:
         """Import every known pipeline's gadget modules now, so the first scan does not pay for it.
 
+        With ``models``, a gadget module's optional ``preload(config)`` hook
+        runs too (the deep-learning gadgets load their in-process weights).
         Returns the pipelines that could not be loaded (logged, not fatal:
         a broken site pipeline must not stop the others from serving).
         """
@@ -89,10 +92,20 @@ class StreamHost(socketserver.ThreadingTCPServer):
         folders = [*self.options.search_dirs, PIPELINE_DIR]
         for path in sorted({p.name: p for d in reversed(folders) for p in Path(d).glob("*.xml")}.values()):
             try:
-                load_gadgets(parse_pipeline(path.read_text(), path.name), self.options.allowed_packages)
+                pipeline = load_gadgets(parse_pipeline(path.read_text(), path.name), self.options.allowed_packages)
             except PipelineError as exc:
                 log.warning("pipeline %s not preloaded: %s", path.name, exc)
                 failed.append(path.name)
+                continue
+            for spec in pipeline.gadgets if models else ():
+                hook = getattr(importlib.import_module(spec.module), "preload", None)
+                if hook is None:
+                    continue
+                try:
+                    log.info("pipeline %s, %s: %s", path.name, spec.label, hook(spec.config))
+                except Exception as exc:  # a missing model file must not stop the host
+                    log.warning("pipeline %s, %s: not preloaded: %s: %s", path.name, spec.label, type(exc).__name__, exc)
+                    failed.append(path.name)
         return failed
 
     @property
@@ -128,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-message-mb", type=float, default=256.0, help="largest acquisition/image payload accepted")
     p.add_argument("--idle-timeout", type=float, default=60.0, help="seconds of client silence before a session is ended")
     p.add_argument("--stream", action="store_true", help="read one stream on stdin, write the results on stdout")
+    p.add_argument("--no-preload-models", action="store_true",
+                   help="do not load the deep-learning pipelines' in-process models at start")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -148,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.stream:
         return run_stream(options=options)
     server = StreamHost(args.host, args.port, options, idle_timeout_s=args.idle_timeout)
-    server.preload_pipelines()
+    server.preload_pipelines(models=not args.no_preload_models)
     log.info("streamrecon host listening on %s:%d", args.host, server.port)
     try:
         server.serve_forever()

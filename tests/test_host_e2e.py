@@ -135,5 +135,9 @@ def test_four_concurrent_sessions_equal_sequential(stream_host):
             assert a.image_index == b.image_index and a.repetition == b.repetition
 
 
-def test_preload_imports_every_shipped_pipeline(stream_host):
+def test_preload_imports_every_shipped_pipeline_and_warms_the_models(stream_host):
+    from gadgets import inference
+
     assert stream_host.preload_pipelines() == []
+    loaded = {key[0] for key in inference._MODELS}
+    assert {"kgmgt", "sgfmri"} <= loaded  # the in-process DL pipelines' weights are in memory before any scan

@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
     header = make_header(scan)
     acqs = list(acquisitions(scan))
     host = StreamHost("127.0.0.1", 0)
-    host.preload_pipelines()
+    host.preload_pipelines(models=False)
     host.start_background()
     print(f"streamrecon bench host  {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"machine: {machine()}")
