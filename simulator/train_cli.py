@@ -20,6 +20,8 @@ Examples:
     streamrecon train --model kgmgt --steps 3000 --time-limit 2100 --export kgmgt_cine_small
     streamrecon train --model sgfmri --steps 3000 --time-limit 1500 --export sgfmri_brain_small
     streamrecon train --model kgmgt --resume --ckpt out/train/kgmgt
+    streamrecon train --model kgmgt --init-weights models/weights/kgmgt_cine_small.safetensors \
+        --lr 3e-4 --dc-method prox --time-limit 2100 --export kgmgt_cine_small_ft --export-dir out/ft
 """
 from __future__ import annotations
 
@@ -94,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-limit", type=float, default=None, help="seconds; checkpoint and stop after")
     p.add_argument("--ckpt", type=Path, default=None, help="checkpoint folder (default out/train/MODEL)")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init-weights", type=Path, default=None,
+                   help="fine-tune: start from these weights (safetensors + JSON card, e.g. the shipped set); "
+                        "their architecture config replaces --config; fresh optimiser and learning-rate schedule")
+    p.add_argument("--dc-method", choices=("gradient", "prox"), default="gradient",
+                   help="multi-coil DC solver in training: the one-step 'gradient' or the exact soft-DC 'prox' "
+                        "(--dc-iterations CG iterations, as used at inference); prox needs a soft-DC model")
+    p.add_argument("--dc-iterations", type=int, default=5)
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--export", default=None, help="write the final weights as models/weights/NAME.safetensors + .json")
     p.add_argument("--export-dir", type=Path, default=None, help="folder for --export (default models/weights)")
@@ -152,7 +161,22 @@ def main(argv: list[str]) -> int:
         task = "pair"
         from models.sgfmri import SGFMRIConfig
         cfg = SGFMRIConfig.paper() if args.config == "official" else SGFMRIConfig.cpu_small()
-    model = build_model(args.model, cfg.to_dict())
+    init_steps, init_version = 0, None
+    if args.init_weights:
+        from models.weights import load_weights
+        model, card = load_weights(args.init_weights)
+        if card["architecture"] != args.model:
+            print(f"--init-weights holds a {card['architecture']} network, not {args.model}", file=sys.stderr)
+            return 2
+        init_meta = card.get("meta", {})
+        init_steps = int(init_meta.get("total_steps", init_meta.get("steps", 0)))
+        init_version = card.get("version")
+        print(f"initialised from {args.init_weights} ({init_version}, {init_steps} steps)")
+    else:
+        model = build_model(args.model, cfg.to_dict())
+    if args.dc_method != "gradient":
+        from models.inference import _set_dc
+        print(f"training DC: {_set_dc(model, args.dc_method, args.dc_iterations)}")
     tcfg = TrainConfig(task=task, steps=args.steps, batch=args.batch, lr=args.lr, ssim_weight=args.ssim_weight,
                        adversarial=args.adversarial, seed=args.seed, device=args.device, val_every=args.val_every,
                        ckpt_every=args.val_every, time_limit_s=args.time_limit, threads=args.threads)
@@ -175,8 +199,11 @@ def main(argv: list[str]) -> int:
                 "train_seconds": round(result["seconds"], 1), "steps": result["step"],
                 "date": time.strftime("%Y-%m-%d"), "history": result["history"],
                 "training_size": [size, size], "accel_range": list(args.accel), "data": args.data,
-                "unsupervised": args.unsupervised}
-        version = f"{args.export}-{time.strftime('%Y%m%d')}-s{result['step']}"
+                "unsupervised": args.unsupervised, "dc_method": args.dc_method}
+        if args.init_weights:
+            meta.update({"init_weights": str(args.init_weights), "init_version": init_version,
+                         "init_steps": init_steps, "total_steps": init_steps + result["step"]})
+        version = f"{args.export}-{time.strftime('%Y%m%d')}-s{init_steps + result['step']}"
         path = save_weights(model, args.export_dir or SHIPPED_DIR, args.export, args.model, version, meta)
         print(f"exported {path} (version {version})")
     return 0

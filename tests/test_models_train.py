@@ -126,3 +126,29 @@ def test_train_cli_reads_a_cmrxrecon_file(tmp_path, capsys):
                "--export-dir", str(tmp_path)])
     assert rc == 0 and (tmp_path / "t.safetensors").exists()
     assert "0 static images, 1 real cines, phantom fraction 0.0" in capsys.readouterr().out
+
+
+def test_train_cli_fine_tunes_from_weights_with_the_prox_dc(tmp_path, capsys):
+    """`--init-weights` starts from a saved set (its config, its tensors); steps and version count on from its steps."""
+    import json
+
+    from models.weights import load_weights, save_weights
+    from simulator.train_cli import main
+
+    torch.manual_seed(0)
+    base = KGMgT(KGMgTConfig(**{**TINY_K.to_dict(), "dc_mode": "soft", "dc_learnable": True}))
+    save_weights(base, tmp_path, "base", "kgmgt", "base-v1", {"steps": 7})
+    rc = main(["--model", "kgmgt", "--data", "synthetic", "--steps", "1", "--batch", "1", "--size", "24",
+               "--val-every", "1", "--lr", "1e-4", "--init-weights", str(tmp_path / "base.safetensors"),
+               "--dc-method", "prox", "--dc-iterations", "2", "--ckpt", str(tmp_path / "ck"),
+               "--export", "ft", "--export-dir", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "base-v1, 7 steps" in out and "training DC: soft-prox-2" in out
+    card = json.loads((tmp_path / "ft.json").read_text())
+    assert card["version"].endswith("-s8") and card["meta"]["init_version"] == "base-v1"
+    assert card["meta"]["total_steps"] == 8 and card["meta"]["dc_method"] == "prox"
+    model, _ = load_weights(tmp_path / "ft.safetensors")
+    assert model.cfg.channels == TINY_K.channels
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, base.state_dict()[k])]
+    assert changed  # one Adam step moved the weights
