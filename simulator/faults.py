@@ -63,12 +63,19 @@ def _pick(n: int, count: int | None, fraction: float | None, seed: int) -> set[i
     return set(rng.choice(n, size=k, replace=False).tolist()) if k else set()
 
 
+def _chosen_readouts(items: list, count: int | None, fraction: float | None,
+                     indices: Iterable[int] | None, seed: int) -> set[int]:
+    """Readout indices a fault applies to: given, or ``count``/``fraction`` of them chosen at random."""
+    if indices is not None:
+        return set(indices)
+    return _pick(sum(_is_readout(i) for i in items), count, fraction, seed)
+
+
 def drop_readouts(items: Iterable, *, count: int | None = None, fraction: float | None = None,
                   indices: Iterable[int] | None = None, seed: int = 0) -> list:
     """Remove readouts (by readout index, or ``count``/``fraction`` chosen at random); other items pass."""
     items = list(items)
-    n = sum(_is_readout(i) for i in items)
-    chosen = set(indices) if indices is not None else _pick(n, count, fraction, seed)
+    chosen = _chosen_readouts(items, count, fraction, indices, seed)
     out, r = [], 0
     for it in items:
         if _is_readout(it):
@@ -83,8 +90,7 @@ def duplicate_readouts(items: Iterable, *, count: int | None = None, fraction: f
                        indices: Iterable[int] | None = None, seed: int = 0) -> list:
     """Send chosen readouts twice in a row (a retransmission)."""
     items = list(items)
-    n = sum(_is_readout(i) for i in items)
-    chosen = set(indices) if indices is not None else _pick(n, count, fraction, seed)
+    chosen = _chosen_readouts(items, count, fraction, indices, seed)
     out, r = [], 0
     for it in items:
         out.append(it)

@@ -263,17 +263,23 @@ class SlowBackend(RecordingBackend):
         return super().cine_batch(frames, kspace, mask, maps, causal)
 
 
+def _slow_causal_stream(weights, frames: int):
+    """A one-slice causal KGMgT stream whose model is slower than the frames arrive."""
+    scan, mask = _scan(frames=frames, slices=1)
+    header = make_header(scan)
+    backend = SlowBackend(device="cpu", weights={"kgmgt": str(weights["kgmgt"])})
+    stream = KGMgTStream(header, ET.fromstring('<configuration><property name="mode" value="causal"/></configuration>'),
+                         backend=backend)
+    return scan, mask, header, backend, stream
+
+
 def test_model_thread_keeps_conventional_images_flowing_and_batches_the_backlog(weights):
     import threading
     import time
 
     from gadgets.cine_kgmgt import ModelWorker
 
-    scan, mask = _scan(frames=8, slices=1)
-    header = make_header(scan)
-    backend = SlowBackend(device="cpu", weights={"kgmgt": str(weights["kgmgt"])})
-    stream = KGMgTStream(header, ET.fromstring('<configuration><property name="mode" value="causal"/></configuration>'),
-                         backend=backend)
+    scan, mask, header, backend, stream = _slow_causal_stream(weights, frames=8)
     sent, lock = [], threading.Lock()
 
     def send(image):
@@ -308,11 +314,7 @@ def test_real_time_model_lag_is_bounded_by_flagged_fallbacks(weights):
 
     from gadgets.cine_kgmgt import ModelWorker
 
-    scan, mask = _scan(frames=12, slices=1)
-    header = make_header(scan)
-    backend = SlowBackend(device="cpu", weights={"kgmgt": str(weights["kgmgt"])})
-    stream = KGMgTStream(header, ET.fromstring('<configuration><property name="mode" value="causal"/></configuration>'),
-                         backend=backend)
+    scan, mask, header, backend, stream = _slow_causal_stream(weights, frames=12)
     sent, lock = [], threading.Lock()
 
     def send(image):
