@@ -61,6 +61,7 @@ import numpy as np
 
 from models.coils import sense_combine
 from models.fft import fft1c, ifft1c, ifft2c
+from models.view_sharing import LineHistory, SharedFrame, add_lookahead
 
 from . import properties
 from .conventional import CoilMapCache, conventional_image
@@ -210,6 +211,7 @@ class _Held:
     mask: np.ndarray          # (ny,)
     conventional: np.ndarray  # (ny, nx) complex zero-filled SENSE/RSS
     conventional_meta: dict
+    shared: SharedFrame | None = None  # causal view sharing, taken when the frame arrived
 
 
 def _pixels(image: ismrmrd.Image) -> np.ndarray:
@@ -251,6 +253,15 @@ class KGMgTStream:
         self._waiting: dict[int, list[_Job]] = {}  # per slice: jobs waiting for coil maps
         self.counts = {"model": 0, "fallback": 0}
         self._reasons: set[str] = set()
+        # The network's input frames: what its weights were trained on; "view-shared" when the model
+        # cannot be asked (service down), since the shipped network takes view-shared frames.
+        self.inputs = properties.get(config, "inputs", "auto").lower()
+        if self.inputs == "auto":
+            self.inputs = self.meta.get("ModelInputs", "view-shared")
+        if self.inputs not in ("zero-filled", "view-shared"):
+            raise ValueError(f"property 'inputs' must be auto, zero-filled or view-shared, not {self.inputs!r}")
+        self.meta["ModelInputs"] = self.inputs
+        self.histories: dict[GroupKey, LineHistory] = {}  # per group: the latest measurement of every line
         log.info("KGMgT %s over %s (period %s), inference %s, %s %s", self.mode, self.time_dim,
                  self.windows.period, self.backend.label, self.meta.get("Weights"), self.meta.get("ModelVersion"))
 
@@ -275,7 +286,10 @@ class KGMgTStream:
         except ValueError as exc:  # kept, so the frame still gets its (fallback) model-series image
             log.warning("frame %s %d: %s", g, t, exc)
             k, m = None, None
-        self.held.setdefault(g, {})[t] = _Held(frame, k, m, _pixels(conv), dict(conv.meta))
+        shared = None
+        if k is not None and self.inputs == "view-shared":
+            shared = self.histories.setdefault(g, LineHistory()).share(k, m, t)
+        self.held.setdefault(g, {})[t] = _Held(frame, k, m, _pixels(conv), dict(conv.meta), shared)
         jobs = self._ready_for_maps([self._job(w) for w in self.windows.add(g, t)])
         self._prune(g)
         yield from self._dispatch(jobs)
@@ -314,9 +328,18 @@ class KGMgTStream:
         job = _Job(w, target.frame, target.conventional, target.conventional_meta)
         if any(held[t].kspace is None for t in w.times):
             job.reason = "k-space not representable on the recon matrix"
-        else:
+            return job
+        job.kspace, job.mask = target.kspace, target.mask
+        if self.inputs == "zero-filled":
             job.window_kspace = [held[t].kspace for t in w.times]
-            job.kspace, job.mask = target.kspace, target.mask
+            return job
+        # View sharing: every frame as shared when it arrived; the target of a centred window may also
+        # take frame t+1's lines (the look-ahead the window waited for). Same rule as training
+        # (models.cine_windows.window_inputs).
+        job.window_kspace = [held[t].shared.kspace for t in w.times]
+        nxt = held.get(w.t + 1)
+        if not self.windows.causal and self.windows.period is None and nxt is not None and nxt.kspace is not None:
+            job.window_kspace[1] = add_lookahead(target.shared, nxt.kspace, nxt.mask)
         return job
 
     def _ready_for_maps(self, jobs: list["_Job"], final: bool = False) -> list["_Job"]:
@@ -337,7 +360,7 @@ class KGMgTStream:
             while queue_:
                 job = queue_[0]
                 if job.reason is None and maps is not None:
-                    # zero-filled SENSE images of the window, all with the maps the model's DC uses
+                    # SENSE images of the window, all with the maps the model's DC uses
                     job.frames = np.stack([sense_combine(ifft2c(k), maps) for k in job.window_kspace]).astype(np.complex64)
                     job.maps, job.coil_source, job.window_kspace = maps, source, None
                 elif job.reason is None and (final or len(queue_) > self.map_wait_frames):
@@ -406,7 +429,7 @@ class _Job:
     coil_source: str = "none"
     reason: str | None = None
     window_kspace: list | None = None  # the window's k-space until coil maps exist
-    frames: np.ndarray | None = None   # (3, ny, nx) zero-filled window
+    frames: np.ndarray | None = None   # (3, ny, nx) window images (zero-filled or view-shared)
     kspace: np.ndarray | None = None   # (coils, ny, nx) frame t's measured k-space
     mask: np.ndarray | None = None     # (ny,)
     maps: np.ndarray | None = None     # (coils, ny, nx)

@@ -183,7 +183,8 @@ def model_meta(backend: Backend, model: str) -> dict[str, str]:
         log.warning("model info unavailable from %s: %s", backend.label, exc)
         return {"ModelVersion": "unknown", "Weights": "unknown"}
     return {"ModelVersion": str(info.get("version", "unknown")), "Weights": str(info.get("name", "unknown")),
-            "InferenceDevice": str(info.get("device", "unknown"))}
+            "InferenceDevice": str(info.get("device", "unknown")),
+            "ModelInputs": str(info.get("inputs", "zero-filled"))}
 
 
 __all__ = ["InferenceError", "InProcessBackend", "backend_from_config", "cached_model", "model_meta", "set_cpu_threads"]

@@ -8,9 +8,12 @@
 
 Shapes and conventions (all complex64 unless said; ``ny`` phase encode, ``nx`` readout):
 
-- ``frames``: zero-filled coil-combined images ``(3, ny, nx)`` in time order,
+- ``frames``: coil-combined images ``(3, ny, nx)`` in time order,
   ``(t-1, t, t+1)``, or ``(t-2, t-1, t)`` with ``causal=True`` (no look-ahead);
-  the frame reconstructed is ``t``.
+  the frame reconstructed is ``t``. Zero-filled, or view-shared
+  (:mod:`models.view_sharing`: frame ``t`` may use ``t+1``'s lines when
+  centred, the references are shared causally) as ``info["inputs"]`` says;
+  :func:`models.cine_windows.window_inputs` builds them from a series.
 - ``kspace``: measured multi-coil k-space of the reconstructed frame,
   ``(coils, ny, nx)``, zeros where not sampled (centered FFT convention of
   ``models.fft``).
@@ -82,7 +85,14 @@ class Reconstructor:
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "architecture": self.architecture,
                 "parameters": sum(p.numel() for p in self.model.parameters()),
-                "random_init": self.random_init, "device": str(self.device), "dc": self.dc}
+                "random_init": self.random_init, "device": str(self.device), "dc": self.dc,
+                "inputs": self.inputs}
+
+    @property
+    def inputs(self) -> str:
+        """What the cine network's three frames must be: ``"zero-filled"`` or ``"view-shared"`` SENSE images."""
+        cfg = getattr(self.model, "cfg", None)
+        return str(getattr(cfg, "inputs", "zero-filled"))
 
     # ------------------------------------------------------------ helpers
     def _autocast(self):

@@ -76,6 +76,18 @@ class KGMgTConfig:
     dc_noise_weight: float = 100.0
     dc_learnable: bool = True
     dc_after_mentor: bool = True
+    # What the three input frames are: "zero-filled" SENSE images (the paper), or "view-shared"
+    # SENSE images (each missing line from the nearest frame that measured it, models.view_sharing):
+    # at 8x a frame alone holds 1/8 of k-space, the stream already holds nearly all of it.
+    inputs: str = "zero-filled"
+    dc_on_input: bool = False   # soft-DC the target input before the first pass (view-shared input)
+    cascades: int = 1           # mentor/learner passes (shared weights), each ending in DC
+
+    def __post_init__(self) -> None:
+        if self.inputs not in ("zero-filled", "view-shared"):
+            raise ValueError(f"inputs must be 'zero-filled' or 'view-shared', got {self.inputs!r}")
+        if self.cascades < 1:
+            raise ValueError("cascades must be >= 1")
 
     @classmethod
     def official(cls) -> "KGMgTConfig":
@@ -329,8 +341,9 @@ class KGMgT(nn.Module):
         """Reconstruct frame ``t``.
 
         Args:
-            target, ref_mentor, ref_learner: ``(B, 2, H, W)`` zero-filled frames
-                ``t``, ``t-1`` and ``t+1`` (causal: ``t``, ``t-1``, ``t-2``).
+            target, ref_mentor, ref_learner: ``(B, 2, H, W)`` frames ``t``, ``t-1``
+                and ``t+1`` (causal: ``t``, ``t-1``, ``t-2``), zero-filled or
+                view-shared SENSE images as ``cfg.inputs`` says.
             kspace: measured k-space of frame ``t``, ``(B, C, H, W)`` complex
                 (``C = 1`` and ``maps=None`` for single-coil), same scaling as
                 the images; ``None`` skips DC.
@@ -345,14 +358,16 @@ class KGMgT(nn.Module):
         def pad(z: torch.Tensor) -> torch.Tensor:
             return F.pad(z, (0, pw, 0, ph), mode="replicate") if (ph or pw) else z
 
-        xt, rm, rl = pad(target), pad(ref_mentor), pad(ref_learner)
-        res1, feats = self.generator(xt, rm)
-        kg = (xt + res1)[..., :h, :w]
-        if self.cfg.dc_after_mentor:
-            kg = self._dc(kg, kspace, mask, maps)
-        res2, _ = self.generator(pad(kg), rl, feats)
-        out = kg + res2[..., :h, :w]
-        return self._dc(out, kspace, mask, maps)
+        rm, rl = pad(ref_mentor), pad(ref_learner)
+        x = self._dc(target, kspace, mask, maps) if self.cfg.dc_on_input else target
+        for _ in range(self.cfg.cascades):
+            res1, feats = self.generator(pad(x), rm)
+            kg = x + res1[..., :h, :w]
+            if self.cfg.dc_after_mentor:
+                kg = self._dc(kg, kspace, mask, maps)
+            res2, _ = self.generator(pad(kg), rl, feats)
+            x = self._dc(kg + res2[..., :h, :w], kspace, mask, maps)
+        return x
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -230,8 +230,11 @@ def _progress(total: int, initial: int):
 
 def train(model: nn.Module, sampler: Callable, cfg: TrainConfig, ckpt_dir: str | Path | None = None,
           resume: bool = False, perceptual: nn.Module | None = None,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train ``model`` on samples from ``sampler``; returns ``{"history", "seconds", "step"}``."""
+          log: Callable[[str], None] = print, val_sampler: Callable | None = None) -> dict[str, Any]:
+    """Train ``model`` on samples from ``sampler``; returns ``{"history", "seconds", "step"}``.
+
+    Validation batches come from ``val_sampler`` (held-out data) when given, else from ``sampler``
+    with a fixed seed; either way the same batches at every validation."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
@@ -244,7 +247,7 @@ def train(model: nn.Module, sampler: Callable, cfg: TrainConfig, ckpt_dir: str |
     optim_d = torch.optim.Adam(critic.parameters(), lr=1e-4, betas=(0.5, 0.9)) if critic else None
     if perceptual is not None:
         perceptual = perceptual.to(device)
-    val = make_batches(sampler, np.random.default_rng(cfg.seed + 10_000_019), cfg.val_batches, cfg.batch)
+    val = make_batches(val_sampler or sampler, np.random.default_rng(cfg.seed + 10_000_019), cfg.val_batches, cfg.batch)
     step, history, elapsed_before = 0, [], 0.0
     ckpt = Path(ckpt_dir) if ckpt_dir else None
     if resume and ckpt and (ckpt / "state.json").exists():

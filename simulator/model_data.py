@@ -39,6 +39,33 @@ def load_cine() -> np.ndarray:
     return cine / cine.max()
 
 
+SUNNYBROOK_PATIENTS = ("SCD0000101", "SCD0000201", "SCD0000301", "SCD0000401", "SCD0000501")
+SUNNYBROOK_VALIDATION = ("SCD0000501",)   # never trained on; with GIRAF, the cine validation split
+
+
+def have_sunnybrook() -> bool:
+    return (data_dir() / "cine" / "sunnybrook_sax_cine.h5").exists()
+
+
+def load_sunnybrook(patients: tuple[str, ...] | list[str] | None = None) -> dict[str, list[np.ndarray]]:
+    """Sunnybrook short-axis cines: ``{patient: [slice cine (20, 256, 256) float32, ...]}``.
+
+    Each slice-cine is divided by its 99.5th percentile (the files are uint16
+    with per-series scaling), so every cine has the same intensity range.
+    Default: the training patients (all but :data:`SUNNYBROOK_VALIDATION`).
+    """
+    import h5py
+    patients = [p for p in SUNNYBROOK_PATIENTS if p not in SUNNYBROOK_VALIDATION] if patients is None else list(patients)
+    out: dict[str, list[np.ndarray]] = {}
+    with h5py.File(data_dir() / "cine" / "sunnybrook_sax_cine.h5", "r") as f:
+        for name in patients:
+            if name not in f:
+                raise KeyError(f"{name} is not in sunnybrook_sax_cine.h5 (has {', '.join(f)})")
+            vol = np.asarray(f[name], dtype=np.float32)  # (slices, frames, ny, nx)
+            out[name] = [s / max(float(np.percentile(s, 99.5)), 1e-6) for s in vol]
+    return out
+
+
 def load_qmrlab() -> dict[str, np.ndarray]:
     """``{"T1w", "PDw", "MTw"}`` -> ``(128, 128, 96)`` float32 volumes (co-registered)."""
     import nibabel as nib

@@ -5,6 +5,10 @@ Data (``--data``):
   see ``simulator.model_data`` for the splits -- the real cine and the CDLMRI
   slices are held out for ``streamrecon evaluate``), plus, for cine, the
   built-in beating-heart phantom (``--phantom-fraction``);
+- ``sunnybrook`` (cine): real hearts, the Sunnybrook short-axis cines of the
+  training patients, simulated as real-time scans with view-shared inputs
+  (``models.cine_windows``); validation on the held-out patient
+  (``simulator.model_data.SUNNYBROOK_VALIDATION``) and the GIRAF cine;
 - ``synthetic``: the built-in phantoms only (no files needed);
 - ``none``: only the files given below.
 
@@ -73,7 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=("kgmgt", "sgfmri"), required=True)
     p.add_argument("--config", choices=("small", "official"), default="small",
                    help="network width: the CPU-trainable 'small' one or the paper's")
-    p.add_argument("--data", choices=("shared", "synthetic", "none"), default="shared")
+    p.add_argument("--data", choices=("shared", "sunnybrook", "synthetic", "none"), default="shared",
+                   help="training data (see above); default shared")
+    p.add_argument("--inputs", choices=("zero-filled", "view-shared"), default=None,
+                   help="cine network inputs (default: view-shared with --data sunnybrook, else zero-filled)")
+    p.add_argument("--cascades", type=int, default=None, help="KGMgT mentor/learner passes, each ending in DC")
+    p.add_argument("--dc-on-input", action="store_true", help="KGMgT: DC the target input before the first pass")
     p.add_argument("--cmrxrecon", type=Path, nargs="+", default=[])
     p.add_argument("--ismrmrd", type=Path, nargs="+", default=[])
     p.add_argument("--fastmri", type=Path, nargs="+", default=[])
@@ -123,7 +132,21 @@ def main(argv: list[str]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = SimulationSettings(accel=tuple(args.accel))
-    if args.model == "kgmgt":
+    val_sampler = None
+    if args.model == "kgmgt" and args.data == "sunnybrook":
+        from models.cine_windows import RealCineSampler
+        inputs = args.inputs or "view-shared"
+        size = args.size or 96
+        train_cines = [c for v in model_data.load_sunnybrook().values() for c in v]
+        val_cines = [c for v in model_data.load_sunnybrook(model_data.SUNNYBROOK_VALIDATION).values() for c in v]
+        val_cines.append(model_data.load_cine())
+        sampler = RealCineSampler(train_cines, size=size, accel=tuple(args.accel), inputs=inputs)
+        val_sampler = RealCineSampler(val_cines, size=size, accel=tuple(args.accel), inputs=inputs)
+        print(f"cine data: {len(train_cines)} Sunnybrook slice-cines (validation: {len(val_cines)} held-out cines)")
+        task = "cine"
+        from models.kgmgt import KGMgTConfig
+        cfg = KGMgTConfig.official() if args.config == "official" else KGMgTConfig.cpu_small()
+    elif args.model == "kgmgt":
         images = model_data.cine_training_images() if args.data == "shared" else []
         cines = []
         extra_images, extra_cines = _dataset_images(args)
@@ -174,6 +197,13 @@ def main(argv: list[str]) -> int:
         print(f"initialised from {args.init_weights} ({init_version}, {init_steps} steps)")
     else:
         model = build_model(args.model, cfg.to_dict())
+    if args.model == "kgmgt":
+        if args.data == "sunnybrook" or args.inputs:
+            model.cfg.inputs = args.inputs or "view-shared"
+        if args.cascades:
+            model.cfg.cascades = args.cascades
+        if args.dc_on_input:
+            model.cfg.dc_on_input = True
     if args.dc_method != "gradient":
         from models.inference import _set_dc
         print(f"training DC: {_set_dc(model, args.dc_method, args.dc_iterations)}")
@@ -192,7 +222,8 @@ def main(argv: list[str]) -> int:
         from models.ddei import train_unsupervised
         result = train_unsupervised(model, sampler, tcfg, ckpt_dir=ckpt, resume=args.resume)
     else:
-        result = train(model, sampler, tcfg, ckpt_dir=ckpt, resume=args.resume, perceptual=perceptual)
+        result = train(model, sampler, tcfg, ckpt_dir=ckpt, resume=args.resume, perceptual=perceptual,
+                       val_sampler=val_sampler)
     print(json.dumps(result["history"][-3:], indent=1))
     if args.export:
         meta = {"command": "streamrecon train " + " ".join(argv), "machine": _machine(),
