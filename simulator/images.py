@@ -34,6 +34,20 @@ def _resize(frames: np.ndarray, matrix: tuple[int, int]) -> np.ndarray:
     return np.clip(np.stack(out), 0, None)
 
 
+MIN_IMAGE_SIDE = 8
+
+
+def _check_image_shape(path: Path, a: np.ndarray, *, frames_first: bool) -> None:
+    """An image is 2-D ``(ny, nx)`` or a 3-D cine, big enough to reconstruct and score."""
+    if a.ndim not in (2, 3):
+        raise ValueError(f"{path}: a {a.ndim}-D array {a.shape}; an image is 2-D (ny, nx) or a 3-D cine")
+    sides = a.shape[-2:] if frames_first or a.ndim == 2 else a.shape[:2]
+    if min(sides) < MIN_IMAGE_SIDE:
+        raise ValueError(f"{path}: array {a.shape} is too small for an image (each side at least {MIN_IMAGE_SIDE})")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{path}: array holds NaN or infinite values")
+
+
 def read_image_file(path: str | Path, *, variable: str | None = None, slice_index: int | None = None,
                     matrix: int | tuple[int, int] | None = None, max_frames: int | None = None) -> np.ndarray:
     """Magnitude frames ``(frames, ny, nx)`` float32 with maximum 1.
@@ -68,12 +82,24 @@ def read_image_file(path: str | Path, *, variable: str | None = None, slice_inde
         from .readers import read_mat_arrays
 
         arrays = read_mat_arrays(path)
+        if not arrays:
+            raise ValueError(f"{path}: holds no numeric array (only text, cells or structs)")
         if variable is None:
             variable = max(arrays, key=lambda k: arrays[k].size)
+        if variable not in arrays:
+            raise ValueError(f"{path}: no numeric variable {variable!r}; has {sorted(arrays)}")
         a = np.abs(np.transpose(arrays[variable])).astype(np.float32)  # back to MATLAB order (ny, nx[, frames])
+        _check_image_shape(path, a, frames_first=False)
         arr = np.moveaxis(a, -1, 0) if a.ndim == 3 else a[None]
     elif suf == ".npy":
-        a = np.abs(np.load(path)).astype(np.float32)
+        try:
+            loaded = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise ValueError(f"{path}: not a numeric NumPy array file: {exc}") from None
+        if not np.issubdtype(loaded.dtype, np.number):
+            raise ValueError(f"{path}: holds {loaded.dtype} data, not numbers")
+        a = np.abs(loaded).astype(np.float32)
+        _check_image_shape(path, a, frames_first=True)
         arr = a[None] if a.ndim == 2 else a
     else:
         raise ValueError(f"{path}: not an image file ({', '.join(IMAGE_SUFFIXES)})")
