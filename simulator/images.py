@@ -17,10 +17,29 @@ from .scan import Scan, _uid, scan_from_images
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".npy", ".mat")
 
 
+DATA_SUBFOLDERS = ("cine", "multicontrast")
+
+
 def shared_data_dir() -> Path:
-    """``$STREAMRECON_DATA`` or ``../shared/data`` beside the repository."""
+    """``$STREAMRECON_DATA`` or ``../shared/data`` beside the repository.
+
+    ``STREAMRECON_DATA`` names the data folder itself: the one that holds
+    ``cine/`` and ``multicontrast/``, not its parent.
+    """
     env = os.environ.get("STREAMRECON_DATA")
     return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def data_dir_problem() -> str | None:
+    """What is wrong with the data folder, in one line a user can act on; None when it looks right."""
+    d = shared_data_dir()
+    if any((d / sub).is_dir() for sub in DATA_SUBFOLDERS):
+        return None
+    where = f"STREAMRECON_DATA={d}" if os.environ.get("STREAMRECON_DATA") else f"the default data folder {d}"
+    inner = [p for p in (d.iterdir() if d.is_dir() else []) if p.is_dir() and any((p / s).is_dir() for s in DATA_SUBFOLDERS)]
+    hint = f" (did you mean {inner[0]}?)" if inner else ""
+    return (f"{where} holds no {' or '.join(s + '/' for s in DATA_SUBFOLDERS)}; set STREAMRECON_DATA to the data "
+            f"folder itself, the one that holds them{hint}")
 
 
 def _suffix(path: Path) -> str:
@@ -40,8 +59,10 @@ MIN_IMAGE_SIDE = 8
 def _check_image_shape(path: Path, a: np.ndarray, *, frames_first: bool) -> None:
     """An image is 2-D ``(ny, nx)`` or a 3-D cine, big enough to reconstruct and score."""
     if a.ndim not in (2, 3):
-        raise ValueError(f"{path}: a {a.ndim}-D array {a.shape}; an image is 2-D (ny, nx) or a 3-D cine")
+        raise ValueError(f"{path}: a {a.ndim}-D array {a.shape} is not an image (2-D, or a 3-D cine)")
     sides = a.shape[-2:] if frames_first or a.ndim == 2 else a.shape[:2]
+    if min(sides) == 1:
+        raise ValueError(f"{path}: array {a.shape} is a vector, not an image (2-D, or a 3-D cine)")
     if min(sides) < MIN_IMAGE_SIDE:
         raise ValueError(f"{path}: array {a.shape} is too small for an image (each side at least {MIN_IMAGE_SIDE})")
     if not np.isfinite(a).all():
@@ -141,4 +162,4 @@ def image_pair_scans(reference: str | Path, target: str | Path, *, variables: tu
     return out
 
 
-__all__ = ["shared_data_dir", "read_image_file", "scan_from_image_file", "image_pair_scans", "IMAGE_SUFFIXES"]
+__all__ = ["shared_data_dir", "data_dir_problem", "read_image_file", "scan_from_image_file", "image_pair_scans", "IMAGE_SUFFIXES"]

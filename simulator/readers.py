@@ -80,12 +80,6 @@ _SKIP_FLAGS = (ismrmrd.ACQ_IS_NOISE_MEASUREMENT, ismrmrd.ACQ_IS_NAVIGATION_DATA,
                ismrmrd.ACQ_IS_PARALLEL_CALIBRATION, ismrmrd.ACQ_IS_DUMMYSCAN_DATA)
 
 
-def trajectory_name(hdr: ismrmrd.xsd.ismrmrdHeader) -> str:
-    """The first encoding's trajectory as the header spells it (``cartesian``, ``spiral``...)."""
-    traj = hdr.encoding[0].trajectory if hdr.encoding else None
-    return str(getattr(traj, "value", traj) or "cartesian")
-
-
 def read_ismrmrd(path: str | Path, *, dataset: str = "dataset") -> list[Scan]:
     """An ISMRMRD .h5 file as one :class:`Scan` per contrast.
 
@@ -115,7 +109,8 @@ def read_ismrmrd(path: str | Path, *, dataset: str = "dataset") -> list[Scan]:
         dset.close()
     if not hdr.encoding:
         raise ValueError(f"{path}: the ISMRMRD header has no <encoding>")
-    traj = trajectory_name(hdr)
+    traj = hdr.encoding[0].trajectory
+    traj = str(getattr(traj, "value", traj) or "cartesian")
     if traj != "cartesian":
         raise ValueError(f"{path}: trajectory {traj!r}; replay re-grids readouts by line and handles Cartesian data only")
     all_acqs = acqs
