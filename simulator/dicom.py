@@ -59,7 +59,7 @@ def identity(scan: Scan, header: ismrmrd.xsd.ismrmrdHeader | None) -> dict:
         "StudyInstanceUID": _text(study.studyInstanceUID if study else None) or _uid(scan.frame_of_reference_uid, 0, "study"),
         "StudyDate": _dicom_date(study.studyDate if study else None) or now.strftime("%Y%m%d"),
         "StudyTime": _dicom_time(study.studyTime if study else None) or now.strftime("%H%M%S"),
-        "StudyID": _text(study.studyID if study else None)[:16],
+        "StudyID": (_text(study.studyID if study else None) or scan.measurement_id)[:16],
         "AccessionNumber": _text(study.accessionNumber if study else None)[:16],
         "ReferringPhysicianName": _text(study.referringPhysicianName if study else None),
         "StudyDescription": _text(study.studyDescription if study else None)[:64],
@@ -139,7 +139,8 @@ def save_dicom(out_dir: Path, images: list[ismrmrd.Image], scans: list[Scan],
         ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = scan.frame_of_reference_uid, ""
         ds.InstanceNumber = instance[series]
         ds.ContentDate, ds.ContentTime = who["StudyDate"], who["StudyTime"]
-        ds.ImageType = ["DERIVED", "PRIMARY", "M"]
+        ds.ImageType = ["DERIVED", "PRIMARY", "OTHER"]
+        ds.Laterality = ""  # type 2C in General Series; a chest or brain is not a paired organ
         ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "GR", "SS", "", "2D"
         ds.RepetitionTime = who["RepetitionTime"] if who["RepetitionTime"] is not None else ""
         ds.EchoTime = who["EchoTime"] if who["EchoTime"] is not None else ""

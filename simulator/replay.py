@@ -488,7 +488,8 @@ def _report(args, scans, masks, merged: list[StreamResult], wall: float, notes: 
             frames = [np.abs(image_array(imgs[(s, ref_c, t)])) for t in range(target.frames) if (s, ref_c, t) in imgs]
             if frames and frames[0].shape == rows["reference"].shape[-2:]:
                 rows[f"series{idx}"] = np.stack(frames)
-                titles[f"series{idx}"] = f"series {idx} {_series_name(imgs)}".strip()
+                titles[f"series{idx}"] = f"series {idx} {_series_name(imgs)}".strip() + (
+                    " [ALL FALLBACK]" if fallbacks[idx]["all"] else "")
         written += save_pictures(out, rows, f"slice{s:02d}", titles=titles, errors=target.has_truth)
     if args.dicom:
         try:

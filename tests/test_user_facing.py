@@ -318,3 +318,133 @@ def test_ctrl_c_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(pipelines.listing, "main", interrupted)
     assert cli_main(["pipelines"]) == 130
     assert capsys.readouterr().err.strip() == "streamrecon pipelines: interrupted"
+
+
+# -- 3. fallbacks and latency in plain sight ----------------------------------------------
+
+
+def test_all_fallback_model_series_is_flagged_in_table_report_and_exit_code(stream_host, tmp_path, capsys):
+    from pipelines.pipeline_config import shipped_pipeline_with
+
+    cfg = tmp_path / "svc.xml"  # the service endpoint has nobody listening: every model image falls back
+    cfg.write_text(shipped_pipeline_with("kgmgt_cine_service", "gadgets.cine_kgmgt",
+                                         inference_endpoint=f"tcp://127.0.0.1:{_free_port()}", inference_timeout_ms=200))
+    code, out, err = _replay(["cine", "--port", str(stream_host.port), "--pipeline", "kgmgt_cine_service", "--config-text",
+                              str(cfg), "--matrix", "32", "--frames", "4", "--coils", "2", "--accel", "2",
+                              "--out", str(tmp_path / "o")], capsys)
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    fb = rep["series"]["1"]["fallbacks"]
+    assert fb["all"] and fb["count"] == fb["images"] == 4 and fb["reasons"][0]["reason"]
+    assert rep["series"]["0"]["fallbacks"]["count"] == 0
+    assert "FALLBACK 4/4" in out and "WARNING: series 1 KGMgT: ALL its images are fallbacks" in out
+    assert code == 1
+
+
+def _image(series: int, frame: int, **meta) -> ismrmrd.Image:
+    im = ismrmrd.Image.from_array(np.ones((8, 8), np.float32))
+    im.image_series_index, im.repetition = series, frame
+    im.meta = {k: str(v) for k, v in meta.items()}
+    return im
+
+
+def test_partial_fallbacks_and_a_slow_model_are_explained():
+    from simulator.replay import _warnings, fallback_summary, model_time_ms
+
+    images = ([_image(1, t, InferenceMs=300.0) for t in range(6)]
+              + [_image(1, 6 + t, Fallback="model behind", InferenceMs=1.0) for t in range(3)])
+    fb, ms = fallback_summary(images), model_time_ms(images)
+    assert fb == {"images": 9, "count": 3, "all": False, "reasons": [{"reason": "model behind", "images": 3}]}
+    assert ms["p50"] == 300.0 and ms["n"] == 6  # fallbacks are not model time
+    report = {"frame_ms": 36.0, "series": {"1": {"name": "KGMgT", "fallbacks": fb, "model_ms_per_image": ms}}}
+    text = "\n".join(_warnings(report))
+    assert "3 of 9 images are fallbacks" in text and "model behind (3)" in text
+    assert "took 300 ms an image here" in text and "36 ms a frame" in text
+
+
+def test_progress_shows_the_wait_for_images_after_the_scan_is_sent():
+    from simulator.replay import _Progress
+
+    p = _Progress(readouts=3, frames_expected=2, enabled=True)
+    for _ in range(3):
+        p.sent(None)
+    p.image(_image(0, 0))
+    p.image(_image(1, 0))
+    assert p.bar.desc.startswith("scan sent; waiting for images")
+    assert "series 0 1/2" in p.bar.postfix and "series 1 1/2" in p.bar.postfix
+    p.close()
+
+
+def test_replay_lists_every_file_it_wrote(stream_host, tmp_path, capsys):
+    out_dir = tmp_path / "o"
+    code, out, err = _replay(["cine", "--port", str(stream_host.port), "--pipeline", "cine_conventional", "--matrix", "24",
+                              "--frames", "3", "--coils", "2", "--out", str(out_dir)], capsys)
+    assert code == 0
+    line = next(l for l in out.splitlines() if l.startswith("wrote "))
+    listed = set(line.split(": ", 1)[1].split())
+    assert listed == {p.name for p in out_dir.iterdir()}
+    assert {"report.json", "images.h5", "slice00_strip.png", "slice00_side_by_side.gif"} <= listed
+
+
+# -- 4. pictures ------------------------------------------------------------------------------
+
+
+def test_strip_rows_are_labelled_with_one_scale_each_and_error_rows(tmp_path):
+    from PIL import Image
+
+    from simulator.results import LABEL_WIDTH, TITLE_HEIGHT, save_pictures
+
+    rng = np.random.default_rng(0)
+    ref = rng.random((4, 16, 16)).astype(np.float32) + 0.5
+    rows = {"reference": ref, "zero-filled": ref * 0.1, "series0": ref, "series1": ref + 0.05}
+    paths = save_pictures(tmp_path, rows, "slice00", titles={"series1": "series 1 KGMgT"})
+    names = {p.name for p in paths}
+    assert {"slice00_strip.png", "slice00_side_by_side.gif", "slice00_series1.gif"} <= names
+    strip = np.asarray(Image.open(tmp_path / "slice00_strip.png"))
+    n_rows = 4 + 3  # images, then |x - reference| x5 of each non-reference row
+    assert strip.shape == (TITLE_HEIGHT + 16 * n_rows, LABEL_WIDTH + 4 * 16)
+    for r in range(n_rows):
+        band = strip[TITLE_HEIGHT + 16 * r: TITLE_HEIGHT + 16 * (r + 1)]
+        assert band[:, :LABEL_WIDTH].max() > 0  # a label is written
+    # One scale per row: the dim zero-filled row is as bright in its own row as the reference.
+    ref_px = strip[TITLE_HEIGHT: TITLE_HEIGHT + 16, LABEL_WIDTH:]
+    zf_px = strip[TITLE_HEIGHT + 16: TITLE_HEIGHT + 32, LABEL_WIDTH:]
+    assert abs(int(ref_px.max()) - int(zf_px.max())) <= 2
+    gif = Image.open(tmp_path / "slice00_side_by_side.gif")
+    assert gif.size == (3 * 16, 16 + TITLE_HEIGHT) and gif.n_frames == 4  # reference | series0 | series1
+
+
+# -- 5. DICOM -----------------------------------------------------------------------------------
+
+
+def _replay_dicom(stream_host, tmp_path, capsys):
+    path = tmp_path / "r2.h5"
+    write_undersampled_ismrmrd(path, frames=3)
+    out_dir = tmp_path / "o"
+    code, out, err = _replay([str(path), "--port", str(stream_host.port), "--pipeline", "cine_conventional", "--dicom",
+                              "--out", str(out_dir)], capsys)
+    assert code == 0, err
+    return sorted((out_dir / "dicom").glob("*.dcm"))
+
+
+def test_dicom_scale_identity_and_numbering(stream_host, tmp_path, capsys):
+    pydicom = pytest.importorskip("pydicom")
+    files = _replay_dicom(stream_host, tmp_path, capsys)
+    ds = [pydicom.dcmread(f) for f in files]
+    assert len(ds) == 3
+    pixels = [d.pixel_array for d in ds]
+    assert max(int(p.max()) for p in pixels) == 4095 and all(int(d.BitsStored) == 12 for d in ds)  # no wrap
+    assert sorted(int(d.InstanceNumber) for d in ds) == [1, 2, 3]
+    d = ds[0]
+    assert d.PatientID == "P0042" and str(d.PatientName) == "Doe^Jane" and d.StudyInstanceUID == "1.2.826.0.1.3680043.2.1125.42"
+    assert d.SeriesDescription and "R=1.6" in d.ImageComments
+    assert list(d.ImageType)[:2] == ["DERIVED", "PRIMARY"] and d.ScanningSequence and d.SequenceVariant
+
+
+def test_dicom_passes_dciodvfy(stream_host, tmp_path, capsys):
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy not installed (Debian package dicom3tools)")
+    files = _replay_dicom(stream_host, tmp_path, capsys)
+    run = subprocess.run(["dciodvfy", str(files[0])], capture_output=True, text=True, timeout=60)
+    report = run.stdout + run.stderr
+    errors = [l for l in report.splitlines() if l.startswith("Error")]
+    assert not errors, report
