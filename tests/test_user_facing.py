@@ -448,3 +448,22 @@ def test_dicom_passes_dciodvfy(stream_host, tmp_path, capsys):
     report = run.stdout + run.stderr
     errors = [l for l in report.splitlines() if l.startswith("Error")]
     assert not errors, report
+
+
+# -- 6. packaging -----------------------------------------------------------------------------------
+
+
+def test_shipped_weights_are_declared_package_data():
+    """setuptools warns (and a future version drops the files) when models/weights is not a declared package."""
+    import configparser
+    from fnmatch import fnmatch
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = configparser.ConfigParser()
+    cfg.read(root / "setup.cfg")
+    assert cfg["options"]["packages"].strip() == "find_namespace:"
+    assert "*.__pycache__" in cfg["options.packages.find"]["exclude"]
+    patterns = [p.strip() for p in cfg["options.package_data"]["models.weights"].split(",")]
+    for f in (root / "models" / "weights").iterdir():
+        assert any(fnmatch(f.name, p) for p in patterns), f.name
