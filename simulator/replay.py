@@ -542,13 +542,13 @@ def fallback_summary(images) -> dict:
 
 
 def model_time_ms(images) -> dict:
-    """The model's own time per image (``InferenceMs`` in the meta of images the model made)."""
+    """The model's own time per image: ``InferenceMs`` (a batch's time) over ``Batch`` in the meta of model images."""
     values = []
     for im in images:
         v = _meta(im, "InferenceMs")
         if v and not _meta(im, "Fallback"):
             try:
-                values.append(float(v))
+                values.append(float(v) / max(1, int(_meta(im, "Batch") or 1)))
             except ValueError:
                 pass
     return percentiles(values)

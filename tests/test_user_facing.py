@@ -350,11 +350,11 @@ def _image(series: int, frame: int, **meta) -> ismrmrd.Image:
 def test_partial_fallbacks_and_a_slow_model_are_explained():
     from simulator.replay import _warnings, fallback_summary, model_time_ms
 
-    images = ([_image(1, t, InferenceMs=300.0) for t in range(6)]
+    images = ([_image(1, t, InferenceMs=600.0, Batch=2) for t in range(6)]
               + [_image(1, 6 + t, Fallback="model behind", InferenceMs=1.0) for t in range(3)])
     fb, ms = fallback_summary(images), model_time_ms(images)
     assert fb == {"images": 9, "count": 3, "all": False, "reasons": [{"reason": "model behind", "images": 3}]}
-    assert ms["p50"] == 300.0 and ms["n"] == 6  # fallbacks are not model time
+    assert ms["p50"] == 300.0 and ms["n"] == 6  # a batch's time shared by its images; fallbacks are not model time
     report = {"frame_ms": 36.0, "series": {"1": {"name": "KGMgT", "fallbacks": fb, "model_ms_per_image": ms}}}
     text = "\n".join(_warnings(report))
     assert "3 of 9 images are fallbacks" in text and "model behind (3)" in text
