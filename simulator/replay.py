@@ -577,7 +577,8 @@ def _warnings(report: dict) -> list[str]:
         if ms.get("n") and frame_ms and ms["p50"] > frame_ms:
             out.append(f"{label} lags: the model took {ms['p50']:.0f} ms an image here (median of {ms['n']}) against "
                        f"{frame_ms:.0f} ms a frame, so its images queue up behind the scan "
-                       f"({ms['p50'] / frame_ms:.1f}x slower than real time); a GPU or a faster machine keeps up")
+                       f"({ms['p50'] / frame_ms:.1f}x slower than real time on this machine; the conventional series "
+                       f"does not wait for it)")
     return out
 
 
