@@ -67,6 +67,8 @@ def _check_image_shape(path: Path, a: np.ndarray, *, frames_first: bool) -> None
         raise ValueError(f"{path}: array {a.shape} is too small for an image (each side at least {MIN_IMAGE_SIDE})")
     if not np.isfinite(a).all():
         raise ValueError(f"{path}: array holds NaN or infinite values")
+    if not a.any():
+        raise ValueError(f"{path}: array holds only zeros: nothing to reconstruct or score")
 
 
 def read_image_file(path: str | Path, *, variable: str | None = None, slice_index: int | None = None,

@@ -199,8 +199,11 @@ def test_readers_give_one_line_errors(tmp_path, capsys):
     savemat(str(vec_mat), {"v": np.arange(50.0)})
     vec_npy = tmp_path / "vector.npy"
     np.save(vec_npy, np.arange(50.0))
+    zeros = tmp_path / "zeros.npy"
+    np.save(zeros, np.zeros((16, 16)))  # would score NaN SSIM against an all-zero reference
     expect = {spiral: "trajectory 'spiral'", meta_only: "no imaging readouts", text_mat: "not a MATLAB .mat file",
-              strings_mat: "no numeric array", vec_mat: "a vector, not an image", vec_npy: "1-D array (50,) is not an image"}
+              strings_mat: "no numeric array", vec_mat: "a vector, not an image", vec_npy: "1-D array (50,) is not an image",
+              zeros: "only zeros"}
     for path, words in expect.items():
         code, out, err = _replay([str(path), "--pipeline", "x", "--out", str(tmp_path / "o")], capsys)
         assert words in _one_line_error(code, err), (path, err)
