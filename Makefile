@@ -12,7 +12,10 @@ setup: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# The CPU build; an unpinned torch would pull gigabytes of CUDA packages.
+	# torch is pinned and installed first. On the project's build machines pip's
+	# configured index holds a local CPU-only wheel of 2.13.0; elsewhere the same
+	# pin from PyPI is the CUDA build on Linux (gigabytes). README "Installing
+	# torch" says how to choose the CPU-only or a CUDA build from PyTorch's own indexes.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)

@@ -24,6 +24,7 @@ from gadgetron.types.recon_data import ReconBit, ReconBuffer, ReconData, Samplin
 
 from . import properties
 from .errors import reports_errors
+from .header_checks import require_supported
 
 log = logging.getLogger(__name__)
 
@@ -313,6 +314,7 @@ def accumulate_frames(connection: Any) -> None:
     Properties: ``time_dimension`` ("phase" or "repetition"; default from
     the header's encoding limits), ``trigger_on_counter`` (default true).
     """
+    require_supported(connection.header)
     cfg = connection.config
     acc = FrameAccumulator(
         connection.header,

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("simulator.train_cli", "train a reconstruction network"),
     "evaluate": ("simulator.evaluate_cli", "score reconstruction methods against fully sampled references"),
     "infer-server": ("pipelines.inference_service", "long-lived ZeroMQ inference service"),
+    "pipelines": ("pipelines.listing", "list the pipelines that --pipeline can name"),
 }
 
 
@@ -46,7 +47,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"streamrecon: command {name!r} is not available in this build", file=sys.stderr)
             return 2
         raise
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(rest) or 0)
+    except KeyboardInterrupt:
+        # Ctrl-C: a person stopped it; one line, not a traceback from whichever thread was waiting.
+        print(f"\nstreamrecon {name}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

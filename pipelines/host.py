@@ -131,11 +131,12 @@ def run_stream(stdin=None, stdout=None, options: SessionOptions | None = None) -
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="streamrecon serve", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="streamrecon serve", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; 0.0.0.0 only if you mean it)")
-    p.add_argument("--port", type=int, default=9002)
+    p.add_argument("--port", type=int, default=9002, help="port to listen on (Gadgetron's)")
     p.add_argument("--pipelines", type=Path, action="append", default=[],
-                   help="extra folder searched for CONFIG_FILE pipelines (before the shipped ones)")
+                   help="extra folder searched for CONFIG_FILE pipelines (before the shipped ones; `streamrecon pipelines` lists them)")
     p.add_argument("--gadget-package", action="append", default=[],
                    help="extra Python package whose modules pipelines may name (default: gadgets)")
     p.add_argument("--max-message-mb", type=float, default=256.0, help="largest acquisition/image payload accepted")
@@ -143,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help="read one stream on stdin, write the results on stdout")
     p.add_argument("--no-preload-models", action="store_true",
                    help="do not load the deep-learning pipelines' in-process models at start")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return p
 
 
@@ -162,7 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = options_from_args(args)
     if args.stream:
         return run_stream(options=options)
-    server = StreamHost(args.host, args.port, options, idle_timeout_s=args.idle_timeout)
+    try:
+        server = StreamHost(args.host, args.port, options, idle_timeout_s=args.idle_timeout)
+    except OSError as exc:
+        print(f"streamrecon serve: cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); "
+              f"is another host running there? Stop it, or choose another port with --port", file=sys.stderr)
+        return 2
     server.preload_pipelines(models=not args.no_preload_models)
     log.info("streamrecon host listening on %s:%d", args.host, server.port)
     try:

@@ -1,4 +1,4 @@
-"""``streamrecon infer-server``: the long-lived inference service (DESIGN.md contract 4).
+"""``streamrecon infer-server``: the long-lived inference service, models loaded once for every scan.
 
 Gadgetron starts a fresh Python process per scan, so a gadget that loads
 its network itself pays the load at the start of every acquisition. This
@@ -200,22 +200,24 @@ class InferenceService:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="streamrecon infer-server", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="streamrecon infer-server", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint to bind (port 0: any free port)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when present)")
     p.add_argument("--models", default="kgmgt,sgfmri", help="comma-separated models to load")
     p.add_argument("--kgmgt-weights", default=None, help=".safetensors (default: the shipped set)")
     p.add_argument("--sgfmri-weights", default=None, help=".safetensors (default: the shipped set)")
     p.add_argument("--allow-random", action="store_true", help="tests only: untrained networks when weights are missing")
-    p.add_argument("--batch-window-ms", type=float, default=4.0)
-    p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--batch-window-ms", type=float, default=4.0,
+                   help="requests arriving within this window of each other run as one batch")
+    p.add_argument("--max-batch", type=int, default=16, help="largest batch run at once")
     p.add_argument("--cpu-threads", type=int, default=1,
-                   help="torch threads for CPU inference (default 1: OpenMP spin-waiting under any other load "
+                   help="torch threads for CPU inference (1: OpenMP spin-waiting under any other load "
                         "made 2 threads 40x slower than 1 on a 2-core host; raise on a dedicated CPU box)")
     p.add_argument("--ready-file", default=None, help="write the bound endpoint here once serving (for scripts)")
     p.add_argument("--check", metavar="ENDPOINT", default=None,
                    help="do not serve: ask the service at ENDPOINT for its health, print it, exit 0 if ready else 1")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return p
 
 

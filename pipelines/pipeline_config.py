@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +73,24 @@ def resolve_config_file(name: str, search_dirs: Sequence[Path] = ()) -> Path:
             path = Path(folder) / candidate
             if path.is_file():
                 return path
-    raise PipelineError(f"unknown pipeline {name!r}: no {candidates[0]} in {', '.join(str(d) for d in [*search_dirs, PIPELINE_DIR])}")
+    # The TEXT goes to a network client: name the pipelines, never the server's folders.
+    raise PipelineError(f"unknown pipeline {name!r}; this host has: {', '.join(pipeline_names(search_dirs))}")
+
+
+def pipeline_names(search_dirs: Sequence[Path] = ()) -> list[str]:
+    """The names (without ``.xml``) of the pipelines a CONFIG_FILE may ask for, sorted."""
+    return sorted({p.stem for d in [*search_dirs, PIPELINE_DIR] for p in Path(d).glob("*.xml")})
+
+
+def pipeline_summary(name: str, search_dirs: Sequence[Path] = ()) -> str:
+    """The first sentence of a pipeline's leading XML comment (what it does), or ""."""
+    text = resolve_config_file(name, search_dirs).read_text()
+    start, end = text.find("<!--"), text.find("-->")
+    if start < 0 or end < start:
+        return ""
+    comment = re.sub(r"\s*\([^()]*(\([^()]*\)[^()]*)*\)", "", " ".join(text[start + 4:end].split()))
+    first = comment.split(". ")[0].split(": ")[0].rstrip(".")
+    return first if len(first) <= 90 else first[:87] + "..."
 
 
 def parse_pipeline(xml_text: str | bytes, name: str = "CONFIG_TEXT") -> Pipeline:

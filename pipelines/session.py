@@ -17,6 +17,8 @@ from typing import Any, BinaryIO, Callable, Sequence
 
 import ismrmrd
 
+from gadgets.header_checks import unsupported_reason
+
 from .chain import Chain
 from .pipeline_config import (DEFAULT_GADGET_PACKAGES, PipelineError, pipeline_from_config_file,
                               pipeline_from_config_text)
@@ -115,6 +117,9 @@ class Session:
                 pipeline = pipeline_from_config_text(str(config), self.options.allowed_packages)
             self.outcome.pipeline = pipeline.name
             _, header = self._expect((HEADER,), "the ISMRMRD header")
+            refusal = unsupported_reason(header.header)
+            if refusal is not None:
+                raise ProtocolError(refusal)
         except (PipelineError, ProtocolError, OSError) as exc:
             reason = str(exc) if not isinstance(exc, OSError) else f"connection error: {exc}"
             self.outcome.errors.append(reason)

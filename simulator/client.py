@@ -35,6 +35,9 @@ from .faults import StreamFault, corrupt_xml
 log = logging.getLogger(__name__)
 
 GADGETRON_ERROR_ID = 8
+# Readouts that belong to no image frame: their send time is no frame's.
+_NOT_IMAGING = (ismrmrd.ACQ_IS_NOISE_MEASUREMENT, ismrmrd.ACQ_IS_NAVIGATION_DATA, ismrmrd.ACQ_IS_PHASECORR_DATA,
+                ismrmrd.ACQ_IS_DUMMYSCAN_DATA)
 PACING_MODES = ("asap", "timestamps", "frame")
 
 
@@ -141,6 +144,7 @@ class StreamResult:
     t_send_done: float = 0.0
     t_end: float = 0.0
     paced_block_ms: float | None = None
+    stopped_early: bool = False
 
 
 class _PushbackReader:
@@ -221,7 +225,7 @@ def run_session(
     host: str,
     port: int,
     *,
-    header: ismrmrd.xsd.ismrmrdHeader,
+    header: ismrmrd.xsd.ismrmrdHeader | str,
     items: Iterable,
     config_file: str | None = None,
     config_text: str | None = None,
@@ -235,7 +239,8 @@ def run_session(
     """Play one scan to a stream host and collect its answer.
 
     Sends CONFIG_FILE (``config_file``, a pipeline name) or CONFIG_TEXT
-    (``config_text``, pipeline XML), the HEADER, every item of ``items``
+    (``config_text``, pipeline XML), the HEADER (a parsed header, or a
+    file's own XML text sent byte for byte), every item of ``items``
     (Acquisition, Waveform or Image) paced by ``pacing``, then CLOSE, while
     a receiver thread collects the answer until the host's CLOSE, end of
     stream, or ``timeout`` seconds of silence. ``fault`` injects a wire
@@ -259,12 +264,21 @@ def run_session(
 
     try:
         send(_message_bytes(ConfigFile(config_file)) if config_file is not None else config_text_bytes(config_text, trailing_nul))
+        xml = header if isinstance(header, str) else None
         if fault is not None and fault.kind == "corrupt-header":
-            bad = corrupt_xml(header.toXML())
+            bad = corrupt_xml(xml if xml is not None else header.toXML())
             send(struct.pack("<HI", ISMRMRDMessageID.HEADER, len(bad)) + bad)
+        elif xml is not None:
+            raw = xml.encode("utf-8")
+            send(struct.pack("<HI", ISMRMRDMessageID.HEADER, len(raw)) + raw)
         else:
             send(_message_bytes(header))
         for i, item in enumerate(items):
+            if result.closed or result.errors:
+                # The host has ended the session (a refused pipeline, a failed
+                # gadget): the rest of the scan would only fill a dead socket.
+                result.stopped_early = True
+                break
             if fault is not None and fault.kind == "cut" and i == fault.at:
                 cut = True
                 break
@@ -277,7 +291,8 @@ def run_session(
             send(data)
             if isinstance(item, ismrmrd.Acquisition):
                 result.readouts_sent += 1
-                result.send_times[frame_key(item)] = time.perf_counter()
+                if not any(item.is_flag_set(f) for f in _NOT_IMAGING):
+                    result.send_times[frame_key(item)] = time.perf_counter()
             if on_sent is not None:
                 on_sent(item)
         if cut:

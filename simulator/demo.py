@@ -19,14 +19,17 @@ from pipelines.host import StreamHost
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="streamrecon demo", description=__doc__.splitlines()[0])
-    p.add_argument("--pipeline", default="kgmgt_cine")
-    p.add_argument("--out", type=Path, default=Path("out/demo"))
-    p.add_argument("--accel", type=float, default=8.0)
-    p.add_argument("--mask", default="kt-gaussian")
-    p.add_argument("--frame-ms", type=float, default=36.0)
-    p.add_argument("--matrix", type=int, default=96)
-    p.add_argument("--frames", type=int, default=20)
+    from simulator.replay import PIPELINE_HELP, _pipeline_names
+
+    p = argparse.ArgumentParser(prog="streamrecon demo", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--pipeline", default="kgmgt_cine", help=f"{PIPELINE_HELP} (shipped: {_pipeline_names()})")
+    p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
+    p.add_argument("--accel", type=float, default=8.0, help="net acceleration, ACS included")
+    p.add_argument("--mask", default="kt-gaussian", help="mask family (see `streamrecon replay --help`)")
+    p.add_argument("--frame-ms", type=float, default=36.0, help="frame duration in ms; the stream is paced at it")
+    p.add_argument("--matrix", type=int, default=96, help="phantom matrix size")
+    p.add_argument("--frames", type=int, default=20, help="frames per slice")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 

@@ -135,7 +135,9 @@ def main(argv: list[str]) -> int:
     from .train_cli import _machine
 
     if not model_data.have_data():
-        print(f"no data at {model_data.data_dir()} (set STREAMRECON_DATA)", file=sys.stderr)
+        from .images import data_dir_problem
+
+        print(f"streamrecon evaluate: {data_dir_problem() or f'no cine data in {model_data.data_dir()}'}", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -17,10 +17,29 @@ from .scan import Scan, _uid, scan_from_images
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".npy", ".mat")
 
 
+DATA_SUBFOLDERS = ("cine", "multicontrast")
+
+
 def shared_data_dir() -> Path:
-    """``$STREAMRECON_DATA`` or ``../shared/data`` beside the repository."""
+    """``$STREAMRECON_DATA`` or ``../shared/data`` beside the repository.
+
+    ``STREAMRECON_DATA`` names the data folder itself: the one that holds
+    ``cine/`` and ``multicontrast/``, not its parent.
+    """
     env = os.environ.get("STREAMRECON_DATA")
     return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def data_dir_problem() -> str | None:
+    """What is wrong with the data folder, in one line a user can act on; None when it looks right."""
+    d = shared_data_dir()
+    if any((d / sub).is_dir() for sub in DATA_SUBFOLDERS):
+        return None
+    where = f"STREAMRECON_DATA={d}" if os.environ.get("STREAMRECON_DATA") else f"the default data folder {d}"
+    inner = [p for p in (d.iterdir() if d.is_dir() else []) if p.is_dir() and any((p / s).is_dir() for s in DATA_SUBFOLDERS)]
+    hint = f" (did you mean {inner[0]}?)" if inner else ""
+    return (f"{where} holds no {' or '.join(s + '/' for s in DATA_SUBFOLDERS)}; set STREAMRECON_DATA to the data "
+            f"folder itself, the one that holds them{hint}")
 
 
 def _suffix(path: Path) -> str:
@@ -32,6 +51,24 @@ def _resize(frames: np.ndarray, matrix: tuple[int, int]) -> np.ndarray:
 
     out = [np.asarray(Image.fromarray(f.astype(np.float32), mode="F").resize((matrix[1], matrix[0]), Image.BICUBIC)) for f in frames]
     return np.clip(np.stack(out), 0, None)
+
+
+MIN_IMAGE_SIDE = 8
+
+
+def _check_image_shape(path: Path, a: np.ndarray, *, frames_first: bool) -> None:
+    """An image is 2-D ``(ny, nx)`` or a 3-D cine, big enough to reconstruct and score."""
+    if a.ndim not in (2, 3):
+        raise ValueError(f"{path}: a {a.ndim}-D array {a.shape} is not an image (2-D, or a 3-D cine)")
+    sides = a.shape[-2:] if frames_first or a.ndim == 2 else a.shape[:2]
+    if min(sides) == 1:
+        raise ValueError(f"{path}: array {a.shape} is a vector, not an image (2-D, or a 3-D cine)")
+    if min(sides) < MIN_IMAGE_SIDE:
+        raise ValueError(f"{path}: array {a.shape} is too small for an image (each side at least {MIN_IMAGE_SIDE})")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{path}: array holds NaN or infinite values")
+    if not a.any():
+        raise ValueError(f"{path}: array holds only zeros: nothing to reconstruct or score")
 
 
 def read_image_file(path: str | Path, *, variable: str | None = None, slice_index: int | None = None,
@@ -68,12 +105,24 @@ def read_image_file(path: str | Path, *, variable: str | None = None, slice_inde
         from .readers import read_mat_arrays
 
         arrays = read_mat_arrays(path)
+        if not arrays:
+            raise ValueError(f"{path}: holds no numeric array (only text, cells or structs)")
         if variable is None:
             variable = max(arrays, key=lambda k: arrays[k].size)
+        if variable not in arrays:
+            raise ValueError(f"{path}: no numeric variable {variable!r}; has {sorted(arrays)}")
         a = np.abs(np.transpose(arrays[variable])).astype(np.float32)  # back to MATLAB order (ny, nx[, frames])
+        _check_image_shape(path, a, frames_first=False)
         arr = np.moveaxis(a, -1, 0) if a.ndim == 3 else a[None]
     elif suf == ".npy":
-        a = np.abs(np.load(path)).astype(np.float32)
+        try:
+            loaded = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise ValueError(f"{path}: not a numeric NumPy array file: {exc}") from None
+        if not np.issubdtype(loaded.dtype, np.number):
+            raise ValueError(f"{path}: holds {loaded.dtype} data, not numbers")
+        a = np.abs(loaded).astype(np.float32)
+        _check_image_shape(path, a, frames_first=True)
         arr = a[None] if a.ndim == 2 else a
     else:
         raise ValueError(f"{path}: not an image file ({', '.join(IMAGE_SUFFIXES)})")
@@ -115,4 +164,4 @@ def image_pair_scans(reference: str | Path, target: str | Path, *, variables: tu
     return out
 
 
-__all__ = ["shared_data_dir", "read_image_file", "scan_from_image_file", "image_pair_scans", "IMAGE_SUFFIXES"]
+__all__ = ["shared_data_dir", "data_dir_problem", "read_image_file", "scan_from_image_file", "image_pair_scans", "IMAGE_SUFFIXES"]

@@ -34,7 +34,7 @@ import numpy as np
 
 from models.fft import ifft2c
 
-from .scan import Scan, _uid
+from .scan import RawStream, Scan, _uid
 
 # -- helpers -----------------------------------------------------------------
 
@@ -86,25 +86,46 @@ def read_ismrmrd(path: str | Path, *, dataset: str = "dataset") -> list[Scan]:
     Imaging readouts are re-gridded by their counters (noise, navigator,
     phase-correction and calibration-only readouts are skipped); frames come
     from ``idx.phase`` (gated) or ``idx.repetition`` (real time), whichever
-    the header's limits (or the data) use. Missing lines stay zero: an
-    undersampled file replays as it is, with the lines it has.
+    the header's limits (or the data) use. An undersampled file keeps its
+    missing lines zero and says which lines it has (``scan.acquired``);
+    every Scan also carries the file's own stream (``scan.raw``: XML header
+    and all readouts, noise scans included), which replay sends as it is.
+    Non-Cartesian files are refused: the readouts are gridded by line.
     """
-    dset = ismrmrd.Dataset(str(path), dataset, create_if_needed=False)
+    try:
+        dset = ismrmrd.Dataset(str(path), dataset, create_if_needed=False)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable ISMRMRD file ({type(exc).__name__}: {exc})") from None
     try:
         xml = dset.read_xml_header()
+        xml = xml.decode("utf-8") if isinstance(xml, bytes) else str(xml)
         hdr = ismrmrd.xsd.CreateFromDocument(xml)
-        n = dset.number_of_acquisitions()
+        try:
+            n = dset.number_of_acquisitions()
+        except Exception:  # no /dataset/data: a header-only (metadata) file
+            n = 0
         acqs = [dset.read_acquisition(i) for i in range(n)]
     finally:
         dset.close()
+    if not hdr.encoding:
+        raise ValueError(f"{path}: the ISMRMRD header has no <encoding>")
+    traj = hdr.encoding[0].trajectory
+    traj = str(getattr(traj, "value", traj) or "cartesian")
+    if traj != "cartesian":
+        raise ValueError(f"{path}: trajectory {traj!r}; replay re-grids readouts by line and handles Cartesian data only")
+    all_acqs = acqs
     acqs = [a for a in acqs if not any(a.is_flag_set(f) for f in _SKIP_FLAGS)]
     if not acqs:
-        raise ValueError(f"{path}: no imaging readouts")
+        raise ValueError(f"{path}: no imaging readouts ({n} readouts in the file, none of them imaging data)")
     enc = hdr.encoding[0]
     ny = int(enc.encodedSpace.matrixSize.y)
     recon = (int(enc.reconSpace.matrixSize.y), int(enc.reconSpace.matrixSize.x))
     kx = int(acqs[0].number_of_samples)
     coils = int(acqs[0].active_channels)
+    if any(int(a.number_of_samples) != kx or int(a.active_channels) != coils for a in acqs):
+        raise ValueError(f"{path}: imaging readouts differ in samples or channels; replay needs one readout shape")
+    if max(a.idx.kspace_encode_step_1 for a in acqs) >= ny:
+        raise ValueError(f"{path}: a readout's line counter exceeds the encoded matrix ({ny} lines)")
     phases = max(a.idx.phase for a in acqs)
     reps = max(a.idx.repetition for a in acqs)
     time_dim = "phase" if phases >= reps and phases > 0 else "repetition"
@@ -124,18 +145,21 @@ def read_ismrmrd(path: str | Path, *, dataset: str = "dataset") -> list[Scan]:
         for p in hdr.userParameters.userParameterDouble:
             if p.name == "frame_ms":
                 frame_ms = float(p.value)
+    raw = RawStream(xml=xml, acquisitions=all_acqs)
     scans = []
     for c in contrasts:
         k = np.zeros((slices, frames, coils, ny, kx), dtype=np.complex64)
+        got = np.zeros((slices, frames, ny), dtype=bool)
         for a in acqs:
             if a.idx.contrast == c:
                 k[a.idx.slice, frame_of(a), :, a.idx.kspace_encode_step_1, :] = a.data
+                got[a.idx.slice, frame_of(a), a.idx.kspace_encode_step_1] = True
         ref = rss_reference(k, (min(recon[0], ny), recon[1] if os_ == 1 else kx // 2))
         scans.append(Scan(
             kspace=k, reference=ref, coil_maps=None, readout_oversampling=os_, slice_positions_mm=positions,
             read_dir=tuple(first.read_dir), phase_dir=tuple(first.phase_dir), slice_dir=tuple(first.slice_dir),
             frame_ms=frame_ms, time_dimension=time_dim, contrast=int(c), name=Path(path).stem,
-            ky_center=int(lim.center) if lim is not None else None, **geo,
+            ky_center=int(lim.center) if lim is not None else None, acquired=None if got.all() else got, raw=raw, **geo,
         ))
     return scans
 
@@ -250,6 +274,11 @@ def _h5_complex(ds: h5py.Dataset) -> np.ndarray:
     return np.asarray(raw).astype(np.complex64)
 
 
+def _matlab_class(ds: h5py.Dataset) -> str:
+    value = ds.attrs.get("MATLAB_class", b"")
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def read_mat_arrays(path: str | Path) -> dict[str, np.ndarray]:
     """Every numeric array of a .mat file, axes as h5py sees them (reversed MATLAB order).
 
@@ -261,12 +290,18 @@ def read_mat_arrays(path: str | Path) -> dict[str, np.ndarray]:
     if _is_hdf5(path):
         with h5py.File(path, "r") as f:
             for key, ds in f.items():
-                if isinstance(ds, h5py.Dataset) and (ds.dtype.names or np.issubdtype(ds.dtype, np.number) or ds.dtype == bool):
+                # MATLAB stores char arrays as uint16 with MATLAB_class "char": text, not numbers.
+                if isinstance(ds, h5py.Dataset) and _matlab_class(ds) != "char" and (
+                        ds.dtype.names or np.issubdtype(ds.dtype, np.number) or ds.dtype == bool):
                     out[key] = _h5_complex(ds) if ds.dtype.names else np.asarray(ds[()])
         return out
     from scipy.io import loadmat
 
-    for key, val in loadmat(str(path)).items():
+    try:
+        contents = loadmat(str(path))
+    except Exception as exc:  # scipy raises ValueError, TypeError or NotImplementedError on non-.mat bytes
+        raise ValueError(f"{path}: not a MATLAB .mat file (v5 or v7.3): {exc}") from None
+    for key, val in contents.items():
         if not key.startswith("__") and isinstance(val, np.ndarray) and np.issubdtype(val.dtype, np.number):
             out[key] = np.transpose(val)
     return out
@@ -287,8 +322,10 @@ def read_cmrxrecon(path: str | Path, *, key: str = "kspace_full", readout_oversa
     in its k-space; ``readout_oversampling`` says how to treat it.
     """
     arrays = read_mat_arrays(path)
+    if key == "kspace_full" and key not in arrays and "kus" in arrays:
+        key = "kus"  # CMRxRecon 2024 test/validation files ship only the undersampled k-space
     if key not in arrays:
-        raise KeyError(f"{path}: no {key!r}; has {sorted(arrays)}")
+        raise ValueError(f"{path}: no {key!r} k-space; has {sorted(arrays)}")
     k = np.asarray(arrays[key], dtype=np.complex64)
     if k.ndim == 4:
         k = k[:, :, None]
@@ -314,6 +351,15 @@ def read_cmrxrecon(path: str | Path, *, key: str = "kspace_full", readout_oversa
         from models.masks import line_mask_from_array
 
         scan.file_mask = line_mask_from_array(mask_arrays[mask_key], ny, t)
+    if key != "kspace_full":
+        # Undersampled k-space: only its acquired lines are measurements.
+        sampled = scan.file_mask if scan.file_mask is not None else None
+        if sampled is None:
+            lines = np.abs(kspace).sum(axis=(2, 4)) > 0  # (z, t, ky)
+        else:
+            lines = np.broadcast_to(np.asarray(sampled, dtype=bool)[None], (z, t, ny)).copy()
+        if not lines.all():
+            scan.acquired = lines
     return scan
 
 

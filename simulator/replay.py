@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import re
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
+import ismrmrd
 import numpy as np
 
 from models.masks import FAMILIES, achieved_acceleration, acs_lines, line_mask
@@ -32,63 +36,161 @@ from .header import make_header
 from .readers import read_mask_file
 from .results import (by_series, format_table, frame_latencies_ms, image_array, percentiles, save_dicom, save_images_h5,
                       save_pictures, score_frames, summarise, write_report, zero_filled_images)
-from .scan import Scan
+from .scan import RawStream, Scan
 from .sources import load_source
 
 log = logging.getLogger("streamrecon.replay")
 
 
+PIPELINE_HELP = "pipeline name sent as CONFIG_FILE; `streamrecon pipelines` lists them"
+
+
+def _pipeline_names() -> str:
+    try:
+        from pipelines.pipeline_config import pipeline_names
+    except ImportError:  # a simulator-only install: the host's names are the host's business
+        return ""
+    return ", ".join(pipeline_names())
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="streamrecon replay", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="streamrecon replay", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("source", help="phantom name (cine, brain), file, M4Raw folder, or ref+target image files")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9002)
-    p.add_argument("--pipeline", required=True, help="pipeline name sent as CONFIG_FILE (e.g. cine_conventional.xml)")
-    p.add_argument("--config-text", type=Path, help="send this pipeline XML as CONFIG_TEXT instead of a name")
-    p.add_argument("--accel", type=float, default=1.0, help="net acceleration (ACS included); 1 = fully sampled")
-    p.add_argument("--mask", default="uniform", help=f"mask family ({', '.join(FAMILIES)}), 'file' (the data's own), or a mask file")
-    p.add_argument("--acs", type=int, default=24, help="ACS lines (CMRxRecon families, vd-random)")
-    p.add_argument("--center-fraction", type=float, help="centre fraction (fastMRI families)")
-    p.add_argument("--order", choices=ORDERS, default="realtime")
-    p.add_argument("--segments", type=int, default=8, help="heartbeats per breath-hold (segmented order)")
-    p.add_argument("--frame-ms", type=float, help="frame duration; also paces the stream (block per frame)")
+    p.add_argument("--host", default="127.0.0.1", help="address of the stream host (`streamrecon serve` or a Gadgetron)")
+    p.add_argument("--port", type=int, default=9002, help="port of the stream host")
+    names = _pipeline_names()
+    p.add_argument("--pipeline", required=True, help=PIPELINE_HELP + (f" (shipped: {names})" if names else ""))
+    p.add_argument("--config-text", type=Path, metavar="XML_FILE",
+                   help="a pipeline XML file whose text is sent as CONFIG_TEXT instead of the --pipeline name")
+    p.add_argument("--accel", type=float, default=1.0,
+                   help="net acceleration, ACS included, at least 1 (1 = fully sampled); an undersampled source keeps its own")
+    p.add_argument("--mask", default=None,
+                   help=f"mask family ({', '.join(FAMILIES)}; uniform when --accel > 1), 'file' (the data's own), or a mask file (.mat, .npy)")
+    p.add_argument("--acs", type=int, default=None,
+                   help=f"ACS lines (uniform, kt-uniform, kt-gaussian, vd-random); default {DEFAULT_ACS}, or half a frame's lines when fewer fit")
+    p.add_argument("--center-fraction", type=float, help="centre fraction (equispaced, random); default 0.32/accel")
+    p.add_argument("--order", choices=ORDERS, default="realtime", help="acquisition order")
+    p.add_argument("--segments", type=_positive_int, default=8, help="heartbeats per breath-hold (segmented order)")
+    p.add_argument("--frame-ms", type=_positive_float, help="frame duration in ms; also paces the stream (one block per frame); default: the source's")
     p.add_argument("--pacing", choices=("asap", "timestamps", "frame"), help="default: frame with --frame-ms, else asap")
-    p.add_argument("--scanners", type=int, default=1)
-    p.add_argument("--contrasts", choices=("stream", "sessions"), default="stream")
+    p.add_argument("--scanners", type=_positive_int, default=1, help="scanners streaming at once, one session each")
+    p.add_argument("--contrasts", choices=("stream", "sessions"), default="stream",
+                   help="two-contrast exams: both contrasts in one session, or one session each")
     p.add_argument("--lookahead", type=int, default=0, help="frames after t a frame's output needs, for images that do not name their Window in meta")
-    p.add_argument("--coils", type=int, default=8)
-    p.add_argument("--matrix", type=int, help="phantom/image matrix size")
-    p.add_argument("--frames", type=int, default=20)
-    p.add_argument("--slices", type=int, default=1)
+    p.add_argument("--coils", type=_positive_int, default=8, help="synthetic coils (phantoms and images)")
+    p.add_argument("--matrix", type=_positive_int, help="phantom/image matrix size; default: phantom 128, images as they are")
+    p.add_argument("--frames", type=_positive_int, default=20, help="phantom frames")
+    p.add_argument("--slices", type=_positive_int, default=1, help="phantom slices")
     p.add_argument("--noise", type=float, default=0.0, help="complex k-space noise std (simulated sources)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of phantoms, masks and faults")
     p.add_argument("--fault", help="drop:F | duplicate:F | reorder:W | truncate:N | cut:N | corrupt-header")
-    p.add_argument("--timeout", type=float, default=120.0)
-    p.add_argument("--dicom", action="store_true", help="also write DICOM (needs pydicom)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--timeout", type=_positive_float, default=120.0, help="seconds of host silence before a session is given up")
+    p.add_argument("--dicom", action="store_true", help="also write DICOM into OUT/dicom (needs pydicom)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--out", type=Path, required=True, help="output folder (report.json, images.h5, pictures)")
     return p
 
 
-def _masks(scans: list[Scan], args) -> list[np.ndarray | None]:
-    """One mask per scan; for an exam the reference contrast stays fully sampled."""
+class ReplayError(Exception):
+    """A request replay cannot carry out; the message is one line that says what to do."""
+
+
+DEFAULT_ACS = 24
+ACS_FAMILIES = ("uniform", "kt-uniform", "kt-gaussian", "vd-random")
+INFORMATIONAL = re.compile(r"^\s*(DEBUG|INFO|NOTICE)\b", re.IGNORECASE)
+
+
+def is_informational(text: str) -> bool:
+    """A host TEXT that reports progress, not a failure (python-ismrmrd-server prefixes its levels)."""
+    return bool(INFORMATIONAL.match(text))
+
+
+def _check_args(args) -> None:
+    """Refuse requests no scan can satisfy, before anything is loaded or sent."""
+    if not (math.isfinite(args.accel) and args.accel >= 1):
+        raise ReplayError(f"--accel {args.accel:g}: the net acceleration must be at least 1 (1 = fully sampled)")
+    if args.acs is not None and args.acs < 0:
+        raise ReplayError(f"--acs {args.acs}: the number of ACS lines cannot be negative")
+    if args.center_fraction is not None and not 0 < args.center_fraction <= 1:
+        raise ReplayError(f"--center-fraction {args.center_fraction:g}: must be in (0, 1]")
+    if args.lookahead < 0:
+        raise ReplayError(f"--lookahead {args.lookahead}: cannot be negative")
+    if args.mask is not None and args.mask != "file" and args.mask not in FAMILIES and Path(args.mask).suffix not in (".mat", ".npy"):
+        raise ReplayError(f"--mask {args.mask!r}: not a family ({', '.join(FAMILIES)}), 'file', or a .mat/.npy mask file")
+    if args.config_text is not None and not args.config_text.is_file():
+        raise ReplayError(f"--config-text {args.config_text}: no such file (it takes a pipeline XML file)")
+
+
+def _masks(scans: list[Scan], args, notes: list[str]) -> list[np.ndarray | None]:
+    """One mask per scan; for an exam the reference contrast stays fully sampled.
+
+    An undersampled source keeps exactly the lines it has. Requests the
+    scan cannot satisfy are refused; where the mask must differ from the
+    request (the ACS block or the acceleration rounded to whole lines), a
+    line is added to ``notes``.
+    """
     out: list[np.ndarray | None] = []
     for i, scan in enumerate(scans):
+        if scan.acquired is not None:
+            if args.accel != 1 or args.mask not in (None, "file"):
+                raise ReplayError(f"{scan.name} is undersampled already (R={achieved_acceleration(normalise_mask(scan, scan.acquired)):.2f}); "
+                                  "replay sends its own lines as they are: drop --accel and --mask")
+            out.append(scan.acquired)
+            continue
         if len(scans) > 1 and i == 0:
             out.append(None)
             continue
         if args.mask == "file":
             if scan.file_mask is None:
-                raise SystemExit(f"--mask file: {scan.name} carries no mask")
+                raise ReplayError(f"--mask file: {scan.name} carries no mask")
             out.append(scan.file_mask)
-        elif Path(args.mask).suffix in (".mat", ".npy"):
+        elif args.mask is not None and Path(args.mask).suffix in (".mat", ".npy"):
             out.append(read_mask_file(args.mask, scan.ny, scan.frames))
-        elif args.accel <= 1:
+        elif args.accel == 1:
+            if args.mask is not None:
+                notes.append(f"--mask {args.mask} without --accel: sent fully sampled (--accel 1)")
             out.append(None)
         else:
-            out.append(line_mask(args.mask, scan.ny, scan.frames, accel=args.accel, acs=args.acs, seed=args.seed + i,
-                                 center_fraction=args.center_fraction))
+            out.append(_family_mask(scan, args, i, notes))
     return out
+
+
+def _family_mask(scan: Scan, args, index: int, notes: list[str]) -> np.ndarray:
+    family = args.mask or "uniform"
+    lo, hi = scan.encoded_lines or (0, scan.ny)
+    lines = hi - lo
+    if args.accel > lines:
+        raise ReplayError(f"--accel {args.accel:g} is impossible with {lines} phase-encode lines: at most {lines} (one line a frame)")
+    if args.acs is not None and args.acs > lines:
+        raise ReplayError(f"--acs {args.acs} is impossible with {lines} phase-encode lines")
+    acs = DEFAULT_ACS if args.acs is None else args.acs
+    m = line_mask(family, scan.ny, scan.frames, accel=args.accel, acs=acs, seed=args.seed + index,
+                  center_fraction=args.center_fraction)
+    got = achieved_acceleration(m)
+    per_frame = int(round(scan.ny / args.accel))
+    if abs(got - args.accel) > 0.05 * args.accel:
+        notes.append(f"--accel {args.accel:g}: {scan.ny} lines allow whole lines only; the mask achieves {got:.2f}x "
+                     f"({per_frame} lines a frame)")
+    have = acs_lines(m)
+    if args.acs is not None and family in ACS_FAMILIES and have < args.acs:
+        notes.append(f"--acs {args.acs}: at {args.accel:g}x a frame has {per_frame} of {scan.ny} lines; "
+                     f"{have} of them are the ACS block, the rest spread outside it (lower --accel for more ACS)")
+    return m
 
 
 def _calib(mask: np.ndarray | None, ny: int) -> tuple[int, int] | None:
@@ -104,15 +206,15 @@ def _calib(mask: np.ndarray | None, ny: int) -> tuple[int, int] | None:
     return start, start + n
 
 
-def _items(scans, masks, args, which: list[int]):
-    """The readouts of the scans ``which`` (one session), with item faults applied."""
-    sel = [scans[i] for i in which]
-    msk = [masks[i] for i in which]
-    calib = _calib(msk[-1], sel[-1].ny)
-    if len(sel) == 1:
-        items = acquisitions(sel[0], msk[0], order=args.order, calib_lines=calib, segments=args.segments)
-    else:
-        items = exam_acquisitions(sel, msk, order=args.order, calib_lines=calib, segments=args.segments)
+def _raw_stream(scans: list[Scan], masks, which: list[int]) -> RawStream | None:
+    """The file's own stream when the session replays a file as it was acquired (no mask of ours applied)."""
+    raw = scans[which[0]].raw
+    if raw is None or any(scans[i].raw is not raw or masks[i] is not scans[i].acquired for i in which):
+        return None
+    return raw
+
+
+def _item_faults(items, args):
     if args.fault:
         kind, _, val = args.fault.partition(":")
         if kind == "drop":
@@ -121,7 +223,25 @@ def _items(scans, masks, args, which: list[int]):
             items = duplicate_readouts(items, fraction=float(val or 0.05), seed=args.seed)
         elif kind == "reorder":
             items = reorder_readouts(items, window=int(val or 4), seed=args.seed)
-    return items, calib
+    return items
+
+
+def _session_stream(scans, masks, args, which: list[int]) -> tuple[object, list | object]:
+    """``(header, readouts)`` of one session: a file's own XML and readouts, or the simulated scan's."""
+    raw = _raw_stream(scans, masks, which)
+    if raw is not None:
+        return raw.xml, _item_faults(iter(raw.acquisitions), args)
+    sel = [scans[i] for i in which]
+    msk = [masks[i] for i in which]
+    calib = _calib(msk[-1], sel[-1].ny)
+    if len(sel) == 1:
+        items = acquisitions(sel[0], msk[0], order=args.order, calib_lines=calib, segments=args.segments)
+    else:
+        items = exam_acquisitions(sel, msk, order=args.order, calib_lines=calib, segments=args.segments)
+    accel = achieved_acceleration(normalise_mask(scans[which[-1]], masks[which[-1]]))
+    header = make_header(scans[which[0]], accel=accel, calib_lines=(calib[1] - calib[0]) if calib else 0,
+                         n_contrasts=max(s.contrast for s in scans) + 1)
+    return header, _item_faults(items, args)
 
 
 def _wire_fault(args) -> StreamFault | None:
@@ -134,16 +254,61 @@ def _wire_fault(args) -> StreamFault | None:
         return StreamFault(kind)
     if kind in ("drop", "duplicate", "reorder"):
         return None
-    raise SystemExit(f"unknown fault {args.fault!r}")
+    raise ReplayError(f"unknown fault {args.fault!r} (drop:F, duplicate:F, reorder:W, truncate:N, cut:N, corrupt-header)")
 
 
-def _sessions(scans: list[Scan], args) -> list[list[int]]:
-    if len(scans) > 1 and args.contrasts == "sessions":
-        return [[i] for i in range(len(scans))]
-    return [list(range(len(scans)))]
+def _sessions(scans: list[Scan], masks, args) -> list[list[int]]:
+    everything = list(range(len(scans)))
+    if len(scans) > 1 and args.contrasts == "sessions" and _raw_stream(scans, masks, everything) is None:
+        return [[i] for i in everything]
+    return [everything]
 
 
-def _run_scanner(scans, masks, args, config_text, progress, results: list, slot: int) -> None:
+def _readouts_to_send(scans, masks, args) -> int:
+    n = 0
+    for which in _sessions(scans, masks, args):
+        raw = _raw_stream(scans, masks, which)
+        n += len(raw.acquisitions) if raw is not None else sum(
+            len(schedule(scans[i], masks[i], order=args.order, segments=args.segments)) for i in which)
+    return n
+
+
+class _Progress:
+    """Readouts sent, then the wait for the images still to come (the model series trail the scan)."""
+
+    def __init__(self, readouts: int, frames_expected: int, enabled: bool) -> None:
+        self.readouts = readouts
+        self.frames = frames_expected
+        self.images: dict[int, int] = {}
+        self.lock = threading.Lock()
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=readouts, unit="readout", desc="sending", file=sys.stderr, leave=False)
+
+    def sent(self, _item: object) -> None:
+        if self.bar is None:
+            return
+        with self.lock:
+            self.bar.update(1)
+            if self.bar.n >= self.readouts:
+                self.bar.set_description("scan sent; waiting for images")
+
+    def image(self, image: ismrmrd.Image) -> None:
+        with self.lock:
+            series = int(image.image_series_index)
+            self.images[series] = self.images.get(series, 0) + 1
+            if self.bar is not None:
+                self.bar.set_postfix_str("images " + ", ".join(
+                    f"series {k} {v}/{self.frames}" for k, v in sorted(self.images.items())))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _run_scanner(scans, masks, args, config_text, progress: _Progress, results: list, slot: int) -> None:
     pacing = Pacing("asap")
     mode = args.pacing or ("frame" if args.frame_ms else "asap")
     if mode == "frame":
@@ -151,15 +316,16 @@ def _run_scanner(scans, masks, args, config_text, progress, results: list, slot:
     elif mode == "timestamps":
         pacing = Pacing("timestamps")
     session_results = []
-    for which in _sessions(scans, args):
-        items, calib = _items(scans, masks, args, which)
-        accel = achieved_acceleration(normalise_mask(scans[which[-1]], masks[which[-1]]))
-        header = make_header(scans[which[0]], accel=accel, calib_lines=(calib[1] - calib[0]) if calib else 0,
-                             n_contrasts=max(s.contrast for s in scans) + 1)
-        kw = {"config_text": config_text} if config_text else {"config_file": args.pipeline}
-        res = run_session(args.host, args.port, header=header, items=items, pacing=pacing, timeout=args.timeout,
-                          fault=_wire_fault(args), on_sent=(lambda _i: progress.update(1)) if progress is not None else None, **kw)
-        session_results.append(res)
+    try:
+        for which in _sessions(scans, masks, args):
+            header, items = _session_stream(scans, masks, args, which)
+            kw = {"config_text": config_text} if config_text else {"config_file": args.pipeline}
+            res = run_session(args.host, args.port, header=header, items=items, pacing=pacing, timeout=args.timeout,
+                              fault=_wire_fault(args), on_sent=progress.sent, on_image=progress.image, **kw)
+            session_results.append(res)
+    except OSError as exc:  # no connection at all: nothing was sent
+        results[slot] = exc
+        return
     results[slot] = session_results
 
 
@@ -177,12 +343,14 @@ def _merge(results: list[StreamResult]) -> StreamResult:
         m.readouts_sent += r.readouts_sent
         m.bytes_sent += r.bytes_sent
     m.closed = all(r.closed for r in results)
+    m.stopped_early = any(r.stopped_early for r in results)
     m.t_start, m.t_end = results[0].t_start, results[-1].t_end
     m.paced_block_ms = results[-1].paced_block_ms
     return m
 
 
 def replay(args) -> tuple[dict, int]:
+    _check_args(args)
     kw = dict(n_coils=args.coils, seed=args.seed, noise_std=args.noise, frames=args.frames, slices=args.slices,
               matrix=args.matrix, ny=args.matrix, nx=args.matrix)
     if args.order == "segmented":
@@ -193,14 +361,15 @@ def replay(args) -> tuple[dict, int]:
     if args.frame_ms:
         for s in scans:
             s.frame_ms = args.frame_ms
-    masks = _masks(scans, args)
+    notes: list[str] = []
+    masks = _masks(scans, args, notes)
+    _wire_fault(args)  # an unknown fault is refused before anything is sent
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     config_text = args.config_text.read_text() if args.config_text else None
-    n_readouts = sum(len(schedule(s, m, order=args.order, segments=args.segments)) for s, m in zip(scans, masks)) * args.scanners
-    progress = None
-    if not args.no_progress:
-        from tqdm import tqdm
-
-        progress = tqdm(total=n_readouts, unit="readout", desc="replay", file=sys.stderr, leave=False)
+    target = scans[-1]
+    progress = _Progress(_readouts_to_send(scans, masks, args) * args.scanners, target.slices * target.frames,
+                         enabled=not args.no_progress)
     results: list = [None] * args.scanners
     t0 = time.perf_counter()
     threads = [threading.Thread(target=_run_scanner, args=(scans, masks, args, config_text, progress, results, i), daemon=True)
@@ -210,24 +379,49 @@ def replay(args) -> tuple[dict, int]:
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    if progress is not None:
-        progress.close()
+    progress.close()
+    failed = next((r for r in results if isinstance(r, BaseException)), None)
+    if failed is not None:
+        raise ReplayError(f"no host at {args.host}:{args.port}; is `streamrecon serve` running? ({_os_reason(failed)})")
     merged = [_merge(r) for r in results]
-    return _report(args, scans, masks, merged, wall)
+    refusal = _refusal(merged)
+    if refusal is not None:
+        raise ReplayError(f"the host at {args.host}:{args.port} refused the scan: {refusal}")
+    return _report(args, scans, masks, merged, wall, notes)
 
 
-def _report(args, scans, masks, merged: list[StreamResult], wall: float) -> tuple[dict, int]:
+def _os_reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _refusal(merged: list[StreamResult]) -> str | None:
+    """The host's reason when it ended every session before any image (a refused pipeline, a bad header)."""
+    if any(r.images for r in merged):
+        return None
+    reasons = [t for r in merged for t in r.texts if not is_informational(t)] + [e for r in merged for e in r.errors]
+    if reasons and all(r.closed or r.stopped_early for r in merged):
+        return reasons[0]
+    return None
+
+
+def _report(args, scans, masks, merged: list[StreamResult], wall: float, notes: list[str]) -> tuple[dict, int]:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     target = scans[-1]
     accel = achieved_acceleration(normalise_mask(target, masks[-1]))
     zf = zero_filled_images(target, masks[-1])
+    truth = all(s.has_truth for s in scans)
     zf_rows = score_frames({(s, target.contrast, t): zf[s, t] for s in range(target.slices) for t in range(target.frames)}, [target])
     series_rows: dict[int, list[dict]] = {}
     first = merged[0]
     series = by_series(first.images)
     for idx, imgs in sorted(series.items()):
         series_rows[idx] = score_frames({k: np.abs(image_array(im)) for k, im in imgs.items()}, scans)
+    if not truth:
+        # An undersampled source has no fully sampled truth: no scores, only what arrived.
+        why = "no fully sampled reference: the source is undersampled"
+        zf_rows = [_unscored(r, why) for r in zf_rows]
+        series_rows = {k: [_unscored(r, why) for r in v] for k, v in series_rows.items()}
     # Latency per series; the headline is the last series (the model's, when
     # a pipeline emits the conventional series 0 beside it).
     lat_by_series: dict[int, list[float]] = {k: [] for k in series}
@@ -241,27 +435,36 @@ def _report(args, scans, masks, merged: list[StreamResult], wall: float) -> tupl
         return [r for r in rows if r["contrast"] == target.contrast]
 
     primary = summarise(target_rows(series_rows.get(max(series), []))) if series else summarise([])
+    received = len(target_rows(series_rows.get(max(series), []))) if series else 0
     sent_frames = sum(len(r.send_times) for r in merged)
+    frame_ms = args.frame_ms or target.frame_ms
+    fallbacks = {k: fallback_summary(imgs.values()) for k, imgs in series.items()}
+    model_ms = {k: model_time_ms(imgs.values()) for k, imgs in series.items()}
+    host_errors = [t for r in merged for t in r.texts if not is_informational(t)] + [f"ERROR {e}" for r in merged for e in r.errors]
     report = {
         "pipeline": args.pipeline,
         "source": args.source,
         "order": args.order,
-        "mask": args.mask if args.accel > 1 or args.mask == "file" else "none",
+        "mask": _mask_label(args, target),
         "acceleration": accel,
         "acs_lines": acs_lines(normalise_mask(target, masks[-1])),
+        "adjustments": notes,
         "scanners": args.scanners,
         "lookahead": args.lookahead,
-        "frames": primary["frames"],
+        "frames": primary["frames"] if truth else received,
         "frames_expected": expected,
         "psnr": primary["psnr"],
         "ssim": primary["ssim"],
         "nmse": primary["nmse"],
-        "scoring": "magnitude vs fully sampled reference, no rescaling, data range = reference max (fastMRI)",
+        "scoring": ("magnitude vs fully sampled reference, no rescaling, data range = reference max (fastMRI)" if truth
+                    else "none: the source is undersampled and has no fully sampled reference"),
         "series": {str(k): {"name": _series_name(series[k]), **summarise(target_rows(v)),
-                            "latency_ms": percentiles(lat_by_series.get(k, [])), "per_frame": v}
+                            "latency_ms": percentiles(lat_by_series.get(k, [])), "fallbacks": fallbacks[k],
+                            "model_ms_per_image": model_ms[k], "per_frame": v}
                    for k, v in series_rows.items()},
         "zero_filled": {**summarise(zf_rows), "per_frame": zf_rows},
         "latency_ms": percentiles(lat_all),
+        "frame_ms": frame_ms,
         "throughput": {
             "wall_s": wall,
             "frames_per_s": sum(len(r.images) for r in merged) / max(wall, 1e-9),
@@ -271,25 +474,112 @@ def _report(args, scans, masks, merged: list[StreamResult], wall: float) -> tupl
         },
         "pacing_measured_ms": first.paced_block_ms,
         "host_messages": [t for r in merged for t in r.texts] + [f"ERROR {e}" for r in merged for e in r.errors],
+        "host_errors": host_errors,
         "closed_by_host": [r.closed for r in merged],
     }
+    report["warnings"] = _warnings(report)
+    written = [out / "report.json", out / "images.h5"]
     save_images_h5(out / "images.h5", [im for r in merged for im in r.images])
     ref_c = target.contrast
     for s in range(target.slices):
         rows = {"reference": np.abs(target.reference[s]), "zero-filled": np.abs(zf[s])}
+        titles = {"reference": "reference" if target.has_truth else "source (undersampled)", "zero-filled": "zero-filled"}
         for idx, imgs in sorted(series.items()):
             frames = [np.abs(image_array(imgs[(s, ref_c, t)])) for t in range(target.frames) if (s, ref_c, t) in imgs]
             if frames and frames[0].shape == rows["reference"].shape[-2:]:
                 rows[f"series{idx}"] = np.stack(frames)
-        save_pictures(out, rows, f"slice{s:02d}")
+                titles[f"series{idx}"] = f"series {idx} {_series_name(imgs)}".strip() + (
+                    " [ALL FALLBACK]" if fallbacks[idx]["all"] else "")
+        written += save_pictures(out, rows, f"slice{s:02d}", titles=titles, errors=target.has_truth)
     if args.dicom:
         try:
-            report["dicom_files"] = save_dicom(out, first.images, scans)
+            report["dicom_files"] = save_dicom(out / "dicom", first.images, scans, _source_header(scans))
+            written.append(out / "dicom")
         except ImportError:
             report["dicom_files"] = "pydicom not installed (pip install streamrecon[dicom])"
+    report["files"] = [str(p) for p in written]
     write_report(out / "report.json", report)
-    ok = primary["frames"] == expected * 1 and not report["host_messages"]
+    complete = (primary["frames"] if truth else received) == expected
+    all_fallback = any(f["all"] for f in fallbacks.values())
+    ok = complete and not host_errors and not all_fallback
     return report, 0 if ok else 1
+
+
+def _source_header(scans: list[Scan]):
+    """The header that describes the source: a file's own, or the simulated scanner's for a simulated scan."""
+    target = scans[-1]
+    if target.raw is not None:
+        import ismrmrd.xsd
+
+        return ismrmrd.xsd.CreateFromDocument(target.raw.xml)
+    return make_header(target) if target.coil_maps is not None else None
+
+
+def _unscored(row: dict, why: str) -> dict:
+    return {k: row[k] for k in ("slice", "contrast", "frame")} | {"error": why}
+
+
+def _mask_label(args, target: Scan) -> str:
+    if target.acquired is not None:
+        return "the source's own sampling"
+    if args.mask == "file" or (args.mask and Path(args.mask).suffix in (".mat", ".npy")):
+        return args.mask
+    return (args.mask or "uniform") if args.accel > 1 else "none"
+
+
+def fallback_summary(images) -> dict:
+    """How many images of a series are fallbacks (the conventional image in the model's place) and why."""
+    reasons: Counter = Counter()
+    n = 0
+    for im in images:
+        n += 1
+        why = _meta(im, "Fallback")
+        if why:
+            reasons[str(why)] += 1
+    count = sum(reasons.values())
+    return {"images": n, "count": count, "all": n > 0 and count == n,
+            "reasons": [{"reason": r, "images": c} for r, c in reasons.most_common(3)]}
+
+
+def model_time_ms(images) -> dict:
+    """The model's own time per image: ``InferenceMs`` (a batch's time) over ``Batch`` in the meta of model images."""
+    values = []
+    for im in images:
+        v = _meta(im, "InferenceMs")
+        if v and not _meta(im, "Fallback"):
+            try:
+                values.append(float(v) / max(1, int(_meta(im, "Batch") or 1)))
+            except ValueError:
+                pass
+    return percentiles(values)
+
+
+def _meta(image: ismrmrd.Image, key: str):
+    try:
+        return image.meta.get(key)
+    except Exception:  # an image without readable meta says nothing
+        return None
+
+
+def _warnings(report: dict) -> list[str]:
+    """What a reader of the table must not miss: fallbacks, and why a model series lags."""
+    out = []
+    for k, s in report["series"].items():
+        fb = s["fallbacks"]
+        label = f"series {k} {s['name']}".strip()
+        if fb["count"]:
+            why = "; ".join(f"{r['reason']} ({r['images']})" for r in fb["reasons"])
+            head = ("ALL its images are fallbacks: it shows the conventional image, not the model's"
+                    if fb["all"] else f"{fb['count']} of {fb['images']} images are fallbacks (the conventional image)")
+            out.append(f"{label}: {head}; why: {why}")
+        ms = s["model_ms_per_image"]
+        frame_ms = report["frame_ms"]
+        if ms.get("n") and frame_ms and ms["p50"] > frame_ms:
+            out.append(f"{label} lags: the model took {ms['p50']:.0f} ms an image here (median of {ms['n']}) against "
+                       f"{frame_ms:.0f} ms a frame, so its images queue up behind the scan "
+                       f"({ms['p50'] / frame_ms:.1f}x slower than real time on this machine; the conventional series "
+                       f"does not wait for it)")
+    return out
 
 
 def _series_name(images: dict) -> str:
@@ -307,12 +597,24 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         report, code = replay(args)
+    except ReplayError as exc:
+        print(f"streamrecon replay: {exc}", file=sys.stderr)
+        return 2
     except (OSError, ValueError, KeyError) as exc:
-        print(f"streamrecon replay: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"streamrecon replay: {_one_line(exc)}", file=sys.stderr)
         return 2
     print(format_table(report))
-    print(f"wrote {args.out / 'report.json'}")
+    for w in report["warnings"]:
+        print(f"WARNING: {w}")
+    print(f"wrote {len(report['files'])} outputs to {args.out}/: " + " ".join(Path(f).name for f in report["files"]))
     return code
+
+
+def _one_line(exc: BaseException) -> str:
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    if isinstance(exc, FileNotFoundError) and exc.filename:
+        text = f"{exc.filename}: {exc.strerror or 'not found'}"
+    return " ".join(str(text).split()) or type(exc).__name__
 
 
 __all__ = ["main", "build_parser", "replay"]

@@ -160,75 +160,129 @@ def _to_uint8(frames: np.ndarray, vmax: float) -> np.ndarray:
     return (np.clip(np.abs(frames) / max(vmax, 1e-12), 0, 1) * 255).astype(np.uint8)
 
 
-def save_pictures(out_dir: Path, rows: dict[str, np.ndarray], stem: str, *, max_frames: int = 12) -> list[Path]:
-    """A PNG strip (one row per entry of ``rows``, up to ``max_frames`` frames across) and one GIF per row.
+ERROR_GAIN = 5.0
+LABEL_WIDTH = 150
+TITLE_HEIGHT = 14
 
-    ``rows`` maps a label (``reference``, ``zero-filled``, ``series0``...) to
-    ``(frames, ny, nx)`` magnitudes; all share the reference's grey scale.
+
+def _row_scale(frames: np.ndarray) -> float:
+    """One grey scale for a whole row: its 99.5th percentile (a few hot pixels do not darken the row)."""
+    v = float(np.percentile(np.abs(frames), 99.5))
+    return v if v > 0 else float(np.abs(frames).max())
+
+
+def picture_rows(rows: dict[str, np.ndarray], titles: dict[str, str] | None = None,
+                 errors: bool = True) -> list[tuple[str, np.ndarray, float]]:
+    """``(title, frames, grey scale)`` per strip row: every image row, then ``|row - reference| x5`` of each.
+
+    Each image row has its own scale (one for all its frames); error rows
+    use the reference's scale divided by :data:`ERROR_GAIN`, so an error row
+    that looks dark is small against the reference.
     """
+    titles = titles or {}
+    out = [(titles.get(k, k), np.abs(v), _row_scale(v)) for k, v in rows.items()]
+    ref = rows.get("reference")
+    if errors and ref is not None:
+        ref_scale = _row_scale(ref)
+        n = min(len(v) for v in rows.values())
+        for k, v in rows.items():
+            if k != "reference":
+                err = np.abs(np.abs(v[:n]) - np.abs(ref[:n]))
+                out.append((f"error x{ERROR_GAIN:g} {titles.get(k, k)}", err, ref_scale / ERROR_GAIN))
+    return out
+
+
+def _labelled(tiles: list[np.ndarray], label: str, width: int = LABEL_WIDTH) -> np.ndarray:
+    """A row of uint8 tiles with ``label`` written in a left margin."""
+    from PIL import Image, ImageDraw
+
+    row = np.concatenate(tiles, axis=1)
+    canvas = Image.new("L", (width + row.shape[1], row.shape[0]), 0)
+    canvas.paste(Image.fromarray(row), (width, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, chunk in enumerate(_wrap(label, width // 6)):
+        draw.text((3, 2 + 11 * i), chunk, fill=255)
+    return np.asarray(canvas)
+
+
+def _wrap(text: str, chars: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > chars:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + [line] if line else lines
+
+
+def _titled(frame: np.ndarray, title: str) -> np.ndarray:
+    """A uint8 frame with ``title`` written in a band above it."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("L", (frame.shape[1], frame.shape[0] + TITLE_HEIGHT), 0)
+    canvas.paste(Image.fromarray(frame), (0, TITLE_HEIGHT))
+    ImageDraw.Draw(canvas).text((2, 1), title[: max(1, frame.shape[1] // 6)], fill=255)
+    return np.asarray(canvas)
+
+
+def _save_gif(path: Path, frames: list[np.ndarray]) -> None:
     from PIL import Image
 
+    pics = [Image.fromarray(f) for f in frames]
+    pics[0].save(path, save_all=True, append_images=pics[1:], duration=60, loop=0)
+
+
+def save_pictures(out_dir: Path, rows: dict[str, np.ndarray], stem: str, *, max_frames: int = 12,
+                  titles: dict[str, str] | None = None, errors: bool = True) -> list[Path]:
+    """Labelled pictures of one slice: a PNG strip, one GIF per row, one side-by-side GIF.
+
+    ``rows`` maps a key (``reference``, ``zero-filled``, ``series0``...) to
+    ``(frames, ny, nx)`` magnitudes, ``titles`` a key to its label. The strip
+    has one labelled row per entry (up to ``max_frames`` frames across, the
+    frame numbers on top) and, with ``errors``, an ``error x5`` row per
+    entry against the reference (:func:`picture_rows`). The side-by-side
+    GIF (``<stem>_side_by_side.gif``) shows reference, the conventional
+    series (series 0) and the last series (the model's) frame by frame,
+    each on its own row scale, titled.
+    """
     written = []
-    vmax = max(float(np.abs(r).max()) for r in rows.values())
-    n = min(max_frames, min(len(r) for r in rows.values()))
-    picks = np.linspace(0, min(len(r) for r in rows.values()) - 1, n).round().astype(int)
-    strip = np.concatenate([np.concatenate(list(_to_uint8(r[picks], vmax)), axis=1) for r in rows.values()], axis=0)
+    table = picture_rows(rows, titles, errors)
+    n_all = min(len(r) for r in rows.values())
+    n = min(max_frames, n_all)
+    picks = np.linspace(0, n_all - 1, n).round().astype(int)
+    tile_w = next(iter(rows.values())).shape[-1]
+    header = _labelled([_titled(np.zeros((0, tile_w), np.uint8), f"t={t}") for t in picks], "frame")
+    strip = [header] + [_labelled(list(_to_uint8(frames[picks], scale)), title) for title, frames, scale in table]
+    from PIL import Image
+
     p = out_dir / f"{stem}_strip.png"
-    Image.fromarray(strip).save(p)
+    Image.fromarray(np.concatenate(strip, axis=0)).save(p)
     written.append(p)
-    for label, r in rows.items():
+    for (key, r), (title, _, scale) in zip(rows.items(), table):
         if len(r) < 2:
             continue
-        frames = [Image.fromarray(f) for f in _to_uint8(r, vmax)]
-        g = out_dir / f"{stem}_{label}.gif"
-        frames[0].save(g, save_all=True, append_images=frames[1:], duration=60, loop=0)
+        g = out_dir / f"{stem}_{key}.gif"
+        _save_gif(g, [_titled(f, title) for f in _to_uint8(r, scale)])
+        written.append(g)
+    series = sorted(k for k in rows if k.startswith("series"))
+    side = ["reference"] + ([series[0]] if series else []) + ([series[-1]] if len(series) > 1 else [])
+    if len(side) > 1 and n_all > 1:
+        scales = dict((k, sc) for (k, _), (_, _, sc) in zip(rows.items(), table))
+        names = {k: t for k, (t, _, _) in zip(rows, table)}
+        frames = [np.concatenate([_titled(_to_uint8(rows[k][t], scales[k]), names[k]) for k in side], axis=1)
+                  for t in range(n_all)]
+        g = out_dir / f"{stem}_side_by_side.gif"
+        _save_gif(g, frames)
         written.append(g)
     return written
 
 
-def save_dicom(out_dir: Path, images: list[ismrmrd.Image], scans: list[Scan]) -> int:
-    """One MR DICOM file per image (pydicom, an optional dependency); returns the count written."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+def save_dicom(out_dir: Path, images: list[ismrmrd.Image], scans: list[Scan], header=None) -> int:
+    """One MR DICOM file per image (see :mod:`simulator.dicom`)."""
+    from .dicom import save_dicom as _save
 
-    for_uid = scans[0].frame_of_reference_uid
-    series_uids: dict[int, str] = {}
-    study_uid = generate_uid()
-    count = 0
-    scales: dict[int, float] = {}
-    for im in images:
-        series = int(im.image_series_index)
-        series_uids.setdefault(series, generate_uid())
-        arr = np.abs(image_array(im)).astype(np.float64)
-        # One scale per series (from its first image), so a cine's frames
-        # keep their relative brightness in a DICOM viewer.
-        scale = scales.setdefault(series, 4095.0 / max(arr.max(), 1e-12))
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.StudyInstanceUID, ds.SeriesInstanceUID = "MR", study_uid, series_uids[series]
-        ds.FrameOfReferenceUID, ds.SeriesNumber, ds.InstanceNumber = for_uid, series + 1, int(im.image_index)
-        ds.PatientName, ds.PatientID = "streamrecon^phantom", "SIMULATED"
-        ds.Rows, ds.Columns = arr.shape
-        fov = im.field_of_view
-        dy, dx = float(fov[1]) / arr.shape[0], float(fov[0]) / arr.shape[1]
-        ds.PixelSpacing = [dy, dx]
-        ds.SliceThickness = float(fov[2])
-        # ISMRMRD's position is the image centre; DICOM's is the centre of
-        # the first (top-left) pixel.
-        centre, read, phase = (np.asarray(v, dtype=np.float64) for v in (im.position, im.read_dir, im.phase_dir))
-        corner = centre - read * dx * (arr.shape[1] / 2 - 0.5) - phase * dy * (arr.shape[0] / 2 - 0.5)
-        ds.ImagePositionPatient = [float(v) for v in corner]
-        ds.ImageOrientationPatient = [float(v) for v in im.read_dir] + [float(v) for v in im.phase_dir]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.PixelData = np.clip(np.rint(arr * scale), 0, 65535).astype(np.uint16).tobytes()
-        ds.save_as(out_dir / f"s{series:02d}_sl{im.slice:02d}_c{im.contrast}_f{frame_key(im)[2]:03d}.dcm", enforce_file_format=True)
-        count += 1
-    return count
+    return _save(out_dir, images, scans, header)
 
 
 def write_report(path: Path, report: dict) -> None:
@@ -263,12 +317,19 @@ def format_table(report: dict) -> str:
         lat = s.get("latency_ms") or {}
         lat_text = (f"{f(lat.get('p50'), '.1f')} / {f(lat.get('p95'), '.1f')} / {f(lat.get('max'), '.1f')}"
                     if lat.get("n") else "-")
+        fb = s.get("fallbacks") or {}
+        fb_text = (f"   FALLBACK {fb['count']}/{fb['images']}" if fb.get("all") else
+                   f"   fallback {fb['count']}/{fb['images']}" if fb.get("count") else "")
         lines.append(f"{label[:22]:<22}{s['frames']:>7}{f(s['psnr'], '.2f'):>9}{f(s['ssim'], '.4f'):>8}"
-                     f"{f(s['nmse'], '.2e'):>10}   {lat_text}")
+                     f"{f(s['nmse'], '.2e'):>10}   {lat_text}{fb_text}")
     lines.append(f"throughput {report['throughput']['frames_per_s']:.1f} frames/s; latency = last readout a frame's "
                  f"image needs (its Window, else +{report['lookahead']} frames) -> image received")
     if report.get("pacing_measured_ms") is not None:
         lines.append(f"pacing: measured {report['pacing_measured_ms']:.2f} ms per frame block")
+    if report.get("scoring", "").startswith("none"):
+        lines.append(f"scores: {report['scoring']}")
+    for t in report.get("adjustments", []):
+        lines.append(f"note: {t}")
     for t in report.get("host_messages", []):
         lines.append(f"host: {t}")
     return "\n".join(lines)

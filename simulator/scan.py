@@ -27,6 +27,19 @@ from models.synthetic import smooth_phase
 TIME_DIMENSIONS = ("phase", "repetition")
 
 
+@dataclass
+class RawStream:
+    """A file's own stream, replayed as it is: its XML header and every readout in file order.
+
+    Noise, calibration and navigator readouts are kept, with their own
+    acquisition headers, so a host sees exactly what the scanner measured
+    (its pre-whitening works on the file's own noise scan).
+    """
+
+    xml: str
+    acquisitions: list
+
+
 def _uid(name: str, seed: int, what: str) -> str:
     """A deterministic DICOM-style UID (2.25.<uuid int>) for reproducible runs."""
     return "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, f"streamrecon/{what}/{name}/{seed}").int)
@@ -78,6 +91,17 @@ class Scan:
     # An undersampling mask shipped with the data (CMRxRecon masks, fastMRI
     # test sets), ``(frames, ky)`` bool, used when replay asks for the file's mask.
     file_mask: np.ndarray | None = None
+    # Lines that hold measured data, ``(slices, frames, ky)`` bool, when the
+    # source itself is undersampled (an undersampled ISMRMRD file, CMRxRecon
+    # ``kus``); None = fully sampled. Such a source has no fully sampled
+    # truth: ``reference`` is then only its zero-filled picture, never a score's.
+    acquired: np.ndarray | None = None
+    raw: RawStream | None = None
+
+    @property
+    def has_truth(self) -> bool:
+        """Whether ``reference`` is a fully sampled ground truth that scores may use."""
+        return self.acquired is None
 
     def __post_init__(self) -> None:
         if self.kspace.ndim != 5:
@@ -281,4 +305,4 @@ def phantom_scan(
     raise ValueError(f"unknown phantom {name!r}; known: cine, brain")
 
 
-__all__ = ["Scan", "scan_from_images", "phantom_scan", "crop_readout", "pad_readout", "coil_images_to_recon"]
+__all__ = ["Scan", "RawStream", "scan_from_images", "phantom_scan", "crop_readout", "pad_readout", "coil_images_to_recon"]

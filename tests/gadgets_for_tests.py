@@ -38,3 +38,16 @@ class ImageCounter:
                 meta["SeenByCounter"] = str(self.seen)
                 item.meta = meta
             connection.send(item)
+
+
+# Readouts seen by ``record_readouts``, by its ``key`` property (the embedded host runs gadgets in this process).
+RECORDED: dict[str, list] = {}
+
+
+def record_readouts(connection: Any) -> None:
+    """Keeps every acquisition it sees under its ``key`` property and forwards everything."""
+    seen = RECORDED.setdefault(str(properties.get(connection.config, "key", "default")), [])
+    for item in connection:
+        if isinstance(item, ismrmrd.Acquisition):
+            seen.append(item)
+        connection.send(item)
