@@ -62,7 +62,7 @@ import numpy as np
 from models.coils import sense_combine
 from models.fft import fft1c, ifft1c, ifft2c
 
-from . import properties
+from . import host_settings, properties
 from .conventional import CoilMapCache, conventional_image
 from .errors import reports_errors
 from .frames import Frame, frames_from, time_dimension
@@ -219,7 +219,9 @@ def _pixels(image: ismrmrd.Image) -> np.ndarray:
 class KGMgTStream:
     """The gadget's state; :func:`reconstruct` drives it from a connection (kept separate for tests)."""
 
-    def __init__(self, header: Any, config: Any, backend=None) -> None:
+    def __init__(self, header: Any, config: Any, backend=None, settings: host_settings.OperatorSettings | None = None) -> None:
+        settings = settings if settings is not None else host_settings.load()
+        host_settings.check_header(header, settings)
         self.header = header
         self.mode = properties.get(config, "mode", "centered").lower()
         if self.mode not in MODES:
@@ -242,17 +244,20 @@ class KGMgTStream:
             log.warning("gated cine without a phase limit in the header: phases wrap only at the end of the stream")
         self.recon_shape, _ = recon_geometry(header)
         self.cache = CoilMapCache(self.recon_shape, properties.get(config, "max_calibration_lines", 32))
-        self.backend = backend if backend is not None else backend_from_config(config)
-        self.meta = {"Model": "KGMgT", "Mode": self.mode, "InferenceBackend": self.backend.label,
-                     **model_meta(self.backend, "kgmgt")}
+        self.backend = backend if backend is not None else backend_from_config(config, settings)
+        # The model's name and version are asked for on the model path, at its
+        # first call: a blocking call here (a model load, a dead service's
+        # timeout) would hold back the conventional series.
+        self.meta = {"Model": "KGMgT", "Mode": self.mode, "InferenceBackend": self.backend.label}
+        self._model_meta_known = False
         self.held: dict[GroupKey, dict[int, _Held]] = {}
         self.worker: ModelWorker | None = None  # set by the gadget: model beside the frame path
         self.map_wait_frames = max(0, properties.get(config, "map_wait_frames", 8))
         self._waiting: dict[int, list[_Job]] = {}  # per slice: jobs waiting for coil maps
         self.counts = {"model": 0, "fallback": 0}
         self._reasons: set[str] = set()
-        log.info("KGMgT %s over %s (period %s), inference %s, %s %s", self.mode, self.time_dim,
-                 self.windows.period, self.backend.label, self.meta.get("Weights"), self.meta.get("ModelVersion"))
+        log.info("KGMgT %s over %s (period %s), inference %s", self.mode, self.time_dim,
+                 self.windows.period, self.backend.label)
 
     def _key(self, frame: Frame) -> tuple[GroupKey, int]:
         s, c, st, t = frame.key(self.time_dim)
@@ -370,6 +375,9 @@ class KGMgTStream:
             else:
                 todo.append((i, job))
         if todo:
+            if not self._model_meta_known:
+                self.meta.update(model_meta(self.backend, "kgmgt"))
+                self._model_meta_known = True
             start = time.perf_counter()
             try:
                 images = self.backend.cine_batch(np.stack([j.frames for _, j in todo]), np.stack([j.kspace for _, j in todo]),
@@ -517,7 +525,7 @@ class ModelWorker:
 @reports_errors
 def reconstruct(connection: Any) -> None:
     """Gadget: ``ReconData`` frames in; conventional and KGMgT images out (module docstring)."""
-    stream = KGMgTStream(connection.header, connection.config)
+    stream = KGMgTStream(connection.header, connection.config, settings=host_settings.for_connection(connection))
     lock = threading.Lock()  # gadgetron.external.Connection.send is not thread-safe
 
     def send(item: Any) -> None:
@@ -545,8 +553,8 @@ def reconstruct(connection: Any) -> None:
             stream.backend.close()
 
 
-def preload(config: Any) -> str:
+def preload(config: Any, settings: Any = None) -> str:
     """Host hook: load the kgmgt weights this configuration uses before the first scan arrives."""
     from .inference import preload as preload_model
 
-    return preload_model(config, "kgmgt")
+    return preload_model(config, "kgmgt", settings)
