@@ -243,7 +243,8 @@ class KGMgTStream:
         if gated and maximum is None:
             log.warning("gated cine without a phase limit in the header: phases wrap only at the end of the stream")
         self.recon_shape, _ = recon_geometry(header)
-        self.cache = CoilMapCache(self.recon_shape, properties.get(config, "max_calibration_lines", 32))
+        self.cache = CoilMapCache(self.recon_shape, properties.get(config, "max_calibration_lines", 32),
+                                  max_entries=settings.max_cache_entries)
         self.backend = backend if backend is not None else backend_from_config(config, settings)
         # The model's name and version are asked for on the model path, at its
         # first call: a blocking call here (a model load, a dead service's
@@ -365,6 +366,12 @@ class KGMgTStream:
                 "Window": ",".join(map(str, w.times))}
         return image_from_frame(job.frame, job.conventional, self.header, series_index=self.series, meta=meta)
 
+    def model_ready(self) -> None:
+        """Ask the backend for the model's name and version once (loading an in-process model)."""
+        if not self._model_meta_known:
+            self.meta.update(model_meta(self.backend, "kgmgt"))
+            self._model_meta_known = True
+
     def execute(self, jobs: list["_Job"]) -> list[ismrmrd.Image]:
         """The model-series images of ``jobs`` (one batched call), in order; never raises for a model failure."""
         results: dict[int, ismrmrd.Image] = {}
@@ -375,9 +382,7 @@ class KGMgTStream:
             else:
                 todo.append((i, job))
         if todo:
-            if not self._model_meta_known:
-                self.meta.update(model_meta(self.backend, "kgmgt"))
-                self._model_meta_known = True
+            self.model_ready()
             start = time.perf_counter()
             try:
                 images = self.backend.cine_batch(np.stack([j.frames for _, j in todo]), np.stack([j.kspace for _, j in todo]),
@@ -419,6 +424,8 @@ class _Job:
     mask: np.ndarray | None = None     # (ny,)
     maps: np.ndarray | None = None     # (coils, ny, nx)
     holds_slot: bool = False           # counted against ModelWorker.max_pending
+    deadline: float = 0.0              # real time: when its image must have left (ModelWorker)
+    delivered: bool = False            # its model-series image has left
 
 
 class ModelWorker:
@@ -441,8 +448,13 @@ class ModelWorker:
 
     The worker takes every job waiting (up to ``max_batch``) as one batch,
     so a model slower than the frame rate catches up with bigger batches.
-    ``send`` is called from the worker thread only; images of the model
-    series leave in release order.
+
+    In real time (``max_lag_ms`` > 0) every window's image leaves within
+    ``max_lag_ms`` of its release: a fallback leaves at once (it never waits
+    behind model work), and a deadline watch sends the flagged fallback of
+    any window whose model image is not out by then (a late model result is
+    then dropped). Exactly one model-series image per frame either way; they
+    may leave out of release order. ``send`` is called from several threads.
     """
 
     _END = object()
@@ -460,8 +472,24 @@ class ModelWorker:
         self._lock = threading.Lock()
         self.queue: queue.Queue = queue.Queue()
         self.error: BaseException | None = None
+        self._batch_s: float | None = None     # measured model time of one batch (moving average)
+        self._batch_started: float | None = None
+        self.ready = threading.Event()
+        self._cond = threading.Condition()
+        self._deadlines: collections.deque = collections.deque()  # real-time jobs, deadline order
+        self._closing = False
         self.thread = threading.Thread(target=self._run, name="kgmgt-model", daemon=True)
         self.thread.start()
+        self.watcher = threading.Thread(target=self._watch, name="kgmgt-deadlines", daemon=True)
+        self.watcher.start()
+
+    def expected_s(self) -> float:
+        """When a window queued now would have its image: the batch running, then one more (measured)."""
+        with self._lock:
+            if self._batch_s is None:
+                return 0.0
+            left = max(0.0, self._batch_started + self._batch_s - time.perf_counter()) if self._batch_started else 0.0
+            return left + self._batch_s
 
     def lag_s(self) -> float:
         """How long the oldest window still waiting for the model has waited."""
@@ -470,24 +498,79 @@ class ModelWorker:
 
     def put(self, job: _Job) -> None:
         if job.reason is None:
-            lag = self.lag_s()
-            if self.max_lag_s and lag > self.max_lag_s:
-                job.reason = f"model behind by {lag * 1000:.0f} ms (real time: not waiting)"
+            lag, expected = self.lag_s(), self.expected_s()
+            if self.max_lag_s and max(lag, expected) > self.max_lag_s:
+                job.reason = (f"model behind by {lag * 1000:.0f} ms (real time: not waiting)" if lag > self.max_lag_s
+                              else f"model busy: its image expected in {expected * 1000:.0f} ms > max_lag_ms")
                 job.window_kspace = job.frames = job.kspace = job.mask = job.maps = None
             else:
                 self.slots.acquire()
                 job.holds_slot = True
+                now = time.perf_counter()
                 with self._lock:
-                    self._waiting_since.append(time.perf_counter())
+                    self._waiting_since.append(now)
+                if self.max_lag_s:
+                    job.deadline = now + self.max_lag_s
+                    with self._cond:
+                        self._deadlines.append(job)
+                        self._cond.notify()
+        if job.reason is not None:
+            # A fallback needs no model: it leaves now, never behind model work.
+            self._deliver(job, lambda: self.stream._fallback(job, job.reason))
+            return
         self.queue.put(job)
+
+    def _deliver(self, job: _Job, make: Callable[[], ismrmrd.Image]) -> None:
+        """Send ``job``'s one model-series image, unless the deadline watch already sent its fallback."""
+        with self._cond:
+            if job.delivered:
+                return
+            job.delivered = True
+        self.send(make())
+
+    def _watch(self) -> None:
+        """Real time: a window still without its image at its deadline gets its flagged fallback now.
+
+        Deadlines count from when the model is ready (loaded on the worker
+        thread at session start; a long-lived host has preloaded it), so a
+        fresh Gadgetron process's model load does not fail every early window.
+        """
+        self.ready.wait()
+        ready_at = time.perf_counter()
+        while True:
+            with self._cond:
+                while not self._deadlines and not self._closing:
+                    self._cond.wait()
+                if not self._deadlines:
+                    return
+                job = self._deadlines[0]
+                left = max(job.deadline, ready_at + self.max_lag_s) - time.perf_counter()
+                if not job.delivered and left > 0:
+                    self._cond.wait(left)
+                    continue
+                self._deadlines.popleft()
+                if job.delivered:
+                    continue
+            self._deliver(job, lambda: self.stream._fallback(
+                job, f"no model image within max_lag_ms ({self.max_lag_s * 1000:.0f} ms; model busy)"))
 
     def finish(self) -> None:
         self.queue.put(self._END)
         self.thread.join()
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self.watcher.join()
         if self.error is not None:
             raise RuntimeError(f"KGMgT model worker failed: {self.error}") from self.error
 
     def _run(self) -> None:
+        try:
+            self.stream.model_ready()  # load / ask the model now, beside the frame path
+        except Exception:
+            log.exception("KGMgT model not ready")
+        finally:
+            self.ready.set()
         done = False
         while not done:
             batch = [self.queue.get()]
@@ -501,10 +584,20 @@ class ModelWorker:
                 done = True
             if not batch:
                 continue
+            live = [job for job in batch if not job.delivered]  # past their deadline: fallback already sent
             try:
                 try:
-                    images = self.stream.execute(batch)
+                    started = time.perf_counter()
+                    with self._lock:
+                        self._batch_started = started
+                    images = self.stream.execute(live) if live else []
+                    if live:
+                        took = time.perf_counter() - started
+                        with self._lock:
+                            self._batch_s = took if self._batch_s is None else 0.7 * self._batch_s + 0.3 * took
                 finally:
+                    with self._lock:
+                        self._batch_started = None
                     for job in batch:
                         if job.holds_slot:
                             job.holds_slot = False
@@ -515,11 +608,11 @@ class ModelWorker:
                 log.exception("KGMgT batch failed")
                 self.error = self.error or exc
                 try:
-                    images = [self.stream._fallback(job, f"{type(exc).__name__}: {exc}") for job in batch]
+                    images = [self.stream._fallback(job, f"{type(exc).__name__}: {exc}") for job in live]
                 except BaseException:
                     continue
-            for image in images:
-                self.send(image)
+            for job, image in zip(live, images):
+                self._deliver(job, lambda image=image: image)
 
 
 @reports_errors

@@ -193,7 +193,10 @@ def check_header(header: Any, settings: OperatorSettings) -> None:
     for i, enc in enumerate(header.encoding):
         for what in ("encodedSpace", "reconSpace"):
             size = _matrix(getattr(enc, what, None))
-            if max(size) > settings.max_matrix:
+            # the encoded readout includes its oversampling (typically 2x)
+            limits = (2 * settings.max_matrix if what == "encodedSpace" else settings.max_matrix,
+                      settings.max_matrix, settings.max_matrix)
+            if any(n > limit for n, limit in zip(size, limits)):
                 raise ValueError(f"header encoding {i} {what} matrix {size[0]}x{size[1]}x{size[2]} exceeds this host's "
                                  f"limit of {settings.max_matrix} per side (operator setting max_matrix)")
         e1 = getattr(getattr(enc, "encodingLimits", None), "kspace_encoding_step_1", None)

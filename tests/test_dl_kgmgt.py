@@ -326,7 +326,7 @@ def test_real_time_model_lag_is_bounded_by_flagged_fallbacks(weights):
         with lock:
             sent.append(image)
 
-    stream.worker = ModelWorker(stream, send, max_pending=64, max_lag_ms=400)
+    stream.worker = ModelWorker(stream, send, max_pending=64, max_lag_ms=800)
     acc = FrameAccumulator(header, time_dim="repetition")
     conv = []
     for acq in acquisitions(scan, mask, calib_lines=CALIB):
@@ -335,8 +335,8 @@ def test_real_time_model_lag_is_bounded_by_flagged_fallbacks(weights):
             time.sleep(0.05)  # frames arrive every 50 ms; the model needs 300 ms a call
     stream.flush()
     assert [im.repetition for im in conv] == list(range(12))
-    assert [im.repetition for im in sent] == list(range(12))  # one model-series image per frame, in order
-    behind = [im for im in sent if "model behind" in im.meta.get("Fallback", "")]
+    assert sorted(im.repetition for im in sent) == list(range(12))  # one model-series image per frame
+    behind = [im for im in sent if "Fallback" in im.meta]
     modelled = [im for im in sent if "Fallback" not in im.meta]
     assert behind and modelled, "a slow model should give some model images and some flagged fallbacks"
     conv_by_frame = {im.repetition: np.asarray(im.data) for im in conv}
@@ -377,3 +377,33 @@ def test_without_calibration_scan_first_windows_wait_for_time_averaged_maps(stre
         assert fallbacks == [] and all(im.meta["CoilMaps"] == "time-averaged k-space centre" for im in model)
     else:
         assert fallbacks and all("no coil maps yet" in model[t].meta["Fallback"] for t in fallbacks)
+
+
+def test_real_time_every_model_series_image_leaves_within_max_lag(weights):
+    """Fallbacks never wait behind model work, and a window the busy model cannot serve in time falls back."""
+    import threading
+    import time
+
+    from gadgets.cine_kgmgt import ModelWorker
+
+    scan, mask, header, backend, stream = _slow_causal_stream(weights, frames=12)
+    released, sent, lock = {}, {}, threading.Lock()
+
+    def send(image):
+        with lock:
+            assert image.repetition not in sent, "two model-series images for one frame"
+            sent[image.repetition] = (time.perf_counter(), image)
+
+    max_lag = 0.8
+    stream.worker = ModelWorker(stream, send, max_pending=64, max_lag_ms=max_lag * 1000)
+    acc = FrameAccumulator(header, time_dim="repetition")
+    for acq in acquisitions(scan, mask, calib_lines=CALIB):
+        for frame in acc.add(acq):
+            list(stream.add(frame))  # causal: frame t's window is released now
+            released[frame.key("repetition")[3]] = time.perf_counter()
+            time.sleep(0.05)  # frames every 50 ms; the model needs 300 ms a call
+    stream.flush()
+    assert sorted(sent) == list(range(12))
+    lags = {t: sent[t][0] - released[t] for t in sent}
+    assert max(lags.values()) < max_lag + 0.2, lags  # scheduling slack on a loaded 2-core machine
+    assert any("Fallback" not in im.meta for _, im in sent.values())
