@@ -147,7 +147,7 @@ def conventional_image(frame: Frame, header: Any, cache: CoilMapCache, method: s
     key = frame.reference_header.idx.slice
     maps, source = None, "none"
     if method == "sense":
-        if not (zeroed_lines(frame.headers) or zeroed_lines(frame.calibration_headers)):
+        if not zeroed_lines(frame.headers, frame.calibration_headers):
             cache.update(key, frame)  # maps are never estimated from lines that had non-finite samples
         maps, source = cache.get(key)
     pixels, how = combine(coil_images(frame.kspace, cache.recon_shape), maps)

@@ -39,7 +39,7 @@ def image_from_frame(frame: Frame, pixels: np.ndarray, header: Any, *, series_in
     # not the centre line's.
     image.acquisition_time_stamp = frame.last_arrival_header().acquisition_time_stamp
     image.meta = {**(meta or {}), "Acceleration": f"{frame.acceleration:.2f}"}
-    zeroed = zeroed_lines(frame.headers) + zeroed_lines(frame.calibration_headers)
+    zeroed = zeroed_lines(frame.headers, frame.calibration_headers)
     if zeroed:
         image.meta[META_KEY] = str(zeroed)
     return image

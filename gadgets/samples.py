@@ -36,8 +36,9 @@ def is_zeroed(header: Any) -> bool:
     return header is not None and bool(int(header.flags) & (1 << (ZEROED_FLAG - 1)))
 
 
-def zeroed_lines(headers: Iterable[Any] | None) -> int:
-    return 0 if headers is None else sum(1 for h in headers if is_zeroed(h))
+def zeroed_lines(*line_headers: Iterable[Any] | None) -> int:
+    """Phase-encode lines with zeroed samples in any of the per-line header arrays (imaging, calibration)."""
+    return len({i for headers in line_headers if headers is not None for i, h in enumerate(headers) if is_zeroed(h)})
 
 
 class NonFiniteCounter:
