@@ -18,13 +18,18 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 ZEROED_FLAG = ismrmrd.ACQ_USER8
+# Finite samples this large are as broken as Inf: summed by an FFT or a coil
+# combination they overflow float32 (3.4e38) into Inf pixels. Raw data of any
+# scanner is many orders of magnitude below.
+MAX_ABS = 1e20
 META_KEY = "NonFiniteLinesZeroed"
 
 
 def zero_nonfinite(acq: ismrmrd.Acquisition) -> int:
-    """Zero ``acq``'s non-finite samples in place and flag it; the number zeroed."""
+    """Zero ``acq``'s non-finite (or absurdly large, :data:`MAX_ABS`) samples in place and flag it; how many."""
     data = acq.data
-    bad = ~np.isfinite(data)
+    with np.errstate(invalid="ignore", over="ignore"):
+        bad = ~(np.abs(data) <= MAX_ABS)  # NaN compares False, so it is caught too
     count = int(bad.sum())
     if count:
         data[bad] = 0
