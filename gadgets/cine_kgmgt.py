@@ -552,7 +552,8 @@ class ModelWorker:
                 if job.delivered:
                     continue
             self._deliver(job, lambda: self.stream._fallback(
-                job, f"no model image within max_lag_ms ({self.max_lag_s * 1000:.0f} ms; model busy)"))
+                job, f"no model image within max_lag_ms ({self.max_lag_s * 1000:.0f} ms; still waiting on "
+                     f"{self.stream.backend.label})"))
 
     def finish(self) -> None:
         self.queue.put(self._END)

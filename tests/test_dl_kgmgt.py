@@ -247,7 +247,9 @@ def test_same_gadget_as_gadgetron_externals_matches_embedded_host(stream_host, w
 def test_shipped_weights_beat_zero_filled(stream_host):
     scan = small_cine(slices=2, frames=6, coils=8, ny=64, nx=64)
     mask = line_mask("kt-uniform", 64, 6, accel=4, acs=8)
-    result = run_session("127.0.0.1", stream_host.port, header=make_header(scan), config_file="kgmgt_cine",
+    # a quality check, streamed as one burst: no real-time deadline (max_lag_ms 0), every window gets the model
+    result = run_session("127.0.0.1", stream_host.port, header=make_header(scan),
+                         config_text=pipeline_text("kgmgt_cine", MODULE, max_lag_ms=0),
                          items=acquisitions(scan, mask, calib_lines=(20, 44)))
     assert result.closed and not result.texts
     conv = {(im.slice, im.repetition): pixels(im) for im in series(result.images, 0)}
