@@ -3,8 +3,10 @@
 Frames (``ReconData`` from :func:`gadgets.frames.accumulate_frames`) arrive
 one by one. For every (slice, contrast, set) the gadget keeps the frames a
 window still needs: each frame's measured multi-coil k-space on the recon
-matrix and its line mask. Frame ``t`` is reconstructed from the zero-filled
-SENSE images of
+matrix and its line mask, and its view-shared k-space (each line it did not
+measure from the latest earlier frame that did, :mod:`models.view_sharing`).
+Frame ``t`` is reconstructed from the SENSE images (view-shared or
+zero-filled: whichever the model's weights were trained on) of
 
 - ``(t-1, t, t+1)`` in ``centered`` mode, as soon as ``t+1`` is complete;
 - ``(t-2, t-1, t)`` in ``causal`` mode, as soon as ``t`` is complete.
@@ -39,7 +41,8 @@ Properties: ``mode`` ("centered" | "causal", default centered),
 (32), ``max_batch`` (8: windows released together, or waiting while the
 model was busy, run as one batch), ``model_thread`` (true: the model runs on
 its own thread so conventional images never wait for it; false: inline),
-``max_pending`` (64 windows queued for the model before the frame path
+``inputs`` ("auto": what the model's weights take; "view-shared";
+"zero-filled"), ``max_pending`` (64 windows queued for the model before the frame path
 waits), ``max_lag_ms`` (real time 2000, gated 0 = off: how far the model
 series may fall behind before new windows fall back, see
 :class:`ModelWorker`), ``map_wait_frames`` (8: windows of a slice that may wait for its
@@ -63,7 +66,7 @@ from models.coils import sense_combine
 from models.fft import fft1c, ifft1c, ifft2c
 from models.view_sharing import LineHistory, SharedFrame, add_lookahead
 
-from . import properties
+from . import host_settings, properties
 from .conventional import CoilMapCache, conventional_image
 from .errors import reports_errors
 from .frames import Frame, frames_from, time_dimension
@@ -221,7 +224,9 @@ def _pixels(image: ismrmrd.Image) -> np.ndarray:
 class KGMgTStream:
     """The gadget's state; :func:`reconstruct` drives it from a connection (kept separate for tests)."""
 
-    def __init__(self, header: Any, config: Any, backend=None) -> None:
+    def __init__(self, header: Any, config: Any, backend=None, settings: host_settings.OperatorSettings | None = None) -> None:
+        settings = settings if settings is not None else host_settings.load()
+        host_settings.check_header(header, settings)
         self.header = header
         self.mode = properties.get(config, "mode", "centered").lower()
         if self.mode not in MODES:
@@ -243,27 +248,26 @@ class KGMgTStream:
         if gated and maximum is None:
             log.warning("gated cine without a phase limit in the header: phases wrap only at the end of the stream")
         self.recon_shape, _ = recon_geometry(header)
-        self.cache = CoilMapCache(self.recon_shape, properties.get(config, "max_calibration_lines", 32))
-        self.backend = backend if backend is not None else backend_from_config(config)
-        self.meta = {"Model": "KGMgT", "Mode": self.mode, "InferenceBackend": self.backend.label,
-                     **model_meta(self.backend, "kgmgt")}
+        self.cache = CoilMapCache(self.recon_shape, properties.get(config, "max_calibration_lines", 32),
+                                  max_entries=settings.max_cache_entries)
+        self.backend = backend if backend is not None else backend_from_config(config, settings)
+        # The model's name and version are asked for on the model path, at its
+        # first call: a blocking call here (a model load, a dead service's
+        # timeout) would hold back the conventional series.
+        self.meta = {"Model": "KGMgT", "Mode": self.mode, "InferenceBackend": self.backend.label}
+        self._model_meta_known = False
         self.held: dict[GroupKey, dict[int, _Held]] = {}
         self.worker: ModelWorker | None = None  # set by the gadget: model beside the frame path
         self.map_wait_frames = max(0, properties.get(config, "map_wait_frames", 8))
         self._waiting: dict[int, list[_Job]] = {}  # per slice: jobs waiting for coil maps
         self.counts = {"model": 0, "fallback": 0}
         self._reasons: set[str] = set()
-        # The network's input frames: what its weights were trained on; "view-shared" when the model
-        # cannot be asked (service down), since the shipped network takes view-shared frames.
         self.inputs = properties.get(config, "inputs", "auto").lower()
-        if self.inputs == "auto":
-            self.inputs = self.meta.get("ModelInputs", "view-shared")
-        if self.inputs not in ("zero-filled", "view-shared"):
+        if self.inputs not in ("auto", "zero-filled", "view-shared"):
             raise ValueError(f"property 'inputs' must be auto, zero-filled or view-shared, not {self.inputs!r}")
-        self.meta["ModelInputs"] = self.inputs
         self.histories: dict[GroupKey, LineHistory] = {}  # per group: the latest measurement of every line
-        log.info("KGMgT %s over %s (period %s), inference %s, %s %s", self.mode, self.time_dim,
-                 self.windows.period, self.backend.label, self.meta.get("Weights"), self.meta.get("ModelVersion"))
+        log.info("KGMgT %s over %s (period %s), inference %s", self.mode, self.time_dim,
+                 self.windows.period, self.backend.label)
 
     def _key(self, frame: Frame) -> tuple[GroupKey, int]:
         s, c, st, t = frame.key(self.time_dim)
@@ -287,7 +291,7 @@ class KGMgTStream:
             log.warning("frame %s %d: %s", g, t, exc)
             k, m = None, None
         shared = None
-        if k is not None and self.inputs == "view-shared":
+        if k is not None and self.inputs != "zero-filled":
             shared = self.histories.setdefault(g, LineHistory()).share(k, m, t)
         self.held.setdefault(g, {})[t] = _Held(frame, k, m, _pixels(conv), dict(conv.meta), shared)
         jobs = self._ready_for_maps([self._job(w) for w in self.windows.add(g, t)])
@@ -330,16 +334,15 @@ class KGMgTStream:
             job.reason = "k-space not representable on the recon matrix"
             return job
         job.kspace, job.mask = target.kspace, target.mask
-        if self.inputs == "zero-filled":
-            job.window_kspace = [held[t].kspace for t in w.times]
-            return job
-        # View sharing: every frame as shared when it arrived; the target of a centred window may also
-        # take frame t+1's lines (the look-ahead the window waited for). Same rule as training
-        # (models.cine_windows.window_inputs).
-        job.window_kspace = [held[t].shared.kspace for t in w.times]
-        nxt = held.get(w.t + 1)
-        if not self.windows.causal and self.windows.period is None and nxt is not None and nxt.kspace is not None:
-            job.window_kspace[1] = add_lookahead(target.shared, nxt.kspace, nxt.mask)
+        job.window_kspace = [held[t].kspace for t in w.times]
+        if all(held[t].shared is not None for t in w.times):
+            # View sharing: every frame as shared when it arrived; the target of a centred window may
+            # also take frame t+1's lines (the look-ahead the window waited for). Same rule as training
+            # (models.cine_windows.window_inputs). References to the held arrays, not copies.
+            job.window_shared = [held[t].shared.kspace for t in w.times]
+            nxt = held.get(w.t + 1)
+            if not self.windows.causal and self.windows.period is None and nxt is not None and nxt.kspace is not None:
+                job.window_shared[1] = add_lookahead(target.shared, nxt.kspace, nxt.mask)
         return job
 
     def _ready_for_maps(self, jobs: list["_Job"], final: bool = False) -> list["_Job"]:
@@ -360,9 +363,7 @@ class KGMgTStream:
             while queue_:
                 job = queue_[0]
                 if job.reason is None and maps is not None:
-                    # SENSE images of the window, all with the maps the model's DC uses
-                    job.frames = np.stack([sense_combine(ifft2c(k), maps) for k in job.window_kspace]).astype(np.complex64)
-                    job.maps, job.coil_source, job.window_kspace = maps, source, None
+                    job.maps, job.coil_source = maps, source  # window images are made on the model path
                 elif job.reason is None and (final or len(queue_) > self.map_wait_frames):
                     job.reason = "no coil maps yet (too few calibration lines)"
                 elif job.reason is None:
@@ -383,6 +384,23 @@ class KGMgTStream:
                 "Window": ",".join(map(str, w.times))}
         return image_from_frame(job.frame, job.conventional, self.header, series_index=self.series, meta=meta)
 
+    def model_ready(self) -> None:
+        """Ask the backend for the model's name, version and inputs once (loading an in-process model)."""
+        if not self._model_meta_known:
+            self.meta.update(model_meta(self.backend, "kgmgt"))
+            if self.inputs == "auto":
+                # what the weights were trained on; a model that cannot say predates view sharing
+                self.inputs = self.meta.get("ModelInputs", "zero-filled")
+            self.meta["ModelInputs"] = self.inputs
+            self._model_meta_known = True
+
+    def window_images(self, job: "_Job") -> np.ndarray:
+        """The window's three SENSE images ``(3, ny, nx)`` as the model takes them, with the maps its DC uses."""
+        kspaces = job.window_kspace if self.inputs == "zero-filled" else job.window_shared
+        if kspaces is None:
+            raise InferenceError(f"the model takes {self.inputs} frames; this window has none")
+        return np.stack([sense_combine(ifft2c(k), job.maps) for k in kspaces]).astype(np.complex64)
+
     def execute(self, jobs: list["_Job"]) -> list[ismrmrd.Image]:
         """The model-series images of ``jobs`` (one batched call), in order; never raises for a model failure."""
         results: dict[int, ismrmrd.Image] = {}
@@ -393,9 +411,11 @@ class KGMgTStream:
             else:
                 todo.append((i, job))
         if todo:
+            self.model_ready()
             start = time.perf_counter()
             try:
-                images = self.backend.cine_batch(np.stack([j.frames for _, j in todo]), np.stack([j.kspace for _, j in todo]),
+                frames = np.stack([self.window_images(j) for _, j in todo])
+                images = self.backend.cine_batch(frames, np.stack([j.kspace for _, j in todo]),
                                                  np.stack([j.mask for _, j in todo]), np.stack([j.maps for _, j in todo]),
                                                  self.mode == "causal")
                 if images.shape != (len(todo),) + self.recon_shape:
@@ -428,12 +448,14 @@ class _Job:
     conventional_meta: dict
     coil_source: str = "none"
     reason: str | None = None
-    window_kspace: list | None = None  # the window's k-space until coil maps exist
-    frames: np.ndarray | None = None   # (3, ny, nx) window images (zero-filled or view-shared)
+    window_kspace: list | None = None  # the window's three measured k-spaces (coils, ny, nx)
+    window_shared: list | None = None  # the same, view-shared (models.view_sharing)
     kspace: np.ndarray | None = None   # (coils, ny, nx) frame t's measured k-space
     mask: np.ndarray | None = None     # (ny,)
     maps: np.ndarray | None = None     # (coils, ny, nx)
     holds_slot: bool = False           # counted against ModelWorker.max_pending
+    deadline: float = 0.0              # real time: when its image must have left (ModelWorker)
+    delivered: bool = False            # its model-series image has left
 
 
 class ModelWorker:
@@ -456,8 +478,13 @@ class ModelWorker:
 
     The worker takes every job waiting (up to ``max_batch``) as one batch,
     so a model slower than the frame rate catches up with bigger batches.
-    ``send`` is called from the worker thread only; images of the model
-    series leave in release order.
+
+    In real time (``max_lag_ms`` > 0) every window's image leaves within
+    ``max_lag_ms`` of its release: a fallback leaves at once (it never waits
+    behind model work), and a deadline watch sends the flagged fallback of
+    any window whose model image is not out by then (a late model result is
+    then dropped). Exactly one model-series image per frame either way; they
+    may leave out of release order. ``send`` is called from several threads.
     """
 
     _END = object()
@@ -475,8 +502,24 @@ class ModelWorker:
         self._lock = threading.Lock()
         self.queue: queue.Queue = queue.Queue()
         self.error: BaseException | None = None
+        self._batch_s: float | None = None     # measured model time of one batch (moving average)
+        self._batch_started: float | None = None
+        self.ready = threading.Event()
+        self._cond = threading.Condition()
+        self._deadlines: collections.deque = collections.deque()  # real-time jobs, deadline order
+        self._closing = False
         self.thread = threading.Thread(target=self._run, name="kgmgt-model", daemon=True)
         self.thread.start()
+        self.watcher = threading.Thread(target=self._watch, name="kgmgt-deadlines", daemon=True)
+        self.watcher.start()
+
+    def expected_s(self) -> float:
+        """When a window queued now would have its image: the batch running, then one more (measured)."""
+        with self._lock:
+            if self._batch_s is None:
+                return 0.0
+            left = max(0.0, self._batch_started + self._batch_s - time.perf_counter()) if self._batch_started else 0.0
+            return left + self._batch_s
 
     def lag_s(self) -> float:
         """How long the oldest window still waiting for the model has waited."""
@@ -485,24 +528,80 @@ class ModelWorker:
 
     def put(self, job: _Job) -> None:
         if job.reason is None:
-            lag = self.lag_s()
-            if self.max_lag_s and lag > self.max_lag_s:
-                job.reason = f"model behind by {lag * 1000:.0f} ms (real time: not waiting)"
-                job.window_kspace = job.frames = job.kspace = job.mask = job.maps = None
+            lag, expected = self.lag_s(), self.expected_s()
+            if self.max_lag_s and max(lag, expected) > self.max_lag_s:
+                job.reason = (f"model behind by {lag * 1000:.0f} ms (real time: not waiting)" if lag > self.max_lag_s
+                              else f"model busy: its image expected in {expected * 1000:.0f} ms > max_lag_ms")
+                job.window_kspace = job.window_shared = job.kspace = job.mask = job.maps = None
             else:
                 self.slots.acquire()
                 job.holds_slot = True
+                now = time.perf_counter()
                 with self._lock:
-                    self._waiting_since.append(time.perf_counter())
+                    self._waiting_since.append(now)
+                if self.max_lag_s:
+                    job.deadline = now + self.max_lag_s
+                    with self._cond:
+                        self._deadlines.append(job)
+                        self._cond.notify()
+        if job.reason is not None:
+            # A fallback needs no model: it leaves now, never behind model work.
+            self._deliver(job, lambda: self.stream._fallback(job, job.reason))
+            return
         self.queue.put(job)
+
+    def _deliver(self, job: _Job, make: Callable[[], ismrmrd.Image]) -> None:
+        """Send ``job``'s one model-series image, unless the deadline watch already sent its fallback."""
+        with self._cond:
+            if job.delivered:
+                return
+            job.delivered = True
+        self.send(make())
+
+    def _watch(self) -> None:
+        """Real time: a window still without its image at its deadline gets its flagged fallback now.
+
+        Deadlines count from when the model is ready (loaded on the worker
+        thread at session start; a long-lived host has preloaded it), so a
+        fresh Gadgetron process's model load does not fail every early window.
+        """
+        self.ready.wait()
+        ready_at = time.perf_counter()
+        while True:
+            with self._cond:
+                while not self._deadlines and not self._closing:
+                    self._cond.wait()
+                if not self._deadlines:
+                    return
+                job = self._deadlines[0]
+                left = max(job.deadline, ready_at + self.max_lag_s) - time.perf_counter()
+                if not job.delivered and left > 0:
+                    self._cond.wait(left)
+                    continue
+                self._deadlines.popleft()
+                if job.delivered:
+                    continue
+            self._deliver(job, lambda: self.stream._fallback(
+                job, f"no model image within max_lag_ms ({self.max_lag_s * 1000:.0f} ms; still waiting on "
+                     f"{self.stream.backend.label})"))
 
     def finish(self) -> None:
         self.queue.put(self._END)
         self.thread.join()
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self.watcher.join()
         if self.error is not None:
             raise RuntimeError(f"KGMgT model worker failed: {self.error}") from self.error
 
     def _run(self) -> None:
+        try:
+            self.stream.model_ready()  # load / ask the model now, beside the frame path
+        except Exception:
+            log.exception("KGMgT model not ready")
+        finally:
+            self.ready.set()
         done = False
         while not done:
             batch = [self.queue.get()]
@@ -516,10 +615,20 @@ class ModelWorker:
                 done = True
             if not batch:
                 continue
+            live = [job for job in batch if not job.delivered]  # past their deadline: fallback already sent
             try:
                 try:
-                    images = self.stream.execute(batch)
+                    started = time.perf_counter()
+                    with self._lock:
+                        self._batch_started = started
+                    images = self.stream.execute(live) if live else []
+                    if live:
+                        took = time.perf_counter() - started
+                        with self._lock:
+                            self._batch_s = took if self._batch_s is None else 0.7 * self._batch_s + 0.3 * took
                 finally:
+                    with self._lock:
+                        self._batch_started = None
                     for job in batch:
                         if job.holds_slot:
                             job.holds_slot = False
@@ -530,17 +639,17 @@ class ModelWorker:
                 log.exception("KGMgT batch failed")
                 self.error = self.error or exc
                 try:
-                    images = [self.stream._fallback(job, f"{type(exc).__name__}: {exc}") for job in batch]
+                    images = [self.stream._fallback(job, f"{type(exc).__name__}: {exc}") for job in live]
                 except BaseException:
                     continue
-            for image in images:
-                self.send(image)
+            for job, image in zip(live, images):
+                self._deliver(job, lambda image=image: image)
 
 
 @reports_errors
 def reconstruct(connection: Any) -> None:
     """Gadget: ``ReconData`` frames in; conventional and KGMgT images out (module docstring)."""
-    stream = KGMgTStream(connection.header, connection.config)
+    stream = KGMgTStream(connection.header, connection.config, settings=host_settings.for_connection(connection))
     lock = threading.Lock()  # gadgetron.external.Connection.send is not thread-safe
 
     def send(item: Any) -> None:
@@ -568,8 +677,8 @@ def reconstruct(connection: Any) -> None:
             stream.backend.close()
 
 
-def preload(config: Any) -> str:
+def preload(config: Any, settings: Any = None) -> str:
     """Host hook: load the kgmgt weights this configuration uses before the first scan arrives."""
     from .inference import preload as preload_model
 
-    return preload_model(config, "kgmgt")
+    return preload_model(config, "kgmgt", settings)

@@ -18,10 +18,11 @@ import numpy as np
 from models.coils import calibration_region, estimate_coil_maps, rss, sense_combine
 from models.fft import ifft2c
 
-from . import properties
+from . import host_settings, properties
 from .errors import reports_errors
 from .frames import Frame, frames_from
 from .image_headers import image_from_frame, recon_geometry
+from .samples import zeroed_lines
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class CoilMapCache:
 
     recon_shape: tuple[int, int]
     max_calibration_lines: int = 32
+    max_entries: int = 64  # slices kept; a stream inventing new slice numbers must not grow memory
     maps: dict = field(default_factory=dict)
     sources: dict = field(default_factory=dict)
     _sum: dict = field(default_factory=dict)
@@ -69,7 +71,15 @@ class CoilMapCache:
         maps = estimate_coil_maps(fit_kspace(kspace, self.recon_shape), _shifted(centre - half, centre + half, kspace, self.recon_shape))
         return crop_image(maps, self.recon_shape)
 
+    def _evict_for(self, key: Any) -> None:
+        known = list(dict.fromkeys([*self.maps, *self._sum]))
+        while key not in known and len(known) >= max(1, self.max_entries):
+            old = known.pop(0)
+            for d in (self.maps, self.sources, self._sum, self._count):
+                d.pop(old, None)
+
     def update(self, key: Any, frame: Frame) -> None:
+        self._evict_for(key)
         if frame.calibration is not None:
             maps = self._from_kspace(frame.calibration, frame.calibration_sampled)
             if maps is not None:
@@ -119,8 +129,10 @@ def reconstruct(connection: Any) -> None:
     method = properties.get(cfg, "combine", "sense").lower()
     if method not in ("sense", "rss"):
         raise ValueError(f"property 'combine' must be 'sense' or 'rss', not {method!r}")
+    settings = host_settings.for_connection(connection)
+    host_settings.check_header(connection.header, settings)
     recon_shape, _ = recon_geometry(connection.header)
-    cache = CoilMapCache(recon_shape, properties.get(cfg, "max_calibration_lines", 32))
+    cache = CoilMapCache(recon_shape, properties.get(cfg, "max_calibration_lines", 32), max_entries=settings.max_cache_entries)
     for item in connection:
         if not hasattr(item, "bits"):
             connection.send(item)
@@ -135,7 +147,8 @@ def conventional_image(frame: Frame, header: Any, cache: CoilMapCache, method: s
     key = frame.reference_header.idx.slice
     maps, source = None, "none"
     if method == "sense":
-        cache.update(key, frame)
+        if not zeroed_lines(frame.headers, frame.calibration_headers):
+            cache.update(key, frame)  # maps are never estimated from lines that had non-finite samples
         maps, source = cache.get(key)
     pixels, how = combine(coil_images(frame.kspace, cache.recon_shape), maps)
     return image_from_frame(frame, pixels, header, series_index=series_index, meta={

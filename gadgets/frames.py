@@ -22,9 +22,10 @@ import ismrmrd
 import numpy as np
 from gadgetron.types.recon_data import ReconBit, ReconBuffer, ReconData, SamplingDescription
 
-from . import properties
+from . import host_settings, properties
 from .errors import reports_errors
 from .header_checks import require_supported
+from .samples import NonFiniteCounter
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +217,11 @@ class FrameAccumulator:
     shape: tuple[int, int] | None = None  # (coils, nx) fixed by the first readout
     dropped_late: int = 0
     count: int = 0
+    # Frames open at once: readouts that never close a frame, each under a new
+    # key, would otherwise grow memory without bound. Beyond it the oldest
+    # open frame is closed (it still becomes an image: nothing is lost).
+    max_open: int = 64
+    closed_early: int = 0
 
     def __post_init__(self) -> None:
         enc = self.header.encoding[0]
@@ -268,6 +274,7 @@ class FrameAccumulator:
             self.last_time[group] = key[3]
         frame = self.open.get(key)
         if frame is None:
+            completed.extend(self._make_room())
             coils, nx = self.shape
             frame = self.open[key] = _OpenFrame(coils, self.ny, nx)
         line = acq.idx.kspace_encode_step_1
@@ -287,6 +294,18 @@ class FrameAccumulator:
         if acq.is_flag_set(ismrmrd.ACQ_LAST_IN_MEASUREMENT):
             completed.extend(self.flush())
         return completed
+
+    def _make_room(self) -> list[Frame]:
+        """Close the oldest open frames so one more fits under ``max_open``."""
+        out = []
+        while self.open and len(self.open) >= max(1, self.max_open):
+            oldest = next(iter(self.open))
+            if not self.closed_early:
+                log.warning("%d frames open at once: closing the oldest, %s, before its last readout",
+                            len(self.open), oldest)
+            self.closed_early += 1
+            out.append(self._close(oldest))
+        return out
 
     def _close(self, key: FrameKey) -> Frame:
         frame = self.open.pop(key)
@@ -316,12 +335,16 @@ def accumulate_frames(connection: Any) -> None:
     """
     require_supported(connection.header)
     cfg = connection.config
+    settings = host_settings.for_connection(connection)
+    host_settings.check_header(connection.header, settings)
     acc = FrameAccumulator(
         connection.header,
         time_dim=time_dimension(connection.header, properties.get(cfg, "time_dimension", "")),
         trigger_on_counter=properties.get(cfg, "trigger_on_counter", True),
+        max_open=settings.max_open_frames,
     )
     log.info("accumulating frames over %s, %d phase-encode lines", acc.time_dim, acc.ny)
+    nonfinite = NonFiniteCounter("accumulate_frames")  # also when no earlier gadget did it
     try:
         for item in connection:
             if not isinstance(item, ismrmrd.Acquisition):
@@ -329,6 +352,8 @@ def accumulate_frames(connection: Any) -> None:
                 continue
             if any(item.is_flag_set(f) for f in _SKIPPED_FLAGS):
                 continue
+            host_settings.check_readout(item.number_of_samples, item.active_channels, connection.header, settings)
+            nonfinite(item)
             for frame in acc.add(item):
                 connection.send(frame_to_recon_data(frame))
     finally:

@@ -15,6 +15,7 @@ import ismrmrd
 import numpy as np
 
 from .frames import Frame
+from .samples import META_KEY, zeroed_lines
 
 
 def recon_geometry(header: Any) -> tuple[tuple[int, int], tuple[float, float, float]]:
@@ -38,4 +39,7 @@ def image_from_frame(frame: Frame, pixels: np.ndarray, header: Any, *, series_in
     # not the centre line's.
     image.acquisition_time_stamp = frame.last_arrival_header().acquisition_time_stamp
     image.meta = {**(meta or {}), "Acceleration": f"{frame.acceleration:.2f}"}
+    zeroed = zeroed_lines(frame.headers, frame.calibration_headers)
+    if zeroed:
+        image.meta[META_KEY] = str(zeroed)
     return image

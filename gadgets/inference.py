@@ -7,7 +7,8 @@ Two backends answer the same three calls:
   the embedded host shares one copy; a fresh Gadgetron external process pays
   the load once per scan.
 - the inference service client (``pipelines.inference_client``), chosen by
-  the pipeline property ``inference_endpoint`` (e.g. ``tcp://127.0.0.1:5555``).
+  the pipeline property ``inference="service"``; the endpoint is the host
+  operator's setting ``inference_endpoint`` (:mod:`gadgets.host_settings`).
   It is imported by name with :mod:`importlib`, so no gadget module imports
   socket code statically (gadgets know no sockets; ``pipelines`` does).
 
@@ -31,11 +32,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import properties
+from . import host_settings, properties
 
 log = logging.getLogger(__name__)
 
 CLIENT_MODULE = "pipelines.inference_client"
+INFERENCE_CHOICES = ("in-process", "service")
 
 
 class InferenceError(RuntimeError):
@@ -138,36 +140,37 @@ class InProcessBackend:
         pass
 
 
-def backend_from_config(config: Any) -> Backend:
-    """The backend a gadget's properties ask for.
+def backend_from_config(config: Any, settings: host_settings.OperatorSettings | None = None) -> Backend:
+    """The backend a gadget's configuration chooses, set up from the host operator's settings.
 
-    Properties: ``inference_endpoint`` (empty: in-process), ``inference_timeout_ms``
-    (service only, default 5000), ``device`` ("cpu", "cuda", "auto"; in-process,
-    default "auto"), ``cpu_threads`` (torch threads for CPU inference, default 1,
-    see :func:`set_cpu_threads`), ``kgmgt_weights`` / ``sgfmri_weights`` (a
-    ``.safetensors`` path; default the shipped set), ``allow_random`` (tests
-    only: untrained network when no weights exist; default false).
+    The pipeline chooses only ``inference`` ("in-process", the default, or
+    "service"); the endpoint, timeout, device, threads, weights and
+    ``allow_random`` are operator settings (:mod:`gadgets.host_settings`), and a
+    configuration that names one is refused.
     """
-    endpoint = properties.get(config, "inference_endpoint", "").strip()
-    if endpoint:
+    host_settings.check_config(config)
+    settings = settings if settings is not None else host_settings.load()
+    choice = properties.get(config, "inference", "in-process").strip().lower()
+    if choice not in INFERENCE_CHOICES:
+        raise ValueError(f"property 'inference' must be one of {INFERENCE_CHOICES}, not {choice!r}")
+    if choice == "service":
         module = importlib.import_module(CLIENT_MODULE)
-        return module.InferenceClient(endpoint, timeout_ms=properties.get(config, "inference_timeout_ms", 5000))
+        return module.InferenceClient(settings.inference_endpoint, timeout_ms=settings.inference_timeout_ms)
     return InProcessBackend(
-        device=properties.get(config, "device", "auto"),
-        weights={"kgmgt": properties.get(config, "kgmgt_weights", "") or None,
-                 "sgfmri": properties.get(config, "sgfmri_weights", "") or None},
-        allow_random=properties.get(config, "allow_random", False),
-        cpu_threads=properties.get(config, "cpu_threads", DEFAULT_CPU_THREADS),
+        device=settings.device,
+        weights={"kgmgt": settings.kgmgt_weights or None, "sgfmri": settings.sgfmri_weights or None},
+        allow_random=settings.allow_random,
+        cpu_threads=settings.cpu_threads,
     )
 
 
-def preload(config: Any, model: str) -> str:
+def preload(config: Any, model: str, settings: host_settings.OperatorSettings | None = None) -> str:
     """Load ``model`` now if this gadget configuration runs it in-process (a long-lived host's warm start).
 
     Returns what was done, for the log; a configuration that uses the
     inference service has nothing to load here.
     """
-    backend = backend_from_config(config)
+    backend = backend_from_config(config, settings)
     if not isinstance(backend, InProcessBackend):
         backend.close()
         return f"{model}: served by {backend.label}"

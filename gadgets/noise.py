@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import reports_errors
 from .runtime import single_threaded_blas
+from .samples import NonFiniteCounter
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,12 @@ def prewhiten(connection: Any) -> None:
     single_threaded_blas()
     stats = NoiseStatistics()
     matrix: np.ndarray | None = None
+    nonfinite = NonFiniteCounter("prewhiten")
     for item in connection:
         if not isinstance(item, ismrmrd.Acquisition):
             connection.send(item)
             continue
+        nonfinite(item)  # before the covariance: one NaN there would reach every readout
         if item.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
             stats.add(item.data, item.sample_time_us)
             matrix = None
@@ -81,3 +84,4 @@ def prewhiten(connection: Any) -> None:
         scale = np.sqrt(item.sample_time_us / stats.dwell_us) if item.sample_time_us and stats.dwell_us else 1.0
         head = ismrmrd.AcquisitionHeader.from_buffer_copy(item.getHead())
         connection.send(ismrmrd.Acquisition(head, whiten(item.data, matrix, scale), np.array(item.traj)))
+    nonfinite.report()

@@ -15,6 +15,7 @@ import ismrmrd
 import numpy as np
 from models.fft import fft1c, ifft1c
 
+from . import host_settings
 from .errors import reports_errors
 from .runtime import single_threaded_blas
 
@@ -41,6 +42,11 @@ def crop_readout(data: np.ndarray, keep: int) -> np.ndarray:
     return fft1c(image[..., start:start + keep], axis=-1).astype(np.complex64)
 
 
+# Beyond this many samples the (n, keep) matrix costs more memory than it saves
+# time (n = 1024: 4 MiB); longer readouts are cropped with two FFTs.
+MAX_OPERATOR_SAMPLES = 1024
+
+
 def crop_operator(n: int, keep: int) -> np.ndarray:
     """The ``(n, keep)`` matrix ``R`` with ``crop_readout(d, keep) == d @ R``.
 
@@ -54,6 +60,7 @@ def crop_operator(n: int, keep: int) -> np.ndarray:
 def remove_oversampling(connection: Any) -> None:
     """Gadget: crop every imaging readout to the recon field of view."""
     single_threaded_blas()
+    settings = host_settings.for_connection(connection)
     factor = oversampling_factor(connection.header)
     operators: dict[tuple[int, int], np.ndarray] = {}
     if factor == 1.0:
@@ -63,6 +70,7 @@ def remove_oversampling(connection: Any) -> None:
             connection.send(item)
             continue
         n = item.number_of_samples
+        host_settings.check_readout(n, item.active_channels, connection.header, settings)
         keep = int(round(n / factor))
         if keep < 1 or abs(keep * factor - n) > 0.5:
             raise ValueError(f"readout of {n} samples cannot be cropped by the oversampling factor {factor:g}")
@@ -72,7 +80,13 @@ def remove_oversampling(connection: Any) -> None:
         head.discard_pre = int(item.discard_pre * keep // n)
         head.discard_post = int(item.discard_post * keep // n)
         traj = np.zeros((keep, item.trajectory_dimensions), np.float32)
-        op = operators.get((n, keep))
-        if op is None:
-            op = operators[(n, keep)] = crop_operator(n, keep)
-        connection.send(ismrmrd.Acquisition(head, np.ascontiguousarray(item.data @ op), traj))
+        if n > MAX_OPERATOR_SAMPLES:
+            data = crop_readout(item.data, keep)
+        else:
+            op = operators.get((n, keep))
+            if op is None:
+                if len(operators) >= 4:  # a stream changing its readout length must not pile up matrices
+                    operators.clear()
+                op = operators[(n, keep)] = crop_operator(n, keep)
+            data = np.ascontiguousarray(item.data @ op)
+        connection.send(ismrmrd.Acquisition(head, data, traj))

@@ -63,8 +63,9 @@ class EmbeddedConnection:
     accepts_gadget_errors = True
 
     def __init__(self, inbox: Link, outbox: Link, header: Any, config: ET.Element,
-                 report_error: Callable[[str], None], raw_header: bytes = b"") -> None:
+                 report_error: Callable[[str], None], raw_header: bytes = b"", operator_settings: Any = None) -> None:
         self._inbox = inbox
+        self.operator_settings = operator_settings  # read by gadgets.host_settings.for_connection
         self._outbox = outbox
         self.header = header
         self.config = config
@@ -106,14 +107,14 @@ class Chain:
     """Gadgets wired in order; ``feed`` items in, ``output`` yields what comes out."""
 
     def __init__(self, gadgets: list[GadgetSpec], header: Any, raw_header: bytes = b"",
-                 label: str = "session") -> None:
+                 label: str = "session", operator_settings: Any = None) -> None:
         self.links = [Link() for _ in range(len(gadgets) + 1)]
         self.errors: list[str] = []
         self._lock = threading.Lock()
         self._threads = []
         for i, spec in enumerate(gadgets):
             conn = EmbeddedConnection(self.links[i], self.links[i + 1], header, spec.config,
-                                      self.report_error, raw_header)
+                                      self.report_error, raw_header, operator_settings)
             thread = threading.Thread(target=self._run_gadget, args=(spec, conn, i),
                                       name=f"{label}:{spec.label}", daemon=True)
             self._threads.append(thread)
@@ -128,8 +129,17 @@ class Chain:
                 self.errors.append(text)
 
     def start(self) -> None:
+        """Start every gadget; raises (e.g. no more threads) after the ones started are told to stop."""
         for thread in self._threads:
             thread.start()
+
+    def stop(self) -> None:
+        """End the gadgets that started (after a failed ``start``): each gets END and no more input."""
+        started = [i for i, t in enumerate(self._threads) if t.ident is not None]
+        for i in started:
+            self.links[i].put(END)
+        for i in started:
+            self._threads[i].join(5.0)
 
     def _run_gadget(self, spec: GadgetSpec, conn: EmbeddedConnection, index: int) -> None:
         try:

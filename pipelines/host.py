@@ -10,19 +10,76 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import logging
+import os
 import socket
 import socketserver
+import struct
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Sequence
 
+from gadgets import host_settings
+
 from .pipeline_config import DEFAULT_GADGET_PACKAGES, PIPELINE_DIR, PipelineError, load_gadgets, parse_pipeline
-from .protocol import Limits
+from .protocol import CLOSE, TEXT, Limits
 from .session import Session, SessionOptions
 
 log = logging.getLogger(__name__)
+
+
+class DeadlineReader:
+    """``read(n)`` from a socket under three clocks, each failing with ``socket.timeout(reason)``.
+
+    - idle: the longest wait for any byte;
+    - message: from a message's first byte to its last (``message_clock``),
+      so a client trickling a byte at a time cannot hold a session;
+    - session: the whole connection.
+
+    A per-read socket timeout alone is not enough: a buffered file's
+    ``read(n)`` keeps waiting as long as each byte comes within it.
+    """
+
+    def __init__(self, sock: socket.socket, idle_s: float, message_s: float, session_s: float) -> None:
+        self.sock = sock
+        self.idle_s, self.message_s = idle_s, message_s
+        self.session_deadline = time.monotonic() + session_s
+        self.message_deadline = float("inf")
+        self._buf = bytearray()
+
+    def message_clock(self, started: bool) -> None:
+        self.message_deadline = time.monotonic() + self.message_s if started else float("inf")
+
+    def _timeout(self) -> float:
+        now = time.monotonic()
+        left = {"idle": self.idle_s, "message": self.message_deadline - now, "session": self.session_deadline - now}
+        which = min(left, key=left.get)
+        if left[which] <= 0:
+            raise socket.timeout(self._reason(which))
+        self._which = which
+        return left[which]
+
+    def _reason(self, which: str) -> str:
+        return {"idle": f"no data from the client within the idle timeout ({self.idle_s:g} s)",
+                "message": f"a message took longer than {self.message_s:g} s to arrive (message deadline)",
+                "session": "the session reached its deadline (session deadline)"}[which]
+
+    def read(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            self.sock.settimeout(self._timeout())
+            try:
+                chunk = self.sock.recv(max(1 << 16, n - len(self._buf)))
+            except socket.timeout:
+                raise socket.timeout(self._reason(self._which)) from None
+            if not chunk:
+                break
+            self._buf += chunk
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
 
 
 class _Handler(socketserver.BaseRequestHandler):
@@ -31,16 +88,16 @@ class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         sock: socket.socket = self.request
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(self.server.idle_timeout_s)
         label = f"session {self.client_address[0]}:{self.client_address[1]}"
-        rfile = sock.makefile("rb", buffering=1 << 16)
+        server = self.server
+        reader = DeadlineReader(sock, server.idle_timeout_s, server.message_timeout_s, server.session_timeout_s)
         wfile = sock.makefile("wb", buffering=1 << 16)
         try:
-            Session(rfile.read, wfile, self.server.options, label=label).run()
+            Session(reader.read, wfile, server.options, label=label, message_clock=reader.message_clock).run()
         except Exception:  # a bug in the host must still not take the server down
             log.exception("%s: unexpected host error", label)
         finally:
-            _close_gently(sock, rfile, wfile)
+            _close_gently(sock, None, wfile)
 
 
 def _close_gently(sock: socket.socket, rfile, wfile) -> None:
@@ -59,6 +116,8 @@ def _close_gently(sock: socket.socket, rfile, wfile) -> None:
     except OSError:
         pass
     for f in (rfile, wfile):
+        if f is None:
+            continue
         try:
             f.close()
         except OSError:
@@ -66,19 +125,67 @@ def _close_gently(sock: socket.socket, rfile, wfile) -> None:
     sock.close()
 
 
+def _refuse_busy(sock: socket.socket, reason: str) -> None:
+    # On the accepting thread: never wait long on this peer.
+    try:
+        sock.settimeout(0.5)
+        sock.sendall(error_text_bytes(reason) + struct.pack("<H", CLOSE))
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(0.2)
+        while sock.recv(1 << 16):
+            pass
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
 class StreamHost(socketserver.ThreadingTCPServer):
     """A threaded ISMRMRD stream server; ``server_address[1]`` is the bound port."""
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # listen backlog: a burst of scanners connecting at once is not refused by the kernel
 
     def __init__(self, host: str = "127.0.0.1", port: int = 9002, options: SessionOptions | None = None,
-                 idle_timeout_s: float = 60.0) -> None:
+                 idle_timeout_s: float = 60.0, max_connections: int = 32, message_timeout_s: float = 60.0,
+                 session_timeout_s: float = 4 * 3600.0) -> None:
         self.options = options or SessionOptions()
         self.idle_timeout_s = idle_timeout_s
+        self.max_connections = max(1, max_connections)
+        self.message_timeout_s = message_timeout_s
+        self.session_timeout_s = session_timeout_s
+        self.active = 0
+        self._active_lock = threading.Lock()
         if ":" in host:
             self.address_family = socket.AF_INET6
         super().__init__((host, port), _Handler)
+
+    def process_request(self, request, client_address) -> None:
+        """One thread per connection, at most ``max_connections``; beyond, TEXT + CLOSE at once."""
+        with self._active_lock:
+            busy = self.active >= self.max_connections
+            if not busy:
+                self.active += 1
+        if busy:
+            log.warning("refusing %s:%s: %d connections open (--max-connections)", *client_address[:2], self.active)
+            _refuse_busy(request, f"host busy: {self.max_connections} connections already open; try again later")
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:  # e.g. no thread could be started: this connection only
+            self._release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._active_lock:
+            self.active -= 1
 
     def preload_pipelines(self, models: bool = True) -> list[str]:
         """Import every known pipeline's gadget modules now, so the first scan does not pay for it.
@@ -102,7 +209,9 @@ class StreamHost(socketserver.ThreadingTCPServer):
                 if hook is None:
                     continue
                 try:
-                    log.info("pipeline %s, %s: %s", path.name, spec.label, hook(spec.config))
+                    accepts_settings = len(inspect.signature(hook).parameters) > 1
+                    done = hook(spec.config, self.options.operator) if accepts_settings else hook(spec.config)
+                    log.info("pipeline %s, %s: %s", path.name, spec.label, done)
                 except Exception as exc:  # a missing model file must not stop the host
                     log.warning("pipeline %s, %s: not preloaded: %s: %s", path.name, spec.label, type(exc).__name__, exc)
                     failed.append(path.name)
@@ -117,6 +226,12 @@ class StreamHost(socketserver.ThreadingTCPServer):
         thread = threading.Thread(target=self.serve_forever, name=f"streamhost:{self.port}", daemon=True)
         thread.start()
         return thread
+
+
+def error_text_bytes(text: str) -> bytes:
+    """A TEXT message (uint16 id, uint32 length, UTF-8)."""
+    data = text.encode("utf-8")
+    return struct.pack("<HI", TEXT, len(data)) + data
 
 
 def run_stream(stdin=None, stdout=None, options: SessionOptions | None = None) -> int:
@@ -141,10 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra Python package whose modules pipelines may name (default: gadgets)")
     p.add_argument("--max-message-mb", type=float, default=256.0, help="largest acquisition/image payload accepted")
     p.add_argument("--idle-timeout", type=float, default=60.0, help="seconds of client silence before a session is ended")
+    p.add_argument("--message-timeout", type=float, default=60.0,
+                   help="seconds one message may take from its first byte to its last")
+    p.add_argument("--session-timeout", type=float, default=4 * 3600.0, help="seconds one connection may last")
+    p.add_argument("--max-connections", type=int, default=32,
+                   help="connections served at once (one thread each); more get TEXT 'host busy' + CLOSE")
     p.add_argument("--stream", action="store_true", help="read one stream on stdin, write the results on stdout")
     p.add_argument("--no-preload-models", action="store_true",
                    help="do not load the deep-learning pipelines' in-process models at start")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    host_settings.add_arguments(p)
     return p
 
 
@@ -153,6 +274,7 @@ def options_from_args(args: argparse.Namespace) -> SessionOptions:
         limits=Limits(max_payload_bytes=int(args.max_message_mb * 2**20)),
         search_dirs=tuple(args.pipelines),
         allowed_packages=tuple(DEFAULT_GADGET_PACKAGES) + tuple(args.gadget_package),
+        operator=host_settings.from_args(args),
     )
 
 
@@ -161,10 +283,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = options_from_args(args)
+    # Gadget processes this host starts (and gadgets that read the environment)
+    # see the same operator settings as the in-process gadgets.
+    os.environ.update(options.operator.environment())
     if args.stream:
         return run_stream(options=options)
     try:
-        server = StreamHost(args.host, args.port, options, idle_timeout_s=args.idle_timeout)
+        server = StreamHost(args.host, args.port, options, idle_timeout_s=args.idle_timeout,
+                            max_connections=args.max_connections, message_timeout_s=args.message_timeout,
+                            session_timeout_s=args.session_timeout)
     except OSError as exc:
         print(f"streamrecon serve: cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); "
               f"is another host running there? Stop it, or choose another port with --port", file=sys.stderr)

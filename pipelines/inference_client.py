@@ -51,33 +51,55 @@ def encode(header: dict[str, Any], arrays: dict[str, np.ndarray | None]) -> list
     return [json.dumps({**header, "arrays": described}).encode()] + parts
 
 
+def _shape(name: Any, shape: Any) -> tuple[int, ...]:
+    if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise ValueError(f"array {name!r}: shape {shape!r} is not a list of non-negative integers")
+    return tuple(shape)
+
+
 def decode(parts: list[bytes]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The inverse of :func:`encode`; checks every buffer against its description."""
+    """The inverse of :func:`encode`; checks the header and every buffer against its description."""
     if not parts:
         raise ValueError("empty message")
     header = json.loads(bytes(parts[0]).decode())
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
     described = header.pop("arrays", [])
+    if not isinstance(described, list) or not all(isinstance(d, dict) for d in described):
+        raise ValueError("'arrays' must be a list of {name, dtype, shape} objects")
     if len(described) != len(parts) - 1:
         raise ValueError(f"header describes {len(described)} arrays, message has {len(parts) - 1}")
     arrays = {}
     for d, buf in zip(described, parts[1:]):
-        if d["dtype"] not in DTYPES:
-            raise ValueError(f"array {d['name']!r}: dtype {d['dtype']!r} not accepted")
+        name = d.get("name")
+        if not isinstance(name, str) or name in arrays:
+            raise ValueError(f"array name {name!r} is missing, not text or repeated")
+        if d.get("dtype") not in DTYPES:
+            raise ValueError(f"array {name!r}: dtype {d.get('dtype')!r} not accepted")
         dtype = np.dtype(d["dtype"])
-        shape = tuple(int(n) for n in d["shape"])
+        shape = _shape(name, d.get("shape"))
         if len(buf) != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
-            raise ValueError(f"array {d['name']!r}: {len(buf)} bytes do not hold {d['dtype']} {shape}")
-        arrays[d["name"]] = np.frombuffer(buf, dtype=dtype).reshape(shape)
+            raise ValueError(f"array {name!r}: {len(buf)} bytes do not hold {d['dtype']} {shape}")
+        arrays[name] = np.frombuffer(buf, dtype=dtype).reshape(shape)
     return header, arrays
 
 
 class InferenceClient:
     """One connection to the service; the gadget-side backend (see :mod:`gadgets.inference`)."""
 
-    def __init__(self, endpoint: str, timeout_ms: int = 5000, retry_after_s: float = 2.0,
+    # Automatic timeout (``timeout_ms <= 0``): the service's measured model time
+    # for the request's pixels, times a margin for queueing behind other
+    # scans' batches, plus a floor for the transfer; capped.
+    AUTO_FLOOR_MS = 2000.0
+    AUTO_FACTOR = 4.0
+    AUTO_MAX_MS = 120000.0
+    INFO_TIMEOUT_MS = 2000
+
+    def __init__(self, endpoint: str, timeout_ms: float = 0, retry_after_s: float = 2.0,
                  context: zmq.Context | None = None) -> None:
         self.endpoint = endpoint
-        self.timeout_ms = int(timeout_ms)
+        self.timeout_ms = int(timeout_ms)  # <= 0: derived per request from the measured model time
+        self._ms_per_mpixel: dict[str, float] = {}
         self.retry_after_s = retry_after_s
         self.label = f"service {endpoint}"
         self._ctx = context or zmq.Context.instance()
@@ -109,7 +131,7 @@ class InferenceClient:
                                  f"retrying in {self._down_until - now:.1f} s")
         rid = f"{self._tag}-{next(self._ids)}"
         sock = self._connect()
-        timeout = self.timeout_ms if timeout_ms is None else timeout_ms
+        timeout = timeout_ms if timeout_ms is not None else (self.timeout_ms if self.timeout_ms > 0 else self.INFO_TIMEOUT_MS)
         try:
             sock.send_multipart(encode({**header, "id": rid}, arrays or {}), copy=False)
             deadline = time.monotonic() + timeout / 1000.0
@@ -131,6 +153,30 @@ class InferenceClient:
             raise InferenceError(f"inference service {self.endpoint}: {reply.get('error', 'unknown error')}")
         return reply, out
 
+    def _timeout_for(self, model: str, pixels: int) -> tuple[int, str]:
+        """The reply timeout for ``pixels`` of ``model`` work, and how it was chosen (for the log)."""
+        if self.timeout_ms > 0:
+            return self.timeout_ms, "inference_timeout_ms"
+        if model not in self._ms_per_mpixel:
+            self.model_info(model, timeout_ms=self.INFO_TIMEOUT_MS)
+        rate = self._ms_per_mpixel.get(model)
+        if rate is None:  # a service that measured nothing: the cap
+            return int(self.AUTO_MAX_MS), "no measured model time"
+        ms = min(self.AUTO_MAX_MS, self.AUTO_FLOOR_MS + self.AUTO_FACTOR * rate * pixels / 1e6)
+        return int(ms), f"{self.AUTO_FACTOR:g} x measured {rate:.0f} ms/Mpixel + {self.AUTO_FLOOR_MS:.0f} ms"
+
+    def _model_request(self, model: str, header: dict[str, Any], arrays: dict[str, Any], pixels: int) -> np.ndarray:
+        timeout, why = self._timeout_for(model, pixels)
+        try:
+            reply, out = self.request(header, arrays, timeout_ms=timeout)
+        except InferenceError as exc:
+            if "no answer" in str(exc):
+                raise InferenceError(f"{exc} (timeout {timeout} ms: {why})") from exc
+            raise
+        if isinstance(reply.get("ms_per_mpixel"), (int, float)):
+            self._ms_per_mpixel[model] = float(reply["ms_per_mpixel"])
+        return np.array(out["image"])
+
     # ---------------------------------------------------------------- backend interface
     @staticmethod
     def _batched_mask(mask, kspace) -> np.ndarray:
@@ -141,23 +187,26 @@ class InferenceClient:
 
     def cine_batch(self, frames, kspace, mask, maps, causal):
         mask = self._batched_mask(mask, kspace)
-        _, out = self.request({"op": "cine", "causal": bool(causal)},
-                              {"frames": np.asarray(frames, np.complex64), "kspace": np.asarray(kspace, np.complex64),
-                               "mask": np.asarray(mask, bool), "maps": np.asarray(maps, np.complex64)})
-        return np.array(out["image"])
+        return self._model_request("kgmgt", {"op": "cine", "causal": bool(causal)},
+                                   {"frames": np.asarray(frames, np.complex64), "kspace": np.asarray(kspace, np.complex64),
+                                    "mask": np.asarray(mask, bool), "maps": np.asarray(maps, np.complex64)},
+                                   int(np.prod(np.shape(frames)[:1] + np.shape(frames)[-2:])))
 
     def pair_batch(self, reference, target, kspace, mask, maps):
         mask = self._batched_mask(mask, kspace)
-        _, out = self.request({"op": "pair"},
-                              {"reference": None if reference is None else np.asarray(reference, np.complex64),
-                               "target": np.asarray(target, np.complex64), "kspace": np.asarray(kspace, np.complex64),
-                               "mask": np.asarray(mask, bool), "maps": np.asarray(maps, np.complex64)})
-        return np.array(out["image"])
+        return self._model_request("sgfmri", {"op": "pair"},
+                                   {"reference": None if reference is None else np.asarray(reference, np.complex64),
+                                    "target": np.asarray(target, np.complex64), "kspace": np.asarray(kspace, np.complex64),
+                                    "mask": np.asarray(mask, bool), "maps": np.asarray(maps, np.complex64)},
+                                   int(np.prod(np.shape(target))))
 
-    def model_info(self, model: str) -> dict[str, Any]:
+    def model_info(self, model: str, timeout_ms: int | None = None) -> dict[str, Any]:
         if model not in self._info:
-            reply, _ = self.request({"op": "info", "model": model})
+            reply, _ = self.request({"op": "info", "model": model},
+                                    timeout_ms=timeout_ms if timeout_ms is not None else self.INFO_TIMEOUT_MS)
             self._info[model] = reply["info"]
+            if isinstance(reply.get("ms_per_mpixel"), (int, float)):
+                self._ms_per_mpixel[model] = float(reply["ms_per_mpixel"])
         return self._info[model]
 
     def health(self, timeout_ms: int = 1000) -> dict[str, Any]:

@@ -22,10 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from gadgets import host_settings
+
 log = logging.getLogger(__name__)
 
 PIPELINE_DIR = Path(__file__).resolve().parent
 DEFAULT_GADGET_PACKAGES: tuple[str, ...] = ("gadgets",)
+# Every node is a thread (embedded) or a process (Gadgetron); the shipped
+# pipelines have five.
+MAX_NODES = 32
 
 
 class PipelineError(Exception):
@@ -93,7 +98,7 @@ def pipeline_summary(name: str, search_dirs: Sequence[Path] = ()) -> str:
     return first if len(first) <= 90 else first[:87] + "..."
 
 
-def parse_pipeline(xml_text: str | bytes, name: str = "CONFIG_TEXT") -> Pipeline:
+def parse_pipeline(xml_text: str | bytes, name: str = "CONFIG_TEXT", max_nodes: int = MAX_NODES) -> Pipeline:
     """Parse a version-2 pipeline; raise :class:`PipelineError` naming what is wrong."""
     if isinstance(xml_text, bytes):
         xml_text = xml_text.decode("utf-8", errors="replace")
@@ -110,6 +115,8 @@ def parse_pipeline(xml_text: str | bytes, name: str = "CONFIG_TEXT") -> Pipeline
     stream = next((c for c in root if _tag(c) == "stream"), None)
     if stream is None:
         raise PipelineError(f"pipeline {name} has no <stream>")
+    if len(stream) > max_nodes:
+        raise PipelineError(f"pipeline {name} has {len(stream)} nodes; this host runs at most {max_nodes}")
     gadgets: list[GadgetSpec] = []
     for node in stream:
         tag = _tag(node)
@@ -140,6 +147,9 @@ def _external(node: ET.Element, pipeline: str) -> GadgetSpec:
     config = next((c for c in node if _tag(c) == "configuration"), None)
     if config is None:
         config = ET.Element("configuration")
+    refused = host_settings.operator_properties(config)
+    if refused:
+        raise PipelineError(f"pipeline {pipeline}, gadget {module}.{target}: {host_settings.refusal(refused)}")
     return GadgetSpec(module=module, target=target, config=config, name=node.get("name", ""))
 
 

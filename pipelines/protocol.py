@@ -82,9 +82,13 @@ class MessageReader:
     a :class:`TruncatedMessage`.
     """
 
-    def __init__(self, read: Callable[[int], bytes], limits: Limits | None = None) -> None:
+    def __init__(self, read: Callable[[int], bytes], limits: Limits | None = None,
+                 message_clock: Callable[[bool], None] | None = None) -> None:
         self._read = read
         self.limits = limits or Limits()
+        # Told True when a message's first byte has arrived and False when it is
+        # complete: the host's per-message deadline runs in between.
+        self._clock = message_clock or (lambda started: None)
         self.bytes_read = 0
         self.last: str = "nothing yet"
 
@@ -114,6 +118,7 @@ class MessageReader:
         first = self._read(2)
         if not first:
             raise StreamEnded()
+        self._clock(True)
         if len(first) < 2:
             first += self._exactly(2 - len(first), "message id")
         else:
@@ -123,6 +128,7 @@ class MessageReader:
         if handler is None:
             raise ProtocolError(f"unknown message id {mid} (after {self.last})")
         item = handler(self)
+        self._clock(False)
         self.last = _describe(mid, item)
         return mid, item
 

@@ -18,6 +18,7 @@ from typing import Any, BinaryIO, Callable, Sequence
 import ismrmrd
 
 from gadgets.header_checks import unsupported_reason
+from gadgets import host_settings
 
 from .chain import Chain
 from .pipeline_config import (DEFAULT_GADGET_PACKAGES, PipelineError, pipeline_from_config_file,
@@ -34,6 +35,7 @@ class SessionOptions:
     search_dirs: Sequence[Path] = ()
     allowed_packages: Sequence[str] = DEFAULT_GADGET_PACKAGES
     gadget_timeout_s: float = 600.0  # how long the chain may take to finish after the input ends
+    operator: host_settings.OperatorSettings | None = None  # None: from the environment / STREAMRECON_CONFIG
 
 
 @dataclass
@@ -52,9 +54,9 @@ class _PeerGone(Exception):
 
 class Session:
     def __init__(self, read: Callable[[int], bytes], out: BinaryIO, options: SessionOptions | None = None,
-                 label: str = "session") -> None:
+                 label: str = "session", message_clock: Callable[[bool], None] | None = None) -> None:
         self.options = options or SessionOptions()
-        self.reader = MessageReader(read, self.options.limits)
+        self.reader = MessageReader(read, self.options.limits, message_clock)
         self.writer = MessageWriter(out)
         self.label = label
         self.outcome = SessionOutcome()
@@ -120,8 +122,11 @@ class Session:
             refusal = unsupported_reason(header.header)
             if refusal is not None:
                 raise ProtocolError(refusal)
-        except (PipelineError, ProtocolError, OSError) as exc:
-            reason = str(exc) if not isinstance(exc, OSError) else f"connection error: {exc}"
+            settings = self.options.operator or host_settings.load()
+            host_settings.check_header(header.header, settings)
+        except (PipelineError, ProtocolError, OSError, ValueError) as exc:
+            reason = f"connection error: {exc}" if isinstance(exc, OSError) and not isinstance(exc, socket.timeout) \
+                else str(exc)
             self.outcome.errors.append(reason)
             self._finish([reason])
             return
@@ -129,8 +134,16 @@ class Session:
                  " -> ".join(g.label for g in pipeline.gadgets))
 
         # 2. Data through the chain; results written back as they come.
-        chain = Chain(pipeline.gadgets, header.header, header.xml, label=self.label)
-        chain.start()
+        chain = Chain(pipeline.gadgets, header.header, header.xml, label=self.label, operator_settings=settings)
+        try:
+            chain.start()
+        except Exception as exc:  # e.g. no more threads: stop what started, tell the client
+            chain.stop()
+            reason = f"the pipeline could not be started: {type(exc).__name__}: {exc}"
+            log.error("%s: %s", self.label, reason)
+            self.outcome.errors.append(reason)
+            self._finish([reason])
+            return
         writer = threading.Thread(target=self._write_results, args=(chain,), name=f"{self.label}:writer", daemon=True)
         writer.start()
         input_error = self._pump(chain)
@@ -154,8 +167,8 @@ class Session:
                 return f"truncated message: {exc}"
             except ProtocolError as exc:
                 return str(exc)
-            except socket.timeout:
-                return "no data from the client within the idle timeout"
+            except socket.timeout as exc:  # the host's reader says which deadline
+                return str(exc) or "no data from the client within the idle timeout"
             except OSError as exc:
                 return f"connection error: {exc}"
             self.outcome.messages_in += 1

@@ -70,3 +70,20 @@ def start_service(weights: dict[str, Path], models: str = "kgmgt", tmp: Path | N
     proc.kill()
     raise RuntimeError("infer-server did not become healthy")
 
+
+
+def operate(monkeypatch, host=None, **settings):
+    """The rest of the test runs under these host operator settings (weights, device, endpoint...).
+
+    They reach the embedded ``host``'s gadgets through its options and every
+    other gadget (Gadgetron external processes, gadgets that read the
+    environment) through ``STREAMRECON_*`` variables; ``monkeypatch`` undoes both.
+    """
+    from gadgets import host_settings
+
+    chosen = host_settings.load({}).with_values(**{k: str(v) for k, v in settings.items()})
+    for name, value in chosen.environment().items():
+        monkeypatch.setenv(name, value)
+    if host is not None:
+        monkeypatch.setattr(host.options, "operator", chosen)
+    return chosen

@@ -20,7 +20,7 @@ from simulator.client import run_session
 from simulator.gadgetron_parent import run_pipeline_as_externals
 from simulator.header import make_header
 from simulator.scan import crop_readout
-from tests.dl_support import pipeline_text, pixels, series, tiny_weights
+from tests.dl_support import operate, pipeline_text, pixels, series, tiny_weights
 from tests.streams import small_cine
 
 NY = 32
@@ -169,9 +169,10 @@ def _check_images(scan, result, time_dim, model_order):
     assert all(stamps[(im.slice, getattr(im, time_dim))] == im.acquisition_time_stamp for im in model)
 
 
-def test_real_time_centered_two_slices(stream_host, weights):
+def test_real_time_centered_two_slices(stream_host, weights, monkeypatch):
     scan, mask = _scan("realtime")
-    xml = pipeline_text("kgmgt_cine", MODULE, kgmgt_weights=weights["kgmgt"], device="cpu")
+    operate(monkeypatch, stream_host, kgmgt_weights=weights["kgmgt"], device="cpu")
+    xml = pipeline_text("kgmgt_cine", MODULE)
     result = run_session("127.0.0.1", stream_host.port, header=make_header(scan), config_text=xml,
                          items=acquisitions(scan, mask, calib_lines=CALIB))
     # frame t comes out when t+1 is complete; the last frame as soon as it arrives (the header announces it)
@@ -184,9 +185,10 @@ def test_real_time_centered_two_slices(stream_host, weights):
     assert all("zero-filled SENSE" in im.meta["ImageComment"] for im in series(result.images, 0))
 
 
-def test_real_time_causal_emits_each_frame_on_arrival(stream_host, weights):
+def test_real_time_causal_emits_each_frame_on_arrival(stream_host, weights, monkeypatch):
     scan, mask = _scan("realtime", frames=4)
-    xml = pipeline_text("kgmgt_cine_causal", MODULE, kgmgt_weights=weights["kgmgt"], device="cpu")
+    operate(monkeypatch, stream_host, kgmgt_weights=weights["kgmgt"], device="cpu")
+    xml = pipeline_text("kgmgt_cine_causal", MODULE)
     result = run_session("127.0.0.1", stream_host.port, header=make_header(scan), config_text=xml,
                          items=acquisitions(scan, mask, calib_lines=CALIB))
     _check_images(scan, result, "repetition", [(s, t) for t in range(4) for s in range(2)])
@@ -197,9 +199,10 @@ def test_real_time_causal_emits_each_frame_on_arrival(stream_host, weights):
     assert all(keys.index((0, s, t)) < keys.index((1, s, t)) for s in range(2) for t in range(4))
 
 
-def test_segmented_gated_two_slices_periodic(stream_host, weights):
+def test_segmented_gated_two_slices_periodic(stream_host, weights, monkeypatch):
     scan, mask = _scan("segmented", frames=5)
-    xml = pipeline_text("kgmgt_cine", MODULE, kgmgt_weights=weights["kgmgt"], device="cpu")
+    operate(monkeypatch, stream_host, kgmgt_weights=weights["kgmgt"], device="cpu")
+    xml = pipeline_text("kgmgt_cine", MODULE)
     result = run_session("127.0.0.1", stream_host.port, header=make_header(scan), config_text=xml,
                          items=acquisitions(scan, mask, order="segmented", segments=2, calib_lines=CALIB))
     # one breath-hold per slice; phase 0 needs the last phase (4), so it comes with 3 and 4
@@ -209,9 +212,10 @@ def test_segmented_gated_two_slices_periodic(stream_host, weights):
     assert windows[(0, 0)] == "4,0,1" and windows[(1, 4)] == "3,4,0"
 
 
-def test_model_that_cannot_load_falls_back_for_every_frame(stream_host, tmp_path):
+def test_model_that_cannot_load_falls_back_for_every_frame(stream_host, tmp_path, monkeypatch):
     scan, mask = _scan("realtime", frames=3, slices=1)
-    xml = pipeline_text("kgmgt_cine", MODULE, kgmgt_weights=tmp_path / "missing.safetensors", device="cpu")
+    operate(monkeypatch, stream_host, kgmgt_weights=tmp_path / "missing.safetensors", device="cpu")
+    xml = pipeline_text("kgmgt_cine", MODULE)
     result = run_session("127.0.0.1", stream_host.port, header=make_header(scan), config_text=xml,
                          items=acquisitions(scan, mask, calib_lines=CALIB))
     assert result.closed and result.texts == [] and result.errors == []
@@ -222,10 +226,11 @@ def test_model_that_cannot_load_falls_back_for_every_frame(stream_host, tmp_path
         np.testing.assert_allclose(pixels(m), pixels(c))
 
 
-def test_same_gadget_as_gadgetron_externals_matches_embedded_host(stream_host, weights):
+def test_same_gadget_as_gadgetron_externals_matches_embedded_host(stream_host, weights, monkeypatch):
     scan, mask = _scan("realtime", frames=3, slices=1)
     header = make_header(scan)
-    xml = pipeline_text("kgmgt_cine", MODULE, kgmgt_weights=weights["kgmgt"], device="cpu")
+    operate(monkeypatch, stream_host, kgmgt_weights=weights["kgmgt"], device="cpu")
+    xml = pipeline_text("kgmgt_cine", MODULE)
     items, errors = run_pipeline_as_externals(parse_pipeline(xml).gadgets, header.toXML().encode(),
                                               acquisitions(scan, mask, calib_lines=CALIB))
     assert errors == []
@@ -242,7 +247,9 @@ def test_same_gadget_as_gadgetron_externals_matches_embedded_host(stream_host, w
 def test_shipped_weights_beat_zero_filled(stream_host):
     scan = small_cine(slices=2, frames=6, coils=8, ny=64, nx=64)
     mask = line_mask("kt-uniform", 64, 6, accel=4, acs=8)
-    result = run_session("127.0.0.1", stream_host.port, header=make_header(scan), config_file="kgmgt_cine",
+    # a quality check, streamed as one burst: no real-time deadline (max_lag_ms 0), every window gets the model
+    result = run_session("127.0.0.1", stream_host.port, header=make_header(scan),
+                         config_text=pipeline_text("kgmgt_cine", MODULE, max_lag_ms=0),
                          items=acquisitions(scan, mask, calib_lines=(20, 44)))
     assert result.closed and not result.texts
     conv = {(im.slice, im.repetition): pixels(im) for im in series(result.images, 0)}
@@ -321,7 +328,7 @@ def test_real_time_model_lag_is_bounded_by_flagged_fallbacks(weights):
         with lock:
             sent.append(image)
 
-    stream.worker = ModelWorker(stream, send, max_pending=64, max_lag_ms=400)
+    stream.worker = ModelWorker(stream, send, max_pending=64, max_lag_ms=800)
     acc = FrameAccumulator(header, time_dim="repetition")
     conv = []
     for acq in acquisitions(scan, mask, calib_lines=CALIB):
@@ -330,8 +337,8 @@ def test_real_time_model_lag_is_bounded_by_flagged_fallbacks(weights):
             time.sleep(0.05)  # frames arrive every 50 ms; the model needs 300 ms a call
     stream.flush()
     assert [im.repetition for im in conv] == list(range(12))
-    assert [im.repetition for im in sent] == list(range(12))  # one model-series image per frame, in order
-    behind = [im for im in sent if "model behind" in im.meta.get("Fallback", "")]
+    assert sorted(im.repetition for im in sent) == list(range(12))  # one model-series image per frame
+    behind = [im for im in sent if "Fallback" in im.meta]
     modelled = [im for im in sent if "Fallback" not in im.meta]
     assert behind and modelled, "a slow model should give some model images and some flagged fallbacks"
     conv_by_frame = {im.repetition: np.asarray(im.data) for im in conv}
@@ -350,16 +357,16 @@ def test_shipped_dl_pipelines_load_and_emit_both_series(name):
     assert dl.module in ("gadgets.cine_kgmgt", "gadgets.multicontrast") and pipeline.gadgets[-1].module == "gadgets.images"
     assert properties.get(dl.config, "series_index", -1) == 1
     assert properties.get(dl.config, "conventional_series_index", -1) == 0
-    endpoint = properties.get(dl.config, "inference_endpoint", "")
-    assert endpoint.startswith("tcp://") == name.endswith("_service")
+    assert properties.get(dl.config, "inference", "in-process") == ("service" if name.endswith("_service") else "in-process")
     if name.startswith("kgmgt"):
         assert properties.get(dl.config, "mode", "") == ("causal" if "causal" in name else "centered")
 
 
 @pytest.mark.parametrize("wait", [8, 0])
-def test_without_calibration_scan_first_windows_wait_for_time_averaged_maps(stream_host, weights, wait):
+def test_without_calibration_scan_first_windows_wait_for_time_averaged_maps(stream_host, weights, wait, monkeypatch):
     scan, mask = _scan("realtime", frames=8, slices=1)  # kt-uniform: the centre fills over a few frames
-    xml = pipeline_text("kgmgt_cine", MODULE, kgmgt_weights=weights["kgmgt"], device="cpu", map_wait_frames=wait)
+    operate(monkeypatch, stream_host, kgmgt_weights=weights["kgmgt"], device="cpu")
+    xml = pipeline_text("kgmgt_cine", MODULE, map_wait_frames=wait)
     result = run_session("127.0.0.1", stream_host.port, header=make_header(scan), config_text=xml,
                          items=acquisitions(scan, mask))  # no calibration lines
     assert result.closed and not result.texts
@@ -372,3 +379,33 @@ def test_without_calibration_scan_first_windows_wait_for_time_averaged_maps(stre
         assert fallbacks == [] and all(im.meta["CoilMaps"] == "time-averaged k-space centre" for im in model)
     else:
         assert fallbacks and all("no coil maps yet" in model[t].meta["Fallback"] for t in fallbacks)
+
+
+def test_real_time_every_model_series_image_leaves_within_max_lag(weights):
+    """Fallbacks never wait behind model work, and a window the busy model cannot serve in time falls back."""
+    import threading
+    import time
+
+    from gadgets.cine_kgmgt import ModelWorker
+
+    scan, mask, header, backend, stream = _slow_causal_stream(weights, frames=12)
+    released, sent, lock = {}, {}, threading.Lock()
+
+    def send(image):
+        with lock:
+            assert image.repetition not in sent, "two model-series images for one frame"
+            sent[image.repetition] = (time.perf_counter(), image)
+
+    max_lag = 0.8
+    stream.worker = ModelWorker(stream, send, max_pending=64, max_lag_ms=max_lag * 1000)
+    acc = FrameAccumulator(header, time_dim="repetition")
+    for acq in acquisitions(scan, mask, calib_lines=CALIB):
+        for frame in acc.add(acq):
+            list(stream.add(frame))  # causal: frame t's window is released now
+            released[frame.key("repetition")[3]] = time.perf_counter()
+            time.sleep(0.05)  # frames every 50 ms; the model needs 300 ms a call
+    stream.flush()
+    assert sorted(sent) == list(range(12))
+    lags = {t: sent[t][0] - released[t] for t in sent}
+    assert max(lags.values()) < max_lag + 0.2, lags  # scheduling slack on a loaded 2-core machine
+    assert any("Fallback" not in im.meta for _, im in sent.values())

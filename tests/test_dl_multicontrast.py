@@ -16,7 +16,7 @@ from simulator.acquire import acquisitions, exam_acquisitions
 from simulator.client import run_session
 from simulator.header import make_header
 from simulator.scan import scan_from_images
-from tests.dl_support import pipeline_text, pixels, series, tiny_weights
+from tests.dl_support import operate, pipeline_text, pixels, series, tiny_weights
 
 N = 48
 MODULE = "gadgets.multicontrast"
@@ -41,9 +41,10 @@ def brain(shift_px: int = 0, slices: int = 2, uid: str = "2.25.4242", seed: int 
 MASK = line_mask("equispaced", N, 1, accel=4, seed=0)
 
 
-def _xml(weights, store, **props):
-    return pipeline_text("sgfmri_multicontrast", MODULE, sgfmri_weights=weights["sgfmri"], device="cpu",
-                         reference_store=store, **props)
+def _xml(monkeypatch, weights, store, **props):
+    """The pipeline (per-scan properties) after setting the host operator's weights, device and store."""
+    operate(monkeypatch, None, sgfmri_weights=weights["sgfmri"], device="cpu", reference_store=store)
+    return pipeline_text("sgfmri_multicontrast", MODULE, **props)
 
 
 # ------------------------------------------------------------------------------------------ units
@@ -79,10 +80,10 @@ def _targets(result):
     return series(result.images, 1)
 
 
-def test_within_one_stream(stream_host, weights, tmp_path):
+def test_within_one_stream(stream_host, weights, tmp_path, monkeypatch):
     ref, tgt = brain()
     result = run_session("127.0.0.1", stream_host.port, header=make_header(tgt, n_contrasts=2),
-                         items=exam_acquisitions([ref, tgt], [None, MASK]), config_text=_xml(weights, tmp_path))
+                         items=exam_acquisitions([ref, tgt], [None, MASK]), config_text=_xml(monkeypatch, weights, tmp_path))
     conv = series(result.images, 0)
     model = _targets(result)
     assert [(im.contrast, im.slice) for im in conv] == [(0, 0), (0, 1), (1, 0), (1, 1)]
@@ -97,10 +98,10 @@ def test_within_one_stream(stream_host, weights, tmp_path):
     assert len(list(tmp_path.glob("*.npz"))) == 2  # both reference slices kept for later scans
 
 
-def test_across_sessions_and_after_a_host_restart(weights, tmp_path):
+def test_across_sessions_and_after_a_host_restart(weights, tmp_path, monkeypatch):
     ref, tgt = brain()
     stranger = brain(uid="2.25.999")[1]
-    xml = _xml(weights, tmp_path)
+    xml = _xml(monkeypatch, weights, tmp_path)
     outputs = []
     for restart in range(2):
         host = StreamHost("127.0.0.1", 0, SessionOptions(), idle_timeout_s=10.0)
@@ -131,7 +132,7 @@ def test_across_sessions_and_after_a_host_restart(weights, tmp_path):
     host = StreamHost("127.0.0.1", 0, SessionOptions(), idle_timeout_s=10.0)
     host.start_background()
     try:
-        old = run_session("127.0.0.1", host.port, header=make_header(tgt), config_text=_xml(weights, tmp_path, reference_max_age_s=0.001),
+        old = run_session("127.0.0.1", host.port, header=make_header(tgt), config_text=_xml(monkeypatch, weights, tmp_path, reference_max_age_s=0.001),
                           items=acquisitions(tgt, MASK, calib_lines=CALIB))
     finally:
         host.shutdown()
@@ -139,14 +140,14 @@ def test_across_sessions_and_after_a_host_restart(weights, tmp_path):
     assert all("age limit" in im.meta["Fallback"] for im in _targets(old))
 
 
-def test_six_pixel_shift_detected_and_corrected(stream_host, weights, tmp_path):
+def test_six_pixel_shift_detected_and_corrected(stream_host, weights, tmp_path, monkeypatch):
     # The target brings its own calibration lines, so its coil maps (hence its zero-filled
     # input) do not depend on where the reference was: only the reference input differs.
     outputs = {}
     for name, shift, props in (("aligned", 0, {}), ("corrected", 6, {}), ("uncorrected", 6, {"max_shift_px": 100})):
         ref, tgt = brain(shift_px=shift, uid=f"2.25.{name}")
         r = run_session("127.0.0.1", stream_host.port, header=make_header(tgt, n_contrasts=2), config_text=_xml(
-            weights, tmp_path / name, **props), items=exam_acquisitions([ref, tgt], [None, MASK], calib_lines=CALIB))
+            monkeypatch, weights, tmp_path / name, **props), items=exam_acquisitions([ref, tgt], [None, MASK], calib_lines=CALIB))
         outputs[name] = model = _targets(r)
         for im in model:
             dy, dx = (float(v) for v in im.meta["ReferenceShift"].split(","))
@@ -164,13 +165,14 @@ def test_six_pixel_shift_detected_and_corrected(stream_host, weights, tmp_path):
 
 @pytest.mark.skipif(not __import__("models.weights", fromlist=["shipped_path"]).shipped_path("sgfmri_brain_small").exists(),
                     reason="shipped SGF-MRI weights not in models/weights yet")
-def test_shipped_weights_beat_zero_filled(stream_host, tmp_path):
+def test_shipped_weights_beat_zero_filled(stream_host, tmp_path, monkeypatch):
     from models.metrics import psnr, ssim
     from simulator.scan import phantom_scan
 
     ref, tgt = phantom_scan("brain", ny=64, nx=64, slices=2, n_coils=8)
     mask = line_mask("equispaced", 64, 1, accel=4, seed=1)
-    xml = pipeline_text("sgfmri_multicontrast", MODULE, device="cpu", reference_store=tmp_path)
+    operate(monkeypatch, None, device="cpu", reference_store=tmp_path)
+    xml = pipeline_text("sgfmri_multicontrast", MODULE)
     r = run_session("127.0.0.1", stream_host.port, header=make_header(tgt, n_contrasts=2), config_text=xml,
                     items=exam_acquisitions([ref, tgt], [None, mask], calib_lines=(20, 44)), timeout=300)
     conv = {im.slice: pixels(im) for im in series(r.images, 0) if im.contrast == 1}
@@ -183,13 +185,13 @@ def test_shipped_weights_beat_zero_filled(stream_host, tmp_path):
         assert ssim(pixels(im), truth) > ssim(conv[s], truth) + 0.01
 
 
-def test_reference_crosses_gadgetron_processes_through_the_store(weights, tmp_path):
+def test_reference_crosses_gadgetron_processes_through_the_store(weights, tmp_path, monkeypatch):
     """As Gadgetron runs it: every scan in fresh `python -m gadgetron` processes, one after the other."""
     from pipelines.pipeline_config import parse_pipeline
     from simulator.gadgetron_parent import run_pipeline_as_externals
 
     ref, tgt = brain(uid="2.25.gadgetron", slices=1)
-    gadgets = parse_pipeline(_xml(weights, tmp_path)).gadgets
+    gadgets = parse_pipeline(_xml(monkeypatch, weights, tmp_path)).gadgets
     first, errors = run_pipeline_as_externals(gadgets, make_header(ref).toXML().encode(), acquisitions(ref))
     assert errors == [] and len(first) == 1 and first[0].meta["Role"] == "reference"
     second, errors = run_pipeline_as_externals(gadgets, make_header(tgt).toXML().encode(),

@@ -12,7 +12,7 @@ from pipelines.inference_client import InferenceClient, decode, encode, health
 from simulator.acquire import acquisitions, exam_acquisitions
 from simulator.client import Pacing, run_session
 from simulator.header import make_header
-from tests.dl_support import pipeline_text, pixels, series, start_service, stop, tiny_weights
+from tests.dl_support import operate, pipeline_text, pixels, series, start_service, stop, tiny_weights
 from tests.streams import small_cine
 
 MODULE = "gadgets.cine_kgmgt"
@@ -58,7 +58,7 @@ def test_health_and_a_request_the_model_rejects(service):
         kspace = np.zeros((1, 2, 16, 16), np.complex64)
         from gadgets.inference import InferenceError
 
-        with pytest.raises(InferenceError, match="coil maps"):  # maps do not match the k-space
+        with pytest.raises(InferenceError, match="maps must be"):  # maps do not match the k-space
             client.cine_batch(frames, kspace, np.ones((1, 16), bool), np.zeros((1, 3, 16, 16), np.complex64), False)
         # the service survives a bad request and a garbage message
         ctx = zmq.Context.instance()
@@ -79,10 +79,12 @@ def _scan(slices=2, frames=5, seed=0):
     return scan, line_mask("kt-uniform", 32, frames, accel=4, acs=4, seed=seed)
 
 
-def test_two_simultaneous_scans_through_the_service_match_in_process(stream_host, weights, service):
+def test_two_simultaneous_scans_through_the_service_match_in_process(stream_host, weights, service, monkeypatch):
     scans = [_scan(seed=0), _scan(slices=1, frames=6, seed=1)]
-    inproc_xml = pipeline_text("kgmgt_cine", MODULE, kgmgt_weights=weights["kgmgt"], device="cpu")
-    service_xml = pipeline_text("kgmgt_cine_service", MODULE, inference_endpoint=service, inference_timeout_ms=30000)
+    operate(monkeypatch, stream_host, kgmgt_weights=weights["kgmgt"], device="cpu", inference_endpoint=service,
+            inference_timeout_ms=30000)
+    inproc_xml = pipeline_text("kgmgt_cine", MODULE)
+    service_xml = pipeline_text("kgmgt_cine_service", MODULE)
     before = health(service)["counts"].get("cine", 0)
     results: list = [None, None]
 
@@ -111,12 +113,13 @@ def test_two_simultaneous_scans_through_the_service_match_in_process(stream_host
             np.testing.assert_allclose(pixels(x), pixels(y), rtol=1e-4, atol=1e-4 * pixels(y).max())
 
 
-def test_killing_the_service_mid_scan_still_yields_every_image(stream_host, weights):
+def test_killing_the_service_mid_scan_still_yields_every_image(stream_host, weights, monkeypatch):
     proc, endpoint = start_service(weights, models="kgmgt")
     scan, mask = _scan(slices=1, frames=10)
     # generous: a loaded 2-core machine can take seconds for one call; after the kill one call waits
     # this out, then the client fails fast for 2 s at a time (frames queue meanwhile and go as fallbacks)
-    xml = pipeline_text("kgmgt_cine_service", MODULE, inference_endpoint=endpoint, inference_timeout_ms=8000)
+    operate(monkeypatch, stream_host, inference_endpoint=endpoint, inference_timeout_ms=8000)
+    xml = pipeline_text("kgmgt_cine_service", MODULE)
     killed = threading.Event()
 
     def on_image(image):
@@ -150,14 +153,15 @@ def _brain_exam():
     return make_header(tgt, n_contrasts=2), list(exam_acquisitions([ref, tgt], [None, MASK]))
 
 
-def test_sgfmri_through_the_service_matches_in_process(stream_host, weights, service, tmp_path):
+def test_sgfmri_through_the_service_matches_in_process(stream_host, weights, service, tmp_path, monkeypatch):
     header, items = _brain_exam()
+    operate(monkeypatch, stream_host, inference_endpoint=service, inference_timeout_ms=60000,
+            sgfmri_weights=weights["sgfmri"], device="cpu", reference_store=tmp_path / "a")
     via = run_session("127.0.0.1", stream_host.port, header=header, items=items, config_text=pipeline_text(
-        "sgfmri_multicontrast_service", "gadgets.multicontrast", inference_endpoint=service, inference_timeout_ms=60000,
-        reference_store=tmp_path / "a"))
+        "sgfmri_multicontrast_service", "gadgets.multicontrast"))
+    operate(monkeypatch, stream_host, sgfmri_weights=weights["sgfmri"], device="cpu", reference_store=tmp_path / "b")
     local = run_session("127.0.0.1", stream_host.port, header=header, items=items, config_text=pipeline_text(
-        "sgfmri_multicontrast", "gadgets.multicontrast", sgfmri_weights=weights["sgfmri"], device="cpu",
-        reference_store=tmp_path / "b"))
+        "sgfmri_multicontrast", "gadgets.multicontrast"))
     a, b = series(via.images, 1), series(local.images, 1)
     assert len(a) == len(b) == 2
     for x, y in zip(a, b):
@@ -166,16 +170,17 @@ def test_sgfmri_through_the_service_matches_in_process(stream_host, weights, ser
         np.testing.assert_allclose(pixels(x), pixels(y), rtol=1e-4, atol=1e-4 * pixels(y).max())
 
 
-def test_service_without_a_model_serves_the_others_and_gadgets_fall_back(stream_host, weights, tmp_path):
+def test_service_without_a_model_serves_the_others_and_gadgets_fall_back(stream_host, weights, tmp_path, monkeypatch):
     broken = {"kgmgt": weights["kgmgt"], "sgfmri": tmp_path / "missing.safetensors"}
     proc, endpoint = start_service(broken, models="kgmgt,sgfmri")
     try:
         h = health(endpoint)
         assert "kgmgt" in h["models"] and "no weights" in h["unavailable"]["sgfmri"]
         header, items = _brain_exam()
+        operate(monkeypatch, stream_host, inference_endpoint=endpoint, inference_timeout_ms=60000,
+                reference_store=tmp_path / "store")
         r = run_session("127.0.0.1", stream_host.port, header=header, items=items, config_text=pipeline_text(
-            "sgfmri_multicontrast_service", "gadgets.multicontrast", inference_endpoint=endpoint,
-            inference_timeout_ms=60000, reference_store=tmp_path / "store"))
+            "sgfmri_multicontrast_service", "gadgets.multicontrast"))
     finally:
         stop(proc)
     assert r.closed and not r.texts and len(series(r.images, 0)) == 4
@@ -199,14 +204,15 @@ def test_health_check_from_the_command_line(service):
     assert dead.returncode == 1 and "no answer" in dead.stderr
 
 
-def test_gadgetron_external_processes_use_the_warm_service(weights, service):
+def test_gadgetron_external_processes_use_the_warm_service(weights, service, monkeypatch):
     """Contract 4 as deployed: Gadgetron's per-scan `python -m gadgetron` process reaches the warm service."""
     from pipelines.pipeline_config import parse_pipeline
     from simulator.gadgetron_parent import run_pipeline_as_externals
 
     scan, mask = _scan(slices=1, frames=3)
     before = health(service)["counts"].get("cine", 0)
-    xml = pipeline_text("kgmgt_cine_service", MODULE, inference_endpoint=service, inference_timeout_ms=30000)
+    operate(monkeypatch, None, inference_endpoint=service, inference_timeout_ms=30000)
+    xml = pipeline_text("kgmgt_cine_service", MODULE)
     items, errors = run_pipeline_as_externals(parse_pipeline(xml).gadgets, make_header(scan).toXML().encode(),
                                               acquisitions(scan, mask, calib_lines=CALIB))
     assert errors == []

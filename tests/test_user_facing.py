@@ -326,14 +326,13 @@ def test_ctrl_c_is_one_line(monkeypatch, capsys):
 # -- 3. fallbacks and latency in plain sight ----------------------------------------------
 
 
-def test_all_fallback_model_series_is_flagged_in_table_report_and_exit_code(stream_host, tmp_path, capsys):
-    from pipelines.pipeline_config import shipped_pipeline_with
+def test_all_fallback_model_series_is_flagged_in_table_report_and_exit_code(stream_host, tmp_path, capsys, monkeypatch):
+    from tests.dl_support import operate
 
-    cfg = tmp_path / "svc.xml"  # the service endpoint has nobody listening: every model image falls back
-    cfg.write_text(shipped_pipeline_with("kgmgt_cine_service", "gadgets.cine_kgmgt",
-                                         inference_endpoint=f"tcp://127.0.0.1:{_free_port()}", inference_timeout_ms=200))
-    code, out, err = _replay(["cine", "--port", str(stream_host.port), "--pipeline", "kgmgt_cine_service", "--config-text",
-                              str(cfg), "--matrix", "32", "--frames", "4", "--coils", "2", "--accel", "2",
+    # the operator's service endpoint has nobody listening: every model image falls back
+    operate(monkeypatch, stream_host, inference_endpoint=f"tcp://127.0.0.1:{_free_port()}", inference_timeout_ms=200)
+    code, out, err = _replay(["cine", "--port", str(stream_host.port), "--pipeline", "kgmgt_cine_service",
+                              "--matrix", "32", "--frames", "4", "--coils", "2", "--accel", "2",
                               "--out", str(tmp_path / "o")], capsys)
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     fb = rep["series"]["1"]["fallbacks"]

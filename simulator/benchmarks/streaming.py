@@ -66,7 +66,9 @@ def main(argv: list[str]) -> int:
     from models.inference import DEFAULT_WEIGHTS
     from models.masks import line_mask
     from models.weights import shipped_path
+    from gadgets import host_settings
     from pipelines.host import StreamHost
+    from pipelines.session import SessionOptions
     from pipelines.inference_client import health
     from simulator.acquire import acquisitions
     from simulator.benchmarks import machine
@@ -78,11 +80,10 @@ def main(argv: list[str]) -> int:
 
     weights = args.kgmgt_weights or str(shipped_path(DEFAULT_WEIGHTS["kgmgt"]))
     trained = Path(weights).with_suffix(".safetensors").exists()
-    gadget_props = {"device": args.device}
-    if trained:
-        gadget_props["kgmgt_weights"] = weights
-    else:
-        gadget_props["allow_random"] = "true"
+    # host operator settings (never pipeline properties): the in-process host's options, the child hosts' flags
+    operator = {"device": args.device, **({"kgmgt_weights": weights} if trained else {"allow_random": True})}
+    serve_flags = ["--device", args.device] + (["--kgmgt-weights", weights] if trained else ["--allow-random"])
+    gadget_props: dict = {}
     module = "gadgets.cine_kgmgt"
     n = args.matrix
     calib = (n // 2 - 3 * n // 16, n // 2 + 3 * n // 16)
@@ -111,7 +112,8 @@ def main(argv: list[str]) -> int:
         mask = line_mask("kt-uniform", scan.ny, scan.frames, accel=args.accel, acs=8)
         return make_header(scan), list(acquisitions(scan, mask, calib_lines=calib)), scan.frames
 
-    host = StreamHost("127.0.0.1", 0, idle_timeout_s=120)
+    host = StreamHost("127.0.0.1", 0, SessionOptions(operator=host_settings.load().with_values(**operator)),
+                      idle_timeout_s=120)
     host.preload_pipelines()
     host.start_background()
     record: dict = {}
@@ -161,13 +163,14 @@ def main(argv: list[str]) -> int:
                         raise RuntimeError("inference service did not start")
                     time.sleep(0.2)
             print(f"inference service ready in {time.perf_counter() - t0:.1f} s (models loaded in {h['load_s']:.1f} s)")
+            host.options.operator = host.options.operator.with_values(inference_endpoint=endpoint,
+                                                                      inference_timeout_ms=120000)
             for label, xml in (("model loaded by the gadget", shipped_pipeline_with("kgmgt_cine", module, **gadget_props)),
-                               ("warm inference service", shipped_pipeline_with("kgmgt_cine_service", module,
-                                                                         inference_endpoint=endpoint,
-                                                                         inference_timeout_ms=60000))):
+                               ("warm inference service", shipped_pipeline_with("kgmgt_cine_service", module))):
                 port = free_port()
                 host_proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port),
-                                              "--log-level", "WARNING"], env=python_env(),
+                                              "--log-level", "WARNING", *serve_flags, "--inference-endpoint", endpoint,
+                                              "--inference-timeout-ms", "60000"], env=python_env(),
                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 try:
                     wait_port(port, host_proc)
@@ -188,8 +191,7 @@ def main(argv: list[str]) -> int:
         header, acqs, _ = items(small)
         backends = [("in-process", shipped_pipeline_with("kgmgt_cine", module, **gadget_props))]
         if service_proc is not None:
-            backends.append(("service", shipped_pipeline_with("kgmgt_cine_service", module, inference_endpoint=endpoint,
-                                                      inference_timeout_ms=120000)))
+            backends.append(("service", shipped_pipeline_with("kgmgt_cine_service", module)))
         for label, xml in backends:
             for k in [int(x) for x in args.scanners.split(",")]:
                 results: list = [None] * k
