@@ -326,6 +326,11 @@ class KGMgT(nn.Module):
         super().__init__()
         self.cfg = cfg or KGMgTConfig.cpu_small()
         self.generator = KGMgTGenerator(self.cfg)
+        if self.cfg.inputs == "view-shared":
+            # A view-shared input is already close to the image: start as the identity (input + DC) and
+            # learn the correction, instead of first unlearning a random residual.
+            nn.init.zeros_(self.generator.tail.weight)
+            nn.init.zeros_(self.generator.tail.bias)
         self.dc = DataConsistency(self.cfg.dc_mode, self.cfg.dc_noise_weight,
                                   learnable=self.cfg.dc_learnable and self.cfg.dc_mode == "soft")
 

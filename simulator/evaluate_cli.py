@@ -1,13 +1,11 @@
 """``streamrecon evaluate``: score methods on the held-out real data; table + JSON + image strips.
 
-Cine (``--task cine``): the real cine ``cine/giraf_sax_cine25.mat`` (never
-trained on), magnitude given a smooth synthetic phase (seeded), 8 simulated
-coils (seeded synthetic maps), per-frame kt-Gaussian line masks with 8
-central lines at 4x, 8x, 10x (``--accels``), no added noise; coil maps
-estimated from the time-averaged undersampled k-space, as the gadgets do.
-Methods: zero-filled, CG-SENSE, temporal TV (torch Chambolle-Pock, 100
-iterations, lam tuned on the phantom, not on this cine), BART pics temporal TV
-when ``bart`` is on PATH, KGMgT (centred window) and KGMgT causal.
+Cine (``--task cine``): the validation split that training never touches
+(GIRAF and slices of the held-out Sunnybrook patient), every online and
+offline anchor and KGMgT centred and causal, as :mod:`simulator.cine_evaluation`
+describes; the anchors' results are cached (``--anchors-cache``) so a new
+network is scored against them without recomputing BART. Writes ``OUT/cine.md``
+(one table per mask configuration) and labelled strips.
 
 Multi-contrast (``--task pair``): the CDLMRI slices (patientA T1 -> T2,
 tumour T1_pre -> T2 and -> FLAIR), 256 x 256, 8 coils, variable-density
@@ -37,45 +35,75 @@ def _strip(images: list[np.ndarray], ref: np.ndarray, path: Path) -> None:
 
 
 def evaluate_cine(args, out: Path) -> list:
-    import torch
-    from models.baselines import bart_available, bart_pics, cg_sense, tv_temporal
-    from models.evaluate import measure, reconstruct_cine_with, score
+    """The cine validation (``simulator.cine_evaluation``): anchors (cached in ``--anchors-cache``) and KGMgT."""
+    from models.evaluate import measure, score
     from models.inference import load_model
-    from models.masks import line_mask
-    from models.synthetic import coil_maps, smooth_phase
-    from models.training_data import simulate_acquisition
-    from . import model_data
+    from . import cine_evaluation as ce
 
-    cine = model_data.load_cine()[: args.frames]
-    t, ny, nx = cine.shape
-    video = (cine * np.exp(1j * smooth_phase((ny, nx), seed=7, max_rad=np.pi))[None]).astype(np.complex64)
-    maps_true = coil_maps(8, ny, nx, seed=11)
-    rec = load_model("kgmgt", device=args.device, weights=args.kgmgt_weights, dc_method=args.dc_method)
-    scores, strips = [], {}
-    for accel in args.accels:
-        masks = line_mask("kt-gaussian", ny, t, accel=accel, acs=8, seed=int(accel * 100))
-        acq = simulate_acquisition(np.random.default_rng(0), video, masks, 8, 0.0, maps=maps_true)
-        ref, k, maps = acq["target"], acq["kspace"], acq["maps"]
-        methods = {
-            "zero-filled": lambda: acq["zero_filled"],
-            "CG-SENSE": lambda: cg_sense(k, masks, maps, lam=1e-3, iterations=15),
-            "TV-temporal (torch)": lambda: tv_temporal(k, masks, maps, lam=0.03, iterations=100),
-            f"KGMgT [{rec.version}, DC {rec.dc}]": lambda: reconstruct_cine_with(rec, acq["zero_filled"], k, masks, maps),
-            "KGMgT causal": lambda: reconstruct_cine_with(rec, acq["zero_filled"], k, masks, maps, causal=True),
-        }
-        if bart_available():
-            methods["BART pics TV"] = lambda: bart_pics(k, masks, maps, lam=0.01, iterations=100)
-        row_images = []
-        for name, fn in methods.items():
-            pred, sec, mem = measure(fn, args.device)
-            s = score(name, accel, pred, ref, sec, t, mem)
-            scores.append(s)
-            row_images.append(pred[t // 3])
-            print(f"cine {accel:g}x {name:28s} PSNR {s.psnr:6.2f} SSIM {s.ssim:.4f} {s.seconds_per_frame * 1e3:8.1f} ms/frame", flush=True)
-        _strip(row_images, ref[t // 3], out / f"strip_cine_{accel:g}x.png")
-    if not bart_available():
-        print("bart is not on PATH: BART pics TV not run (the torch temporal-TV solver stands in)")
-    return scores
+    cases = ce.validation_cases(tuple(args.sunnybrook_slices))
+    configs = [(c.split(":")[0], float(c.split(":")[1])) for c in args.cine_configs]
+    cache = args.anchors_cache or (out / "cine_anchors")
+    rows, images, extra = ([], {}, {})
+    if cache.with_suffix(".json").exists() and not args.recompute_anchors:
+        rows, images, extra = ce.load_cache(cache)
+        print(f"anchors from {cache}.json ({len(rows)} scores)")
+    bart_lambda = extra.get("bart_lambda")
+    done = {(r["case"], r["family"], r["accel"], r["method"]) for r in rows}
+    rec = None
+    if args.methods in ("models", "all"):
+        rec = load_model("kgmgt", device=args.device, weights=args.kgmgt_weights, dc_method=args.dc_method)
+    for fi, (family, accel) in enumerate(configs):
+        for ci, (name, cine) in enumerate(cases.items()):
+            a = ce.acquire(name, cine[: args.frames], family, accel, noise=args.noise)
+            t, key = len(a.kspace), f"{name}|{family}|{accel:g}"
+            images.setdefault(f"{key}|reference", a.reference[t // 3])
+            methods = {}
+            if args.methods in ("anchors", "all"):
+                if "bart_lambda" not in extra:
+                    bart_lambda, extra["bart_lambda_sweep"] = ce.choose_bart_lambda(a)
+                    extra["bart_lambda"] = bart_lambda
+                methods.update({m: f for m, f in ce.anchor_methods(a, bart_lambda).items()
+                                if (name, family, accel, m) not in done})
+            if rec is not None:
+                methods[f"KGMgT centred [{rec.version}]"] = lambda: ce.kgmgt_series(rec, a, causal=False)
+                methods[f"KGMgT causal [{rec.version}]"] = lambda: ce.kgmgt_series(rec, a, causal=True)
+            for method, fn in methods.items():
+                pred, sec, mem = measure(fn, args.device)
+                sc = score(method, accel, pred, a.reference, sec, t, mem, case=name, family=family,
+                           online=method not in ce.OFFLINE_ANCHORS)
+                rows = [r for r in rows if (r["case"], r["family"], r["accel"], r["method"]) != (name, family, accel, method)]
+                rows.append(sc.row())
+                images[f"{key}|{method}"] = pred[t // 3]
+                print(f"{name:20s} {family} {accel:g}x {method:42s} PSNR {sc.psnr:6.2f} SSIM {sc.ssim:.4f} "
+                      f"{sc.seconds_per_frame:7.3f} s/frame", flush=True)
+                if args.methods in ("anchors", "all") and not method.startswith("KGMgT"):
+                    ce.save_cache(cache, [r for r in rows if not r["method"].startswith("KGMgT")],
+                                  {k: v for k, v in images.items() if "|KGMgT" not in k}, extra)
+    for family, accel in configs:
+        for name in cases:
+            key = f"{name}|{family}|{accel:g}"
+            cols = {k.split("|")[-1]: v for k, v in images.items() if k.startswith(key + "|") and not k.endswith("|reference")}
+            if cols and f"{key}|reference" in images:
+                ce.strip(cols, images[f"{key}|reference"],
+                         out / f"strip_cine_{name.replace('/', '_')}_{family}_{accel:g}x.png")
+    (out / "cine.md").write_text(ce.cine_table(rows) + (f"\nBART lambda {bart_lambda:g} (sweep on the first case: "
+                                 f"{extra.get('bart_lambda_sweep')})\n" if bart_lambda else ""))
+    print(ce.cine_table(rows))
+    return [_Row(r) for r in rows]
+
+
+class _Row:
+    """A cached score row in the shape ``models.evaluate.markdown_table`` and the JSON writer expect."""
+
+    def __init__(self, row: dict) -> None:
+        self._row = row
+        self.method, self.accel, self.psnr, self.ssim = row["method"], row["accel"], row["psnr"], row["ssim"]
+        self.nmse, self.seconds_per_frame, self.peak_mib = row["nmse"], row["seconds_per_frame"], row.get("peak_mib")
+        self.extra = {k: v for k, v in row.items() if k not in
+                      ("method", "accel", "psnr", "ssim", "nmse", "seconds_per_frame", "peak_mib")}
+
+    def row(self) -> dict:
+        return self._row
 
 
 def evaluate_pairs(args, out: Path) -> list:
@@ -114,12 +142,24 @@ def evaluate_pairs(args, out: Path) -> list:
     return scores
 
 
+_CINE_CONFIGS = ("kt-gaussian:8", "vd-random:8", "kt-gaussian:4", "kt-gaussian:10")
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="streamrecon evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", choices=("cine", "pair", "all"), default="all")
-    p.add_argument("--accels", type=float, nargs="+", default=[4.0, 8.0, 10.0])
+    p.add_argument("--cine-configs", nargs="+", default=list(_CINE_CONFIGS),
+                   help="cine mask family:acceleration pairs")
+    p.add_argument("--sunnybrook-slices", type=int, nargs="+", default=[4, 6],
+                   help="slices of the held-out Sunnybrook patient in the cine validation")
+    p.add_argument("--methods", choices=("anchors", "models", "all"), default="all",
+                   help="cine: the classical anchors, the network, or both")
+    p.add_argument("--anchors-cache", type=Path, default=None,
+                   help="cine anchors' scores and images (reused when present; default OUT/cine_anchors)")
+    p.add_argument("--recompute-anchors", action="store_true", help="ignore the anchors cache")
+    p.add_argument("--noise", type=float, default=0.0, help="cine k-space noise std relative to the RMS k-space")
     p.add_argument("--pair-accels", type=float, nargs="+", default=[4.0, 8.0])
-    p.add_argument("--frames", type=int, default=25, help="use the first N frames of the cine")
+    p.add_argument("--frames", type=int, default=25, help="use the first N frames of each cine")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--kgmgt-weights", type=Path, default=None)

@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cine network inputs (default: view-shared with --data sunnybrook, else zero-filled)")
     p.add_argument("--cascades", type=int, default=None, help="KGMgT mentor/learner passes, each ending in DC")
     p.add_argument("--dc-on-input", action="store_true", help="KGMgT: DC the target input before the first pass")
+    p.add_argument("--dc-noise-weight", type=float, default=None,
+                   help="initial soft-DC weight lambda of a new network (learned; KGMgT default 100). With "
+                        "estimated maps, few coils and high acceleration a large lambda amplifies noise and map "
+                        "errors, and log(lambda) learns slowly at the usual learning rates: start near 1 there")
     p.add_argument("--cmrxrecon", type=Path, nargs="+", default=[])
     p.add_argument("--ismrmrd", type=Path, nargs="+", default=[])
     p.add_argument("--fastmri", type=Path, nargs="+", default=[])
@@ -196,6 +200,10 @@ def main(argv: list[str]) -> int:
         init_version = card.get("version")
         print(f"initialised from {args.init_weights} ({init_version}, {init_steps} steps)")
     else:
+        if args.model == "kgmgt" and (args.data == "sunnybrook" or args.inputs):
+            cfg.inputs = args.inputs or "view-shared"
+        if args.dc_noise_weight is not None:
+            cfg.dc_noise_weight = args.dc_noise_weight
         model = build_model(args.model, cfg.to_dict())
     if args.model == "kgmgt":
         if args.data == "sunnybrook" or args.inputs:

@@ -1,0 +1,204 @@
+"""The cine validation: KGMgT against the classical anchors on real hearts never trained on.
+
+Cases (``simulator.model_data``): the GIRAF human cine (25 frames, 192 x 156)
+and mid-ventricular slices of the held-out Sunnybrook patient
+(``SUNNYBROOK_VALIDATION``, 20 frames, 256 x 256). Each is given a smooth
+synthetic phase and 8 synthetic coils (seeded), sampled with per-frame line
+masks (16 ACS lines; kt-Gaussian and variable-density at 8x, kt-Gaussian at
+4x and 10x by default) and optional k-space noise, and played as one
+real-time pass: a frame's online methods see frames ``0..t`` (causal) or
+``0..t+1`` (centred), never later ones.
+
+Methods, all from the same k-space and the same estimated coil maps:
+
+- online (what a scanner can show during the scan): zero-filled SENSE,
+  view-sharing SENSE (centred and causal, :mod:`models.view_sharing`),
+  CG-SENSE per frame, temporal TV over the 3-frame window ``t-1, t, t+1``,
+  KGMgT centred and causal;
+- offline (the whole series, after the scan): temporal TV (torch
+  Chambolle-Pock) and BART ``pics -R T`` (when ``bart`` is on PATH), whose
+  lambda is chosen on the first case at the first configuration among
+  :data:`BART_LAMBDAS` and reported.
+
+Scores: magnitude PSNR/SSIM/NMSE against the fully sampled SENSE image over
+the full field of view, per frame then averaged (``models.evaluate``), and
+seconds per frame on this machine.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+BART_LAMBDAS = (0.003, 0.01, 0.03)
+DEFAULT_CONFIGS = ("kt-gaussian:8", "vd-random:8", "kt-gaussian:4", "kt-gaussian:10")
+SUNNYBROOK_SLICES = (4, 6)  # mid-ventricular slices of the validation patient
+ONLINE_ANCHORS = ("zero-filled SENSE", "view-sharing SENSE (centred)", "view-sharing SENSE (causal)", "CG-SENSE",
+                  "TV temporal, 3-frame window")
+OFFLINE_ANCHORS = ("TV temporal, whole series", "BART pics -R T, whole series")
+
+
+@dataclass
+class Acquisition:
+    case: str
+    family: str
+    accel: float
+    reference: np.ndarray   # (T, ny, nx) fully sampled SENSE image
+    kspace: np.ndarray      # (T, C, ny, nx)
+    masks: np.ndarray       # (T, ny)
+    maps: np.ndarray        # (C, ny, nx)
+    zero_filled: np.ndarray  # (T, ny, nx)
+
+
+def validation_cases(sunnybrook_slices: tuple[int, ...] = SUNNYBROOK_SLICES) -> dict[str, np.ndarray]:
+    """``{name: (T, ny, nx) float32 magnitude}`` of the validation split."""
+    from . import model_data
+
+    cases = {"GIRAF": model_data.load_cine()}
+    if model_data.have_sunnybrook():
+        for patient, cines in model_data.load_sunnybrook(model_data.SUNNYBROOK_VALIDATION).items():
+            for s in sunnybrook_slices:
+                if s < len(cines):
+                    cases[f"{patient}/slice{s}"] = cines[s]
+    return cases
+
+
+def acquire(case: str, cine: np.ndarray, family: str, accel: float, acs: int = 16, coils: int = 8,
+            noise: float = 0.0) -> Acquisition:
+    """One seeded real-time acquisition of a magnitude cine (same seeds for every method)."""
+    from models.masks import line_mask
+    from models.synthetic import coil_maps, smooth_phase
+    from models.training_data import simulate_acquisition
+
+    t, ny, nx = cine.shape
+    video = (cine * np.exp(1j * smooth_phase((ny, nx), seed=7, max_rad=np.pi))[None]).astype(np.complex64)
+    masks = line_mask(family, ny, t, accel=accel, acs=acs, seed=int(accel * 100) + len(family))
+    acq = simulate_acquisition(np.random.default_rng(0), video, masks, coils, noise, maps=coil_maps(coils, ny, nx, seed=11))
+    return Acquisition(case, family, accel, acq["target"], acq["kspace"], masks, acq["maps"], acq["zero_filled"])
+
+
+def view_shared_series(a: Acquisition, causal: bool) -> np.ndarray:
+    """View-sharing SENSE of every frame, as the stream has it (``t+1`` allowed when centred)."""
+    from models.cine_windows import window_inputs
+
+    return np.stack([window_inputs(a.kspace, a.masks, a.maps, t, causal)[0] for t in range(len(a.kspace))])
+
+
+def tv_window_series(a: Acquisition, lam: float = 0.03, iterations: int = 100) -> np.ndarray:
+    """Temporal TV over each 3-frame window ``t-1, t, t+1`` (as available), keeping frame ``t``."""
+    from models.baselines import tv_temporal
+    from models.cine_windows import window_order
+
+    n = len(a.kspace)
+    out = np.empty_like(a.zero_filled)
+    for t in range(n):
+        frames = sorted(set(window_order(t, n, causal=False)))
+        rec = tv_temporal(a.kspace[frames], a.masks[frames], a.maps, lam=lam, iterations=iterations)
+        out[t] = rec[frames.index(t)]
+    return out
+
+
+def kgmgt_series(rec, a: Acquisition, causal: bool, batch: int = 4) -> np.ndarray:
+    """A loaded KGMgT over every frame, with the window images its weights take."""
+    from models.cine_windows import window_inputs
+
+    n = len(a.kspace)
+    out = np.empty_like(a.zero_filled)
+    for start in range(0, n, batch):
+        idx = list(range(start, min(start + batch, n)))
+        frames = []
+        for t in idx:
+            f = window_inputs(a.kspace, a.masks, a.maps, t, causal, rec.inputs)  # model order
+            frames.append([f[2], f[1], f[0]] if causal else [f[1], f[0], f[2]])  # time order, as the gadget sends
+        out[idx] = rec.reconstruct_cine_batch(np.asarray(frames), a.kspace[idx], a.masks[idx],
+                                              np.repeat(a.maps[None], len(idx), 0), causal=causal)
+    return out
+
+
+def anchor_methods(a: Acquisition, bart_lambda: float | None) -> dict[str, Callable[[], np.ndarray]]:
+    from models.baselines import bart_available, bart_pics, cg_sense, tv_temporal
+
+    methods = {
+        "zero-filled SENSE": lambda: a.zero_filled,
+        "view-sharing SENSE (centred)": lambda: view_shared_series(a, causal=False),
+        "view-sharing SENSE (causal)": lambda: view_shared_series(a, causal=True),
+        "CG-SENSE": lambda: cg_sense(a.kspace, a.masks, a.maps, lam=1e-3, iterations=15),
+        "TV temporal, 3-frame window": lambda: tv_window_series(a),
+        "TV temporal, whole series": lambda: tv_temporal(a.kspace, a.masks, a.maps, lam=0.03, iterations=100),
+    }
+    if bart_available() and bart_lambda is not None:
+        methods["BART pics -R T, whole series"] = lambda: bart_pics(a.kspace, a.masks, a.maps, lam=bart_lambda)
+    return methods
+
+
+def choose_bart_lambda(a: Acquisition, log: Callable[[str], None] = print) -> tuple[float | None, dict]:
+    """The BART lambda of :data:`BART_LAMBDAS` with the best PSNR on ``a`` (the first case/configuration)."""
+    from models.baselines import bart_available, bart_pics
+    from models.metrics import psnr
+
+    if not bart_available():
+        log("bart is not on PATH (apt-get install bart): BART pics not run; the torch temporal TV stands in")
+        return None, {}
+    tried = {}
+    for lam in BART_LAMBDAS:
+        tried[lam] = psnr(bart_pics(a.kspace, a.masks, a.maps, lam=lam), a.reference)
+        log(f"BART lambda {lam:g}: PSNR {tried[lam]:.2f} dB on {a.case} {a.family} {a.accel:g}x")
+    best = max(tried, key=tried.get)
+    return best, {f"{k:g}": round(v, 3) for k, v in tried.items()}
+
+
+def strip(columns: dict[str, np.ndarray], reference: np.ndarray, path: Path) -> None:
+    """Labelled strip: reference and every method in columns, error maps (x5) below, one grey scale per row."""
+    from PIL import Image
+
+    from .results import ERROR_GAIN, _titled, _to_uint8
+
+    scale = float(np.percentile(np.abs(reference), 99.5))
+    top = [_titled(_to_uint8(reference, scale), "reference")]
+    bottom = [_titled(np.zeros_like(_to_uint8(reference, scale)), f"error x{ERROR_GAIN:g}")]
+    for name, image in columns.items():
+        top.append(_titled(_to_uint8(image, scale), name))
+        bottom.append(_titled(_to_uint8(np.abs(np.abs(image) - np.abs(reference)), scale / ERROR_GAIN), "error"))
+    Image.fromarray(np.concatenate([np.concatenate(top, 1), np.concatenate(bottom, 1)], 0)).save(path)
+
+
+def cine_table(rows: list[dict]) -> str:
+    """One markdown table per configuration: a row per method, PSNR/SSIM per case, means and time."""
+    out = []
+    configs = list(dict.fromkeys((r["family"], r["accel"]) for r in rows))
+    for family, accel in configs:
+        sel = [r for r in rows if (r["family"], r["accel"]) == (family, accel)]
+        cases = list(dict.fromkeys(r["case"] for r in sel))
+        out.append(f"**{family} {accel:g}x**, 8 coils, 16 ACS lines\n")
+        out.append("| method | " + " | ".join(f"{c} PSNR / SSIM" for c in cases) + " | mean PSNR dB | mean SSIM | s/frame |")
+        out.append("|---" * (len(cases) + 4) + "|")
+        for method in dict.fromkeys(r["method"] for r in sel):
+            mr = {r["case"]: r for r in sel if r["method"] == method}
+            cells = [f"{mr[c]['psnr']:.2f} / {mr[c]['ssim']:.3f}" if c in mr else "-" for c in cases]
+            vals = list(mr.values())
+            out.append(f"| {method} | " + " | ".join(cells) + f" | {np.mean([v['psnr'] for v in vals]):.2f} | "
+                       f"{np.mean([v['ssim'] for v in vals]):.3f} | {np.mean([v['seconds_per_frame'] for v in vals]):.3f} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def save_cache(path: Path, rows: list[dict], images: dict[str, np.ndarray], extra: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path.with_suffix(".npz"), **{k.replace("/", "|"): v for k, v in images.items()})
+    path.with_suffix(".json").write_text(json.dumps({"rows": rows, **extra}, indent=1))
+
+
+def load_cache(path: Path) -> tuple[list[dict], dict[str, np.ndarray], dict]:
+    data = json.loads(path.with_suffix(".json").read_text())
+    with np.load(path.with_suffix(".npz")) as z:
+        images = {k.replace("|", "/"): z[k] for k in z.files}
+    rows = data.pop("rows")
+    return rows, images, data
+
+
+__all__ = ["validation_cases", "acquire", "anchor_methods", "kgmgt_series", "view_shared_series", "tv_window_series",
+           "choose_bart_lambda", "strip", "Acquisition", "DEFAULT_CONFIGS", "ONLINE_ANCHORS", "OFFLINE_ANCHORS",
+           "BART_LAMBDAS", "save_cache", "load_cache", "cine_table"]
