@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cine network inputs (default: view-shared with --data sunnybrook, else zero-filled)")
     p.add_argument("--cascades", type=int, default=None, help="KGMgT mentor/learner passes, each ending in DC")
     p.add_argument("--dc-on-input", action="store_true", help="KGMgT: DC the target input before the first pass")
+    p.add_argument("--init-residual-scale", type=float, default=None,
+                   help="with --init-weights: scale the generator's output layer, so a network trained on other "
+                        "inputs starts near the identity (input + DC) but keeps its learned features")
     p.add_argument("--dc-noise-weight", type=float, default=None,
                    help="initial soft-DC weight lambda of a new network (learned; KGMgT default 100). With "
                         "estimated maps, few coils and high acceleration a large lambda amplifies noise and map "
@@ -212,6 +215,14 @@ def main(argv: list[str]) -> int:
             model.cfg.cascades = args.cascades
         if args.dc_on_input:
             model.cfg.dc_on_input = True
+        if args.init_weights and args.dc_noise_weight is not None:
+            import math
+            with torch.no_grad():
+                model.dc.log_noise_weight.fill_(math.log(args.dc_noise_weight))
+        if args.init_weights and args.init_residual_scale is not None:
+            with torch.no_grad():
+                model.generator.tail.weight.mul_(args.init_residual_scale)
+                model.generator.tail.bias.mul_(args.init_residual_scale)
     if args.dc_method != "gradient":
         from models.inference import _set_dc
         print(f"training DC: {_set_dc(model, args.dc_method, args.dc_iterations)}")

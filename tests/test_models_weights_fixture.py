@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.cine_windows import window_inputs
 from models.inference import DEFAULT_WEIGHTS, load_model
 from models.masks import line_mask
 from models.metrics import psnr
@@ -31,7 +32,8 @@ def cine_case() -> dict:
     acq = simulate_acquisition(np.random.default_rng(0), video, masks, 4, 0.0, maps=coil_maps(4, 48, 40, seed=2))
     rec = load_model("kgmgt")
     t = 3
-    out = rec.reconstruct_cine(acq["zero_filled"][[t - 1, t, t + 1]], acq["kspace"][t], masks[t], acq["maps"])
+    f = window_inputs(acq["kspace"], masks, acq["maps"], t, causal=False, inputs=rec.inputs)  # target, t-1, t+1
+    out = rec.reconstruct_cine(f[[1, 0, 2]], acq["kspace"][t], masks[t], acq["maps"])
     return {"version": rec.version, "psnr": psnr(out, acq["target"][t]),
             "zero_filled_psnr": psnr(acq["zero_filled"][t], acq["target"][t])}
 
