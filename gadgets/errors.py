@@ -16,6 +16,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .external_link import PeerGone, drain, harden
+
 log = logging.getLogger(__name__)
 
 GADGETRON_ERROR_ID = 8
@@ -49,16 +51,30 @@ def send_error(connection: Any, text: str) -> None:
 
 
 def reports_errors(gadget: Callable[[Any], None]) -> Callable[[Any], None]:
-    """Decorator: a gadget whose failures reach the scanner as an error message."""
+    """Decorator: a gadget whose failures reach the scanner as an error message.
+
+    Under Gadgetron the gadget's link is hardened first
+    (:mod:`gadgets.external_link`), and after a failure the gadget discards
+    its input until Gadgetron ends it: Gadgetron answers the error by
+    closing its side, and a gadget that stopped reading before that would
+    leave Gadgetron blocked writing to it, and the session hanging.
+    """
 
     @functools.wraps(gadget)
     def wrapper(connection: Any) -> None:
+        hardened = harden(connection)
         try:
             gadget(connection)
+        except PeerGone as exc:  # not this gadget's failure: a peer failed or went away
+            log.warning("%s.%s stopped: %s", gadget.__module__, gadget.__name__, exc)
+            if hardened:
+                drain(connection)
         except Exception as exc:
             text = f"{gadget.__module__}.{gadget.__name__} failed: {type(exc).__name__}: {exc}"
             log.exception(text)
             send_error(connection, text)
+            if hardened:
+                drain(connection)
             raise
 
     return wrapper

@@ -1,0 +1,144 @@
+"""Starting a real Gadgetron 4.x for tests and benchmarks.
+
+Finds an installed Gadgetron (``GADGETRON_PREFIX``, else ``/opt/gadgetron``,
+where ``../shared/tools/gadgetron/install.sh`` puts it), gives it a private
+home folder whose ``share/gadgetron/config`` holds the given pipeline XMLs
+(symlinks to the installed lib and the stock configs are not needed: every
+library is found through the binary's RUNPATH), and runs it on a free
+loopback port with this Python environment first on ``PATH``, the
+repository on ``PYTHONPATH`` and a tag in the environment, so the
+``python -m gadgetron`` processes it starts for ``<execute>`` nodes can be
+found afterwards (:func:`tagged_processes`).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .processes import ROOT, free_port, stop, wait_port
+
+DEFAULT_PREFIX = Path("/opt/gadgetron")
+TAG_VARIABLE = "STREAMRECON_GADGETRON_TAG"
+
+
+def gadgetron_prefix() -> Path | None:
+    """The installed Gadgetron's prefix, or None when there is none."""
+    prefix = Path(os.environ.get("GADGETRON_PREFIX", DEFAULT_PREFIX))
+    return prefix if (prefix / "bin" / "gadgetron").is_file() else None
+
+
+def missing_reason() -> str | None:
+    """Why a real Gadgetron cannot be run here, or None when it can."""
+    prefix = gadgetron_prefix()
+    if prefix is None:
+        where = os.environ.get("GADGETRON_PREFIX", DEFAULT_PREFIX)
+        return (f"no Gadgetron in {where} (install it with ../shared/tools/gadgetron/install.sh {DEFAULT_PREFIX}, "
+                f"or set GADGETRON_PREFIX)")
+    try:
+        subprocess.run([str(prefix / "bin" / "gadgetron"), "--info"], env=_env(prefix, ""), capture_output=True,
+                       timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"Gadgetron in {prefix} does not run: {exc}"
+    return None
+
+
+def _env(prefix: Path, tag: str) -> dict:
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(prefix / "lib"), env.get("LD_LIBRARY_PATH", "")) if p)
+    env.setdefault("GADGETRON_EXTERNAL_LOG_LEVEL", "WARNING")
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env[TAG_VARIABLE] = tag
+    return env
+
+
+@dataclass
+class GadgetronServer:
+    """A running Gadgetron; ``port`` is where clients connect, ``log_path`` its log."""
+
+    process: subprocess.Popen
+    port: int
+    home: Path
+    tag: str
+    log_path: Path
+    _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+
+    @property
+    def config_dir(self) -> Path:
+        return self.home / "share" / "gadgetron" / "config"
+
+    def add_pipeline(self, name: str, xml_text: str) -> str:
+        """Make ``xml_text`` available as CONFIG_FILE ``name``; returns the name."""
+        (self.config_dir / name).write_text(xml_text)
+        return name
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        stop(self.process)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def start_gadgetron(pipelines: dict[str, str] | None = None, port: int | None = None,
+                    timeout: float = 60.0) -> GadgetronServer:
+    """Start Gadgetron on a free loopback port with ``pipelines`` (name -> XML) plus the shipped ones."""
+    prefix = gadgetron_prefix()
+    if prefix is None:
+        raise RuntimeError(missing_reason() or "no Gadgetron installed")
+    tmp = tempfile.TemporaryDirectory(prefix="streamrecon-gadgetron-")
+    home = Path(tmp.name)
+    config = home / "share" / "gadgetron" / "config"
+    config.mkdir(parents=True)
+    for xml in (ROOT / "pipelines").glob("*.xml"):
+        shutil.copy(xml, config / xml.name)
+    for name, text in (pipelines or {}).items():
+        (config / name).write_text(text)
+    port = port or free_port()
+    tag = uuid.uuid4().hex
+    log_path = home / "gadgetron.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(prefix / "bin" / "gadgetron"), "-G", str(home), "-W", str(home / "work"),
+                                 "-p", str(port), "-d", "true"], env=_env(prefix, tag), stdout=log,
+                                stderr=subprocess.STDOUT, cwd=home)
+    server = GadgetronServer(proc, port, home, tag, log_path, tmp)
+    try:
+        wait_port(port, proc, timeout)
+    except RuntimeError as exc:
+        tail = server.log_tail()
+        server.stop()
+        raise RuntimeError(f"Gadgetron did not start: {exc}\n{tail}") from None
+    return server
+
+
+def tagged_processes(tag: str, marker: str = "-m gadgetron") -> list[tuple[int, str]]:
+    """``(pid, command line)`` of live processes started under the Gadgetron tagged ``tag``."""
+    found = []
+    needle = f"{TAG_VARIABLE}={tag}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            if marker not in cmdline:
+                continue
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append((int(entry.name), cmdline))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
+__all__ = ["GadgetronServer", "start_gadgetron", "gadgetron_prefix", "missing_reason", "tagged_processes"]
