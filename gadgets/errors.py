@@ -77,4 +77,5 @@ def reports_errors(gadget: Callable[[Any], None]) -> Callable[[Any], None]:
                 drain(connection)
             raise
 
+    wrapper.reports_errors = True  # hosts that wrap gadgets themselves need not report twice
     return wrapper

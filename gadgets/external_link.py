@@ -141,13 +141,14 @@ def harden(connection: Any) -> bool:
     when a gadget's worker thread and its main thread (reporting an error)
     send at once.
     """
-    link = getattr(connection, "socket", None)
-    if isinstance(link, SafeLink):
+    if getattr(connection, "hardened", False):
         return True
-    sock = getattr(link, "socket", None)
-    if not isinstance(sock, socket.socket):
-        return False
-    connection.socket = SafeLink(sock)
+    link = getattr(connection, "socket", None)
+    if not isinstance(link, SafeLink):
+        sock = getattr(link, "socket", None)
+        if not isinstance(sock, socket.socket):
+            return False
+        connection.socket = SafeLink(sock)
     lock = threading.RLock()
     unlocked_send = connection.send
 
@@ -156,6 +157,7 @@ def harden(connection: Any) -> bool:
             return unlocked_send(item)
 
     connection.send = send
+    connection.hardened = True
     return True
 
 

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("simulator.train_cli", "train a reconstruction network"),
     "evaluate": ("simulator.evaluate_cli", "score reconstruction methods against fully sampled references"),
     "infer-server": ("pipelines.inference_service", "long-lived ZeroMQ inference service"),
+    "gadget-server": ("pipelines.gadget_server", "warm gadgets for a real Gadgetron's <external><connect> nodes"),
 }
 
 
