@@ -18,8 +18,8 @@ the peer has taken no byte for ``stall_s`` seconds (Gadgetron reads every
 external's output into an unbounded queue, so a healthy peer never stalls a
 writer for more than moments). After either, the link writes nothing more:
 a message may have been cut in the middle, and more bytes would only be read
-as garbage. :func:`drain` then discards the input until the peer's CLOSE,
-so Gadgetron's writer to this gadget finishes and the session can end.
+as garbage. :func:`drain` discards the input until the peer's CLOSE, so
+Gadgetron's writer to this gadget finishes and the session can end.
 
 This is the only module of the gadgets that touches a socket, and only the
 one Gadgetron's launcher handed over: ``python -m gadgetron`` runs nothing
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 CLOSE_ID = 4
 DEFAULT_STALL_S = 5.0
-DEFAULT_DRAIN_IDLE_S = 30.0
+DEFAULT_DRAIN_IDLE_S = 60.0
 STALL_ENV = "STREAMRECON_PEER_STALL_S"
 
 

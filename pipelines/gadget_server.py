@@ -221,9 +221,9 @@ def run_gadget(spec: GadgetSpec, connection: Any) -> None:
     except PeerGone as exc:
         log.warning("%s stopped: %s", spec.label, exc)
         drain(connection)
-    except Exception as exc:
-        send_error(connection, f"{spec.label} failed: {type(exc).__name__}: {exc}")
+    except Exception as exc:  # same order as gadgets.errors.reports_errors: drain, then report
         drain(connection)
+        send_error(connection, f"{spec.label} failed: {type(exc).__name__}: {exc}")
         raise
 
 

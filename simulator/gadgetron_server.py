@@ -2,9 +2,9 @@
 
 Finds an installed Gadgetron (``GADGETRON_PREFIX``, else ``/opt/gadgetron``,
 where ``../shared/tools/gadgetron/install.sh`` puts it), gives it a private
-home folder whose ``share/gadgetron/config`` holds the given pipeline XMLs
-(symlinks to the installed lib and the stock configs are not needed: every
-library is found through the binary's RUNPATH), and runs it on a free
+home folder whose ``share/gadgetron/config`` holds the project's pipelines
+and any others given (the libraries are found through ``LD_LIBRARY_PATH``,
+so the installed tree is never written to), and runs it on a free
 loopback port with this Python environment first on ``PATH``, the
 repository on ``PYTHONPATH`` and a tag in the environment, so the
 ``python -m gadgetron`` processes it starts for ``<execute>`` nodes can be
@@ -92,9 +92,12 @@ class GadgetronServer:
             self._tmp = None
 
 
-def start_gadgetron(pipelines: dict[str, str] | None = None, port: int | None = None,
+def start_gadgetron(pipelines: dict[str, str] | None = None, port: int | None = None, env: dict | None = None,
                     timeout: float = 60.0) -> GadgetronServer:
-    """Start Gadgetron on a free loopback port with ``pipelines`` (name -> XML) plus the shipped ones."""
+    """Start Gadgetron on a free loopback port with ``pipelines`` (name -> XML) plus the shipped ones.
+
+    ``env`` adds variables to the environment Gadgetron and its Python nodes get.
+    """
     prefix = gadgetron_prefix()
     if prefix is None:
         raise RuntimeError(missing_reason() or "no Gadgetron installed")
@@ -111,7 +114,7 @@ def start_gadgetron(pipelines: dict[str, str] | None = None, port: int | None = 
     log_path = home / "gadgetron.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([str(prefix / "bin" / "gadgetron"), "-G", str(home), "-W", str(home / "work"),
-                                 "-p", str(port), "-d", "true"], env=_env(prefix, tag), stdout=log,
+                                 "-p", str(port), "-d", "true"], env={**_env(prefix, tag), **(env or {})}, stdout=log,
                                 stderr=subprocess.STDOUT, cwd=home)
     server = GadgetronServer(proc, port, home, tag, log_path, tmp)
     try:
@@ -141,4 +144,35 @@ def tagged_processes(tag: str, marker: str = "-m gadgetron") -> list[tuple[int, 
     return found
 
 
-__all__ = ["GadgetronServer", "start_gadgetron", "gadgetron_prefix", "missing_reason", "tagged_processes"]
+
+
+def run_ismrmrd_client(server: GadgetronServer, data_h5: Path, out_h5: Path, *, config: str | None = None,
+                       config_local: Path | None = None, timeout_s: float = 120.0) -> subprocess.CompletedProcess:
+    """Gadgetron's own ``gadgetron_ismrmrd_client``: ``data_h5`` through pipeline ``config`` (or a local file)."""
+    prefix = gadgetron_prefix()
+    assert prefix is not None
+    cmd = [str(prefix / "bin" / "gadgetron_ismrmrd_client"), "-a", "127.0.0.1", "-p", str(server.port),
+           "-f", str(data_h5), "-o", str(out_h5), "-G", "images", "-t", str(int(timeout_s * 1000))]
+    cmd += ["-C", str(config_local)] if config_local is not None else ["-c", str(config)]
+    return subprocess.run(cmd, env=_env(prefix, ""), capture_output=True, text=True, timeout=timeout_s + 30)
+
+
+def read_images_h5(path: Path, group: str = "images") -> list:
+    """Every ``ismrmrd.Image`` in ``path``'s ``group`` (one ``image_<series>`` subgroup per series)."""
+    import h5py
+    import ismrmrd
+
+    if not Path(path).exists():
+        return []
+    with h5py.File(path, "r") as f:
+        names = sorted(k for k in f[group].keys()) if group in f else []
+    if not names:
+        return []
+    dset = ismrmrd.Dataset(str(path), group, create_if_needed=False)
+    try:
+        return [dset.read_image(name, i) for name in names for i in range(dset.number_of_images(name))]
+    finally:
+        dset.close()
+
+__all__ = ["GadgetronServer", "start_gadgetron", "gadgetron_prefix", "missing_reason", "tagged_processes",
+           "run_ismrmrd_client", "read_images_h5"]
