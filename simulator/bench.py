@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "host": ("simulator.benchmarks.host_ingest", "host ingest throughput vs gadgetron.external.Connection; conventional frame latency"),
     "models": ("simulator.benchmarks.models_inference", "per-frame inference time, peak memory and parameter counts of the networks"),
     "stream": ("simulator.benchmarks.streaming", "frame latency and throughput of the deep-learning pipelines"),
+    "gadgetron": ("simulator.benchmarks.gadgetron_first_image", "first-image time under a real Gadgetron, execute vs connect vs embedded"),
 }
 
 

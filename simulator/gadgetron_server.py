@@ -146,14 +146,15 @@ def tagged_processes(tag: str, marker: str = "-m gadgetron") -> list[tuple[int, 
 
 
 
-def run_ismrmrd_client(server: GadgetronServer, data_h5: Path, out_h5: Path, *, config: str | None = None,
-                       config_local: Path | None = None, timeout_s: float = 120.0) -> subprocess.CompletedProcess:
-    """Gadgetron's own ``gadgetron_ismrmrd_client``: ``data_h5`` through pipeline ``config`` (or a local file)."""
+def run_ismrmrd_client(server: GadgetronServer, data_h5: Path, out_h5: Path, *, config: str,
+                       timeout_s: float = 120.0) -> subprocess.CompletedProcess:
+    """Gadgetron's own ``gadgetron_ismrmrd_client``: ``data_h5`` through the pipeline named ``config``."""
     prefix = gadgetron_prefix()
     assert prefix is not None
-    cmd = [str(prefix / "bin" / "gadgetron_ismrmrd_client"), "-a", "127.0.0.1", "-p", str(server.port),
+    # "localhost", not "127.0.0.1": this client aborts on a numeric address (4.7.2).
+    cmd = [str(prefix / "bin" / "gadgetron_ismrmrd_client"), "-a", "localhost", "-p", str(server.port),
            "-f", str(data_h5), "-o", str(out_h5), "-G", "images", "-t", str(int(timeout_s * 1000))]
-    cmd += ["-C", str(config_local)] if config_local is not None else ["-c", str(config)]
+    cmd += ["-c", config]
     return subprocess.run(cmd, env=_env(prefix, ""), capture_output=True, text=True, timeout=timeout_s + 30)
 
 

@@ -183,20 +183,19 @@ def test_every_shipped_pipeline_gives_the_embedded_hosts_images_under_gadgetron(
 
     data = tmp_path / "scan.h5"
     _write_h5(data, header, items)
-    local = None
-    if text:
-        local = tmp_path / f"{pipeline}.xml"
-        local.write_text(text)
+    name = gadgetron.add_pipeline(f"test_{pipeline}.xml", text) if text else f"{pipeline}.xml"
     with ThreadPoolExecutor(2) as pool:  # two sessions at once: Gadgetron serves them in parallel
         streamed = pool.submit(run_session, "127.0.0.1", gadgetron.port, header=header, items=items, timeout=90, **how)
-        client = pool.submit(run_ismrmrd_client, gadgetron, data, tmp_path / "out.h5",
-                             config=f"{pipeline}.xml", config_local=local)
+        client = pool.submit(run_ismrmrd_client, gadgetron, data, tmp_path / "out.h5", config=name)
         streamed, client = streamed.result(), client.result()
 
     log = gadgetron.log_tail()
     assert streamed.closed and not streamed.errors and not streamed.texts and not streamed.timed_out, \
         (streamed.errors, streamed.texts, log)
     assert_same(_results(streamed), _results(embedded), f"{pipeline} via the stream client")
+    if embedded.other:  # passthrough: gadgetron_ismrmrd_client aborts on acquisitions coming back (id 1008)
+        assert client.returncode != 0 and "Unknown Message ID" in client.stderr
+        return
     assert client.returncode == 0, client.stdout[-2000:] + client.stderr[-2000:]
     assert_same(read_images_h5(tmp_path / "out.h5"), embedded.images, f"{pipeline} via gadgetron_ismrmrd_client")
 
