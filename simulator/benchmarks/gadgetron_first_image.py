@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from models.masks import line_mask
 from simulator.acquire import acquisitions
 from simulator.benchmarks import machine
 from simulator.client import run_session
@@ -33,8 +34,6 @@ from simulator.gadgetron_server import missing_reason, start_gadgetron
 from simulator.header import make_header
 from simulator.processes import free_port, python_env, stop, wait_port
 from simulator.scan import phantom_scan
-
-from models.masks import line_mask
 
 
 def _scan(matrix: int, frames: int, coils: int):
