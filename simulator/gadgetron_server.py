@@ -147,13 +147,14 @@ def tagged_processes(tag: str, marker: str = "-m gadgetron") -> list[tuple[int, 
 
 
 def run_ismrmrd_client(server: GadgetronServer, data_h5: Path, out_h5: Path, *, config: str,
-                       timeout_s: float = 60.0) -> subprocess.CompletedProcess:
+                       timeout_s: float = 30.0) -> subprocess.CompletedProcess:
     """Gadgetron's own ``gadgetron_ismrmrd_client``: ``data_h5`` through the pipeline named ``config``.
 
     The 4.7.2 client now and then never sends its configuration: Gadgetron's
     log shows the connection waiting in [CONFIG] until the client gives up
-    with "write: Bad file descriptor" (about 1 run in 6 here, with any
-    pipeline). Such a run, which wrote no output, is tried once more.
+    with "write: Bad file descriptor" after ``timeout_s`` (seen with several
+    pipelines, up to 1 run in 6). Such a run, which wrote no images, is tried
+    once more.
     """
     prefix = gadgetron_prefix()
     assert prefix is not None
