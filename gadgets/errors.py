@@ -16,6 +16,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .external_link import PeerGone, drain, harden
+
 log = logging.getLogger(__name__)
 
 GADGETRON_ERROR_ID = 8
@@ -49,16 +51,36 @@ def send_error(connection: Any, text: str) -> None:
 
 
 def reports_errors(gadget: Callable[[Any], None]) -> Callable[[Any], None]:
-    """Decorator: a gadget whose failures reach the scanner as an error message."""
+    """Decorator: a gadget whose failures reach the scanner as an error message.
+
+    Under Gadgetron the gadget's link is hardened first
+    (:mod:`gadgets.external_link`), and a failed gadget reads and discards
+    the rest of its input until Gadgetron's CLOSE *before* it sends the
+    error. A gadget that stops reading leaves Gadgetron blocked writing to
+    it, and the session hangs. Sending the error first is not safe either:
+    Gadgetron 4.7.2 answers it by writing CLOSE from its reading thread while
+    its writing thread may be in the middle of an item, and the interleaved
+    bytes end the session without the error (1 run in 19 here). Gadgetron
+    reports node errors to the client only when the client's stream is over,
+    so reading the rest first costs the scanner nothing.
+    """
 
     @functools.wraps(gadget)
     def wrapper(connection: Any) -> None:
+        hardened = harden(connection)
         try:
             gadget(connection)
+        except PeerGone as exc:  # not this gadget's failure: a peer failed or went away
+            log.warning("%s.%s stopped: %s", gadget.__module__, gadget.__name__, exc)
+            if hardened:
+                drain(connection)
         except Exception as exc:
             text = f"{gadget.__module__}.{gadget.__name__} failed: {type(exc).__name__}: {exc}"
             log.exception(text)
+            if hardened:
+                drain(connection)
             send_error(connection, text)
             raise
 
+    wrapper.reports_errors = True  # hosts that wrap gadgets themselves need not report twice
     return wrapper

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("simulator.evaluate_cli", "score reconstruction methods against fully sampled references"),
     "infer-server": ("pipelines.inference_service", "long-lived ZeroMQ inference service"),
     "pipelines": ("pipelines.listing", "list the pipelines that --pipeline can name"),
+    "gadget-server": ("pipelines.gadget_server", "warm gadgets for a real Gadgetron's <external><connect> nodes"),
 }
 
 

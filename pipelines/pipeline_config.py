@@ -6,7 +6,7 @@ stream names a Python gadget (``<execute name="MODULE" target="TARGET"
 type="python"/>``) and carries its own ``<configuration>`` of
 ``<property name= value=>`` children. Anything this host cannot run (a C++
 ``<gadget>``, ``<parallel>``/``<distributed>`` blocks, an ``<external>``
-that connects to an already running process) is refused by name, as are
+that only connects to an already running process) is refused by name, as are
 modules outside the allowed packages: a pipeline arrives over the network,
 and importing whatever module it names would let any client run any code
 installed on the reconstruction server.
@@ -133,6 +133,8 @@ def parse_pipeline(xml_text: str | bytes, name: str = "CONFIG_TEXT", max_nodes: 
 
 
 def _external(node: ET.Element, pipeline: str) -> GadgetSpec:
+    # A connect-mode node (pipelines/*_connect.xml) also names its gadget in
+    # <execute>: Gadgetron connects, this host runs the gadget in process.
     execute = next((c for c in node if _tag(c) == "execute"), None)
     if execute is None:
         if any(_tag(c) == "connect" for c in node):

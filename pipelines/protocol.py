@@ -33,6 +33,13 @@ MESSAGE_NAMES = {
     ERROR: "ERROR", ACQUISITION: "ACQUISITION", IMAGE: "IMAGE", WAVEFORM: "WAVEFORM",
 }
 
+# The <version> of the ISMRMRD XML header that ISMRMRD 1.14 (Gadgetron 4.7)
+# writes and demands: its C++ serialiser refuses any other value when
+# Gadgetron hands the header to <external> nodes. Scanners and older tools
+# send other versions (or none); the embedded host accepts them all and says
+# so in its log, since nothing it does depends on the number.
+ISMRMRD_HEADER_VERSION = 14
+
 _ACQ_HEADER_SIZE = ctypes.sizeof(ismrmrd.AcquisitionHeader)
 _IMAGE_HEADER_SIZE = ctypes.sizeof(ismrmrd.ImageHeader)
 _WAVEFORM_HEADER_SIZE = ctypes.sizeof(ismrmrd.WaveformHeader)

@@ -23,8 +23,8 @@ from gadgets import host_settings
 from .chain import Chain
 from .pipeline_config import (DEFAULT_GADGET_PACKAGES, PipelineError, pipeline_from_config_file,
                               pipeline_from_config_text)
-from .protocol import (ACQUISITION, CLOSE, CONFIG_FILE, CONFIG_TEXT, ERROR, HEADER, IMAGE, MESSAGE_NAMES, TEXT,
-                       WAVEFORM, Limits, MessageReader, MessageWriter, ProtocolError, StreamEnded, TruncatedMessage)
+from .protocol import (ACQUISITION, CLOSE, CONFIG_FILE, CONFIG_TEXT, ERROR, HEADER, IMAGE, ISMRMRD_HEADER_VERSION,
+                       MESSAGE_NAMES, TEXT, WAVEFORM, Limits, MessageReader, MessageWriter, ProtocolError, StreamEnded, TruncatedMessage)
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,9 @@ class Session:
             return
         log.info("%s: running pipeline %s (%s)", self.label, pipeline.name,
                  " -> ".join(g.label for g in pipeline.gadgets))
+        if getattr(header.header, "version", None) != ISMRMRD_HEADER_VERSION:
+            log.info("%s: accepted ISMRMRD header version %s (ISMRMRD 1.14 and Gadgetron 4.7 require %d)",
+                     self.label, getattr(header.header, "version", None), ISMRMRD_HEADER_VERSION)
 
         # 2. Data through the chain; results written back as they come.
         chain = Chain(pipeline.gadgets, header.header, header.xml, label=self.label, operator_settings=settings)

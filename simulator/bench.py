@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "models": ("simulator.benchmarks.models_inference", "per-frame inference time, peak memory and parameter counts of the networks"),
     "stream": ("simulator.benchmarks.streaming", "frame latency and throughput of the deep-learning pipelines"),
     "soak": ("simulator.benchmarks.soak", "several scanners and hostile sessions for minutes; host RSS, threads, fds"),
+    "gadgetron": ("simulator.benchmarks.gadgetron_first_image", "first-image time under a real Gadgetron, execute vs connect vs embedded"),
 }
 
 

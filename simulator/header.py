@@ -11,6 +11,8 @@ import datetime as _dt
 import ismrmrd.xsd as x
 from xsdata.models.datatype import XmlDate, XmlTime
 
+from pipelines.protocol import ISMRMRD_HEADER_VERSION
+
 from .scan import Scan
 
 GYROMAGNETIC_MHZ_PER_T = 42.577478
@@ -110,7 +112,7 @@ def make_header(scan: Scan, *, accel: float = 1.0, calib_lines: int = 0, n_contr
         userParameterString=[x.userParameterStringType(name="time_dimension", value=scan.time_dimension)],
     )
     return x.ismrmrdHeader(
-        version=1,
+        version=ISMRMRD_HEADER_VERSION,  # Gadgetron refuses headers of other versions
         subjectInformation=x.subjectInformationType(patientID="SIMULATED", patientName="streamrecon^phantom"),
         studyInformation=x.studyInformationType(studyDescription="streamrecon simulated exam"),
         measurementInformation=x.measurementInformationType(
