@@ -70,9 +70,11 @@ def connect_pipelines(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def gadgetron(store, connect_pipelines):
+def gadgetron(store, connect_pipelines, service):
+    # the host operator's settings reach Gadgetron's Python nodes through its environment
     server = start_gadgetron({p.name: p.read_text() for p in connect_pipelines.glob("*.xml")},
-                             env={"STREAMRECON_PEER_STALL_S": str(STALL_S), "STREAMRECON_REFERENCE_STORE": str(store)})
+                             env={"STREAMRECON_PEER_STALL_S": str(STALL_S), "STREAMRECON_REFERENCE_STORE": str(store),
+                                  "STREAMRECON_INFERENCE_ENDPOINT": service})
     yield server
     server.stop()
 
@@ -127,14 +129,6 @@ def scan_for(pipeline: str):
 SHIPPED = sorted(p.stem for p in PIPELINES.glob("*.xml"))
 
 
-def _pipeline_xml(name: str, service_endpoint: str | None) -> str | None:
-    """CONFIG_TEXT for pipelines that name a host endpoint (the service's); None: send the name."""
-    if "service" not in name:
-        return None
-    module = "gadgets.multicontrast" if name.startswith("sgfmri") else "gadgets.cine_kgmgt"
-    return shipped_pipeline_with(name, module, inference_endpoint=service_endpoint)
-
-
 def _key(item) -> tuple:
     if isinstance(item, ismrmrd.Image):
         return (int(item.image_series_index), int(item.slice), int(item.contrast), int(item.phase),
@@ -171,10 +165,12 @@ def _results(result) -> list:
 # ------------------------------------------------------------------------------------------ parity
 @pytest.mark.parametrize("pipeline", SHIPPED)
 def test_every_shipped_pipeline_gives_the_embedded_hosts_images_under_gadgetron(
-        pipeline, gadgetron, gadget_server, service, stream_host, tmp_path):
+        pipeline, gadgetron, gadget_server, service, stream_host, tmp_path, monkeypatch):
+    from tests.dl_support import operate
+
+    operate(monkeypatch, stream_host, inference_endpoint=service)  # Gadgetron got it in its environment
     header, items = scan_for(pipeline)
-    text = _pipeline_xml(pipeline, service)
-    how = {"config_text": text} if text else {"config_file": f"{pipeline}.xml"}
+    how = {"config_file": f"{pipeline}.xml"}
     embedded = run_session("127.0.0.1", stream_host.port, header=header, items=items, timeout=60, **how)
     assert not embedded.errors and not embedded.texts and embedded.closed, (embedded.errors, embedded.texts)
     if pipeline != "ingest_sink":
@@ -182,7 +178,7 @@ def test_every_shipped_pipeline_gives_the_embedded_hosts_images_under_gadgetron(
 
     data = tmp_path / "scan.h5"
     _write_h5(data, header, items)
-    name = gadgetron.add_pipeline(f"test_{pipeline}.xml", text) if text else f"{pipeline}.xml"
+    name = f"{pipeline}.xml"
     streamed = run_session("127.0.0.1", gadgetron.port, header=header, items=items, timeout=90, **how)
     client = run_ismrmrd_client(gadgetron, data, tmp_path / "out.h5", config=name)
 
