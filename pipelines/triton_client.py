@@ -136,7 +136,9 @@ class TritonClient(InferenceClient):
                 for entry in stats.get("model_stats", []):
                     counts[m] = {"inference_count": int(entry.get("inference_count", 0)),
                                  "execution_count": int(entry.get("execution_count", 0))}
-        return {"ok": True, "status": "ready" if live and ready else "not ready", "live": bool(live),
+        # Triton reports itself ready before PyTriton has bound the models: ready means all of them
+        ok = live and ready and all(models.values())
+        return {"ok": True, "status": "ready" if ok else "not ready", "live": bool(live),
                 "ready": bool(ready), "models": models, "counts": counts}
 
     def _ask_info(self, client, model: str, timeout: int) -> dict[str, Any]:
