@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.pipeline_config import shipped_pipeline_with as pipeline_text  # noqa: F401  (tests import it from here)
-from simulator.processes import free_port, python_env, stop  # noqa: F401
+from simulator.processes import (free_port, python_env, start_triton_server, stop, stop_group,  # noqa: F401
+                                 triton_python)
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = ROOT / "pipelines"
@@ -89,83 +90,10 @@ def operate(monkeypatch, host=None, **settings):
     return chosen
 
 
-TRITON_PYTHON_ENV = "STREAMRECON_TRITON_PYTHON"
-
-
-def triton_python() -> tuple[str | None, str]:
-    """The Python that can run ``streamrecon triton-server`` (PyTriton installed), or None and why not.
-
-    PyTriton pins numpy<2, so it lives in its own environment: ``$STREAMRECON_TRITON_PYTHON``,
-    else ``.venv-triton`` (``make triton-env``), else this interpreter.
-    """
-    import os
-
-    candidates = [os.environ.get(TRITON_PYTHON_ENV, ""), str(ROOT / ".venv-triton" / "bin" / "python"), sys.executable]
-    tried = []
-    for python in filter(None, candidates):
-        if not Path(python).exists():
-            tried.append(f"{python}: absent")
-            continue
-        probe = subprocess.run([python, "-c", "import pytriton.triton"], capture_output=True, text=True, timeout=120)
-        if probe.returncode == 0:
-            return python, ""
-        tried.append(f"{python}: {(probe.stderr.strip().splitlines() or ['cannot import pytriton'])[-1]}")
-    return None, ("PyTriton is not installed (`make triton-env` installs it into .venv-triton; it needs glibc >= 2.35): "
-                  + "; ".join(tried))
-
 
 def start_triton(python: str, weights: dict[str, Path], models: str = "kgmgt,sgfmri", extra: list[str] | None = None,
                  timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
-    """``streamrecon triton-server`` in its own process group on free ports; returns (process, gRPC endpoint) once ready."""
-    from pipelines.triton_client import health
-
-    grpc, http, metrics = free_port(), free_port(), free_port()
-    endpoint = f"127.0.0.1:{grpc}"
-    cmd = [python, "-m", "pipelines.cli", "triton-server", "--grpc-port", str(grpc), "--http-port", str(http),
-           "--metrics-port", str(metrics), "--device", "cpu", "--models", models,
-           "--kgmgt-weights", str(weights["kgmgt"]), "--sgfmri-weights", str(weights["sgfmri"]),
-           "--log-level", "WARNING"] + (extra or [])
-    # its own process group: PyTriton starts tritonserver and stub processes that must go with it
-    proc = subprocess.Popen(cmd, env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"triton-server exited with {proc.returncode}: {proc.stderr.read().decode()[-3000:]}")
-        try:
-            if health(endpoint, timeout_ms=1000)["status"] == "ready":
-                return proc, endpoint
-        except Exception:
-            pass
-        time.sleep(0.5)
-    stop_group(proc, kill=True)
-    raise RuntimeError("triton-server did not become ready")
-
-
-def stop_group(proc: subprocess.Popen, kill: bool = False) -> None:
-    """End the process group ``proc`` leads (SIGKILL at once with ``kill``; else SIGTERM, SIGKILL after 20 s)."""
-    import os
-    import signal
-
-    try:
-        os.killpg(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    # the group's other members (tritonserver, stubs, PyTriton's shared-memory tracker) may outlive
-    # their leader by a moment while they clean up; then they go
-    deadline = time.monotonic() + 10
-    try:
-        while time.monotonic() < deadline:
-            os.killpg(proc.pid, 0)
-            time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    if kill:  # a killed PyTriton cannot remove its tensor store's shared memory (named after its pid)
-        for leftover in Path("/dev/shm").glob(f"pytrtion{proc.pid}-*"):
-            leftover.unlink(missing_ok=True)
+    """``streamrecon triton-server`` on the tiny weights, on free loopback ports; (process, gRPC endpoint) once ready."""
+    return start_triton_server(python, ["--device", "cpu", "--models", models, "--kgmgt-weights", str(weights["kgmgt"]),
+                                        "--sgfmri-weights", str(weights["sgfmri"]), "--log-level", "WARNING"]
+                               + (extra or []), timeout)
