@@ -419,44 +419,57 @@ def markdown(record: dict[str, Any]) -> str:
     v = record["versions"]
     lines = [f"# streamrecon bench gpu ({record['mode']}), {record['date']}", "",
              f"Command: `{record['command']}`", "",
-             f"Machine: {v['machine']}; Python {v['python']}, torch {v['torch']}, CUDA {v['cuda']}, cuDNN {v['cudnn']}",
+             f"Machine: {v['machine']}; Python {v['python']}, torch {v['torch']}, CUDA {v['cuda']}, cuDNN {v['cudnn']}; "
+             f"load average {v['load_average_1min']:.2f} at start",
              f"Weights: {record['weights']}", f"Wall time: {record['wall_s']:.0f} s", ""]
     if record.get("note"):
         lines += [f"Note: {record['note']}", ""]
-    lines += ["## 1. Model time per frame (ms, host arrays in and out, DC included)", "",
-              "| model | matrix | coils | batch | p50 | p95 | DC p50 | peak MiB |", "|---|---|---|---|---|---|---|---|"]
-    for r in record["models"]:
-        if "ms_per_frame" in r:
-            lines.append(f"| {r['model']} | {r['matrix']} | {r['coils']} | {r['batch']} | {r['ms_per_frame']['p50']} | "
-                         f"{r['ms_per_frame']['p95']} | {r['dc_ms_per_frame']['p50']} | {r['peak_mib'] if r['peak_mib'] is not None else '-'} |")
-        else:
-            lines.append(f"| {r['model']} | {r['matrix']} | {r['coils']} | {r['batch']} | {r.get('skipped') or r.get('error')} | | | |")
-    lines += ["", "## 2. Precision (autocast)", "", "| model | precision | ms/frame p50 | PSNR dB | change dB |", "|---|---|---|---|---|"]
-    for r in record["precision"]:
-        if "ms_per_frame" in r:
-            lines.append(f"| {r['model']} | {r['precision']} | {r['ms_per_frame']['p50']} | {r['psnr_db']} | {r['psnr_change_db']} |")
-        else:
-            lines.append(f"| {r['model']} | {r['precision']} | {r.get('skipped') or r.get('error')} | | |")
-    lines += ["", "## 3. torch.compile and CUDA graphs", ""]
-    for r in record["compile"]:
-        lines.append(f"- {r.get('variant', '')}: " + (f"first call {r['first_call_s']} s, p50 {r['ms_per_frame']['p50']} ms, "
-                                                      f"p95 {r['ms_per_frame']['p95']} ms" if "ms_per_frame" in r
-                                                      else str(r.get("skipped") or r.get("error"))))
-    lines += ["", "## 4. Frame latency through the embedded host (ms)", "",
-              "| scanners | matrix | coils | frame ms | KGMgT p50 | p95 | max | conventional p50 | fallbacks |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for r in record["latency"]:
-        if "kgmgt_latency_ms" in r:
-            m, c = r["kgmgt_latency_ms"], r["conventional_latency_ms"]
-            lines.append(f"| {r['scanners']} | {r['matrix']} | {r['coils']} | {r['frame_ms']} | {m['p50']} | {m['p95']} | "
-                         f"{m['max']} | {c['p50']} | {r['fallbacks']} |")
-        else:
-            lines.append(f"| {r['scanners']} | {r.get('skipped')} | | | | | | | |")
+    why = lambda r: str(r.get("skipped") or r.get("error"))  # noqa: E731
+    if record["models"]:
+        lines += ["## 1. Model time per frame (ms, host arrays in and out, DC included)", "",
+                  "| model | matrix | coils | batch | p50 | p95 | DC p50 | peak MiB |", "|---|---|---|---|---|---|---|---|"]
+        for r in record["models"]:
+            if "ms_per_frame" in r:
+                lines.append(f"| {r['model']} | {r['matrix']} | {r['coils']} | {r['batch']} | {r['ms_per_frame']['p50']} | "
+                             f"{r['ms_per_frame']['p95']} | {r['dc_ms_per_frame']['p50']} | "
+                             f"{r['peak_mib'] if r['peak_mib'] is not None else '-'} |")
+            else:
+                lines.append(f"| {r['model']} | {r['matrix']} | {r['coils']} | {r['batch']} | {why(r)} | | | |")
+        lines.append("")
+    if record["precision"]:
+        lines += ["## 2. Precision (autocast)", "", "| model | precision | ms/frame p50 | PSNR dB | change dB |",
+                  "|---|---|---|---|---|"]
+        for r in record["precision"]:
+            if "ms_per_frame" in r:
+                lines.append(f"| {r['model']} | {r['precision']} | {r['ms_per_frame']['p50']} | {r['psnr_db']} | "
+                             f"{r['psnr_change_db']} |")
+            else:
+                lines.append(f"| {r['model']} | {r['precision']} | {why(r)} | | |")
+        lines.append("")
+    if record["compile"]:
+        lines += ["## 3. torch.compile and CUDA graphs", ""]
+        for r in record["compile"]:
+            lines.append(f"- {r.get('variant', 'all')}: " + (
+                f"first call {r['first_call_s']} s, p50 {r['ms_per_frame']['p50']} ms, p95 {r['ms_per_frame']['p95']} ms"
+                if "ms_per_frame" in r else why(r)))
+        lines.append("")
+    if record["latency"]:
+        lines += ["## 4. Frame latency through the embedded host (ms)", "",
+                  "| scanners | matrix | coils | frame ms | KGMgT p50 | p95 | max | conventional p50 | fallbacks |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in record["latency"]:
+            if "kgmgt_latency_ms" in r:
+                m, c = r["kgmgt_latency_ms"], r["conventional_latency_ms"]
+                lines.append(f"| {r['scanners']} | {r['matrix']} | {r['coils']} | {r['frame_ms']} | {m['p50']} | "
+                             f"{m['p95']} | {m['max']} | {c['p50']} | {r['fallbacks']} |")
+            else:
+                lines.append(f"| {r['scanners']} | {why(r)} | | | | | | | |")
+        lines.append("")
     if record["cpu"]:
-        lines += ["", "## 5. CPU settings, KGMgT centred, 8 coils, batch 1 (s/frame)", "", "| matrix | variant | s/frame |",
-                  "|---|---|---|"]
+        lines += ["## 5. CPU settings, KGMgT centred, 8 coils, batch 1 (s/frame, median of 3 calls)", "",
+                  "| matrix | variant | s/frame |", "|---|---|---|"]
         for r in record["cpu"]:
-            lines.append(f"| {r['matrix']} | {r['variant']} | {r.get('s_per_frame', r.get('skipped') or r.get('error'))} |")
+            lines.append(f"| {r['matrix']} | {r['variant']} | {r.get('s_per_frame', why(r))} |")
     return "\n".join(lines) + "\n"
 
 
