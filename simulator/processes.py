@@ -104,23 +104,44 @@ def start_triton_server(python: str, args: list[str], timeout: float = 180.0) ->
     raise RuntimeError("triton-server did not become ready")
 
 
+def _group_members(pgid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live processes in process group ``pgid`` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                out.append((int(stat.parent.name), (stat.parent / "cmdline").read_bytes().decode(errors="replace")))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
 def stop_group(proc: subprocess.Popen, kill: bool = False) -> None:
-    """End the process group ``proc`` leads (SIGKILL at once with ``kill``; else SIGTERM, SIGKILL after 20 s)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
-    except ProcessLookupError:
-        return
+    """End the process group ``proc`` leads: SIGTERM (its leader shuts the rest down), or with ``kill`` SIGKILL,
+    as a crash would; SIGKILL for whatever is left after 20 s."""
+    if kill:
+        # a crash as the host sees it, except that multiprocessing's resource tracker is left to
+        # notice its parent's death and remove the shared memory it tracked (nothing else would)
+        for pid, cmdline in _group_members(proc.pid):
+            if "resource_tracker" not in cmdline:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    else:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
     try:
         proc.wait(20)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
-    # the group's other members (tritonserver, stubs, PyTriton's shared-memory tracker) may outlive
-    # their leader by a moment while they clean up; then they go
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20  # the members left clean up and go; then they are made to
     try:
-        while time.monotonic() < deadline:
-            os.killpg(proc.pid, 0)
+        while time.monotonic() < deadline and _group_members(proc.pid):
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
