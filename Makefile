@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup triton-env test-deps demo test bench clean
 
 setup: $(STAMP)
 
@@ -20,11 +20,31 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The Triton server's own environment (`streamrecon triton-server`): PyTriton 0.7.0
+# bundles tritonserver (needs glibc >= 2.35) and pins numpy<2, so it lives apart
+# from .venv; gadgets reach it with tritonclient from .venv.
+TRITON_VENV := .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed
+
+triton-env: $(TRITON_STAMP)
+
+$(TRITON_STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet --upgrade pip
+	$(TRITON_VENV)/bin/pip install --quiet torch==2.13.0
+	$(TRITON_VENV)/bin/pip install --quiet -e '.[triton]'
+	touch $(TRITON_STAMP)
+
 demo: setup
 	$(BIN)/streamrecon demo
 
-test: setup
+# Real Gadgetron, PyTriton, dicom3tools, BART for the tests that use them (best effort: each one
+# that cannot be installed leaves its tests skipped with the reason).
+test-deps: setup
+	.ci/test-deps
+
+test: setup test-deps
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) *.egg-info out
+	rm -rf $(VENV) $(TRITON_VENV) *.egg-info out

@@ -58,6 +58,8 @@ SETTINGS: tuple[Setting, ...] = (
             "inference service endpoint of the pipelines with inference=service"),
     Setting("inference_timeout_ms", float, 0.0,
             "service reply timeout; 0 derives it from the model time the service measured"),
+    Setting("triton_endpoint", str, "127.0.0.1:8001",
+            "Triton server (gRPC host:port) of the pipelines with inference=triton"),
     Setting("device", str, "auto", "in-process inference device: cpu, cuda, cuda:N or auto"),
     Setting("cpu_threads", int, 1, "torch threads for in-process CPU inference (process-wide)"),
     Setting("kgmgt_weights", str, "", "KGMgT .safetensors for in-process inference (default: the shipped set)"),

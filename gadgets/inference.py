@@ -9,8 +9,11 @@ Two backends answer the same three calls:
 - the inference service client (``pipelines.inference_client``), chosen by
   the pipeline property ``inference="service"``; the endpoint is the host
   operator's setting ``inference_endpoint`` (:mod:`gadgets.host_settings`).
-  It is imported by name with :mod:`importlib`, so no gadget module imports
-  socket code statically (gadgets know no sockets; ``pipelines`` does).
+- the Triton client (``pipelines.triton_client``, ``inference="triton"``):
+  NVIDIA Triton Inference Server over gRPC at the operator's ``triton_endpoint``.
+
+The clients are imported by name with :mod:`importlib`, so no gadget module
+imports socket code statically (gadgets know no sockets; ``pipelines`` does).
 
 Calls (NumPy in, NumPy out, shapes as in :mod:`models.inference`)::
 
@@ -37,7 +40,8 @@ from . import host_settings, properties
 log = logging.getLogger(__name__)
 
 CLIENT_MODULE = "pipelines.inference_client"
-INFERENCE_CHOICES = ("in-process", "service")
+TRITON_MODULE = "pipelines.triton_client"
+INFERENCE_CHOICES = ("in-process", "service", "triton")
 
 
 class InferenceError(RuntimeError):
@@ -143,8 +147,8 @@ class InProcessBackend:
 def backend_from_config(config: Any, settings: host_settings.OperatorSettings | None = None) -> Backend:
     """The backend a gadget's configuration chooses, set up from the host operator's settings.
 
-    The pipeline chooses only ``inference`` ("in-process", the default, or
-    "service"); the endpoint, timeout, device, threads, weights and
+    The pipeline chooses only ``inference`` ("in-process", the default,
+    "service" or "triton"); the endpoints, timeout, device, threads, weights and
     ``allow_random`` are operator settings (:mod:`gadgets.host_settings`), and a
     configuration that names one is refused.
     """
@@ -156,6 +160,9 @@ def backend_from_config(config: Any, settings: host_settings.OperatorSettings | 
     if choice == "service":
         module = importlib.import_module(CLIENT_MODULE)
         return module.InferenceClient(settings.inference_endpoint, timeout_ms=settings.inference_timeout_ms)
+    if choice == "triton":
+        module = importlib.import_module(TRITON_MODULE)
+        return module.TritonClient(settings.triton_endpoint, timeout_ms=settings.inference_timeout_ms)
     return InProcessBackend(
         device=settings.device,
         weights={"kgmgt": settings.kgmgt_weights or None, "sgfmri": settings.sgfmri_weights or None},

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("simulator.train_cli", "train a reconstruction network"),
     "evaluate": ("simulator.evaluate_cli", "score reconstruction methods against fully sampled references"),
     "infer-server": ("pipelines.inference_service", "long-lived ZeroMQ inference service"),
+    "triton-server": ("pipelines.triton_server", "the models on NVIDIA Triton Inference Server (PyTriton)"),
     "pipelines": ("pipelines.listing", "list the pipelines that --pipeline can name"),
     "gadget-server": ("pipelines.gadget_server", "warm gadgets for a real Gadgetron's <external><connect> nodes"),
 }

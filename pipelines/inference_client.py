@@ -94,6 +94,7 @@ class InferenceClient:
     AUTO_FACTOR = 4.0
     AUTO_MAX_MS = 120000.0
     INFO_TIMEOUT_MS = 2000
+    kind = "inference service"  # how errors and fallback reasons name the server
 
     def __init__(self, endpoint: str, timeout_ms: float = 0, retry_after_s: float = 2.0,
                  context: zmq.Context | None = None) -> None:
@@ -102,7 +103,7 @@ class InferenceClient:
         self._ms_per_mpixel: dict[str, float] = {}
         self.retry_after_s = retry_after_s
         self.label = f"service {endpoint}"
-        self._ctx = context or zmq.Context.instance()
+        self._ctx = context
         self._ids = itertools.count(1)
         self._socket: zmq.Socket | None = None
         self._down_until = 0.0
@@ -112,7 +113,7 @@ class InferenceClient:
 
     def _connect(self) -> zmq.Socket:
         if self._socket is None:
-            s = self._ctx.socket(zmq.DEALER)
+            s = (self._ctx or zmq.Context.instance()).socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
             s.connect(self.endpoint)
             self._socket = s
@@ -125,33 +126,44 @@ class InferenceClient:
 
     def request(self, header: dict[str, Any], arrays: dict[str, np.ndarray | None] | None = None,
                 timeout_ms: int | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """One exchange with the server; every failure is an :class:`InferenceError`.
+
+        After a transport failure (no answer, connection refused) further calls
+        fail at once for ``retry_after_s``: a dead server costs a scan one
+        timeout, not one per frame.
+        """
         now = time.monotonic()
         if now < self._down_until:
-            raise InferenceError(f"inference service {self.endpoint} unavailable ({self._down_reason}); "
+            raise InferenceError(f"{self.kind} {self.endpoint} unavailable ({self._down_reason}); "
                                  f"retrying in {self._down_until - now:.1f} s")
-        rid = f"{self._tag}-{next(self._ids)}"
-        sock = self._connect()
         timeout = timeout_ms if timeout_ms is not None else (self.timeout_ms if self.timeout_ms > 0 else self.INFO_TIMEOUT_MS)
         try:
-            sock.send_multipart(encode({**header, "id": rid}, arrays or {}), copy=False)
-            deadline = time.monotonic() + timeout / 1000.0
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0 or not sock.poll(max(1, int(left * 1000))):
-                    raise TimeoutError(f"no answer within {timeout} ms")
-                reply, out = decode(sock.recv_multipart())
-                if reply.get("id") == rid:
-                    break
-                log.debug("discarding a late answer %s", reply.get("id"))
+            reply, out = self._exchange(header, arrays or {}, timeout)
         except Exception as exc:
             self._reset()
             self._down_reason = f"{type(exc).__name__}: {exc}"
             self._down_until = time.monotonic() + self.retry_after_s
-            log.warning("inference service %s: %s", self.endpoint, self._down_reason)
-            raise InferenceError(f"inference service {self.endpoint}: {self._down_reason}") from exc
+            log.warning("%s %s: %s", self.kind, self.endpoint, self._down_reason)
+            raise InferenceError(f"{self.kind} {self.endpoint}: {self._down_reason}") from exc
         if not reply.get("ok"):
-            raise InferenceError(f"inference service {self.endpoint}: {reply.get('error', 'unknown error')}")
+            raise InferenceError(f"{self.kind} {self.endpoint}: {reply.get('error', 'unknown error')}")
         return reply, out
+
+    def _exchange(self, header: dict[str, Any], arrays: dict[str, np.ndarray | None],
+                  timeout: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Send one request and wait up to ``timeout`` ms for its answer (raises on any transport failure)."""
+        rid = f"{self._tag}-{next(self._ids)}"
+        sock = self._connect()
+        sock.send_multipart(encode({**header, "id": rid}, arrays), copy=False)
+        deadline = time.monotonic() + timeout / 1000.0
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sock.poll(max(1, int(left * 1000))):
+                raise TimeoutError(f"no answer within {timeout} ms")
+            reply, out = decode(sock.recv_multipart())
+            if reply.get("id") == rid:
+                return reply, out
+            log.debug("discarding a late answer %s", reply.get("id"))
 
     def _timeout_for(self, model: str, pixels: int) -> tuple[int, str]:
         """The reply timeout for ``pixels`` of ``model`` work, and how it was chosen (for the log)."""

@@ -97,25 +97,22 @@ def validate(header: Any, arrays: dict[str, np.ndarray], limits: RequestLimits) 
         raise ValueError(f"mask must be bool ({b}, {ny}) or ({b}, {ny}, {nx}), got {m.dtype} {m.shape}")
 
 
-class InferenceService:
-    """The ROUTER loop; ``serve_forever()`` in the foreground or ``start_background()`` for tests.
+class ModelSet:
+    """The served models, loaded and warmed once, with their measured time; runs one batch of requests.
 
-    The socket's thread only receives, validates and replies (health and info
-    at once, whatever the models are doing); model work runs on its own
-    thread, which hands the replies back over an in-process socket.
+    Shared by the ZeroMQ service and the Triton server (:mod:`pipelines.triton_server`),
+    so both serve the same models the same way.
     """
 
-    def __init__(self, bind: str = "tcp://127.0.0.1:5555", models: Sequence[str] = ("kgmgt", "sgfmri"),
-                 device: str = "auto", weights: dict[str, str | None] | None = None, allow_random: bool = False,
-                 batch_window_ms: float = 4.0, max_batch: int = 16, cpu_threads: int = 1,
-                 limits: RequestLimits | None = None) -> None:
+    def __init__(self, models: Sequence[str] = ("kgmgt", "sgfmri"), device: str = "auto",
+                 weights: dict[str, str | None] | None = None, allow_random: bool = False,
+                 cpu_threads: int = 1) -> None:
         self.weights = dict(weights or {})
-        self.limits = limits or RequestLimits()
-        self.models = {}
+        self.models: dict[str, Any] = {}
         self.unavailable: dict[str, str] = {}
         self.ms_per_mpixel: dict[str, float] = {}  # measured model time, for the clients' timeouts
         t0 = time.perf_counter()
-        for name in models:  # load before binding: once the port answers, the models are warm
+        for name in models:
             try:
                 self.models[name] = cached_model(name, device, self.weights.get(name), allow_random, cpu_threads)
                 self._warm_up(name)
@@ -126,26 +123,6 @@ class InferenceService:
         if not self.models:
             raise RuntimeError(f"no model could be loaded: {self.unavailable}")
         self.load_s = time.perf_counter() - t0
-        self.batch_window_s = batch_window_ms / 1000.0
-        self.max_batch = max_batch
-        self.ctx = zmq.Context()
-        self.socket = self.ctx.socket(zmq.ROUTER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
-        if bind.endswith(":0"):
-            port = self.socket.bind_to_random_port(bind.rsplit(":", 1)[0])
-            bind = f"{bind.rsplit(':', 1)[0]}:{port}"
-        else:
-            self.socket.bind(bind)
-        self.endpoint = bind
-        self._inproc = f"inproc://replies-{id(self):x}"
-        self._replies = self.ctx.socket(zmq.PULL)
-        self._replies.bind(self._inproc)
-        self._work: queue.Queue = queue.Queue(maxsize=self.limits.max_queued)
-        self.started = time.time()
-        self.counts = defaultdict(int)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def _warm_up(self, name: str) -> None:
         """One small call, so the first scan does not pay for it and clients get a measured time."""
@@ -167,6 +144,70 @@ class InferenceService:
         old = self.ms_per_mpixel.get(name)
         self.ms_per_mpixel[name] = rate if old is None else 0.7 * old + 0.3 * rate
 
+    def run(self, op: str, causal: bool, requests: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+        """Validated requests of one op, mode and shape as one model call; one ``(b, ny, nx)`` image stack each.
+
+        Raises whatever the model raises (the caller answers every request of the batch with it).
+        """
+        model = "kgmgt" if op == "cine" else "sgfmri"
+        rec = self.models[model]
+        sizes = [len(a["kspace"]) for a in requests]
+        cat = lambda name: np.concatenate([a[name] for a in requests])  # noqa: E731
+        t0 = time.perf_counter()
+        if op == "cine":
+            images = rec.reconstruct_cine_batch(cat("frames"), cat("kspace"), cat("mask"), cat("maps"), causal=causal)
+        else:
+            ref = cat("reference") if "reference" in requests[0] else None
+            images = rec.reconstruct_pair_batch(ref, cat("target"), cat("kspace"), cat("mask"), cat("maps"))
+        ny, nx = requests[0]["kspace"].shape[-2:]
+        self._measured(model, time.perf_counter() - t0, sum(sizes) * ny * nx)
+        bounds = np.cumsum([0] + sizes)
+        return [images[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    @staticmethod
+    def group_key(op: str, arrays: dict[str, np.ndarray], causal: bool = False) -> tuple:
+        """Requests with equal keys can run as one batch (same op, mode, optional inputs and item shapes)."""
+        shapes = tuple((n, a.shape[1:], a.dtype.name) for n, a in sorted(arrays.items()))
+        return op, bool(causal), "reference" in arrays, shapes
+
+
+class InferenceService:
+    """The ROUTER loop; ``serve_forever()`` in the foreground or ``start_background()`` for tests.
+
+    The socket's thread only receives, validates and replies (health and info
+    at once, whatever the models are doing); model work runs on its own
+    thread, which hands the replies back over an in-process socket.
+    """
+
+    def __init__(self, bind: str = "tcp://127.0.0.1:5555", models: Sequence[str] = ("kgmgt", "sgfmri"),
+                 device: str = "auto", weights: dict[str, str | None] | None = None, allow_random: bool = False,
+                 batch_window_ms: float = 4.0, max_batch: int = 16, cpu_threads: int = 1,
+                 limits: RequestLimits | None = None) -> None:
+        self.limits = limits or RequestLimits()
+        self.model_set = ModelSet(models, device, weights, allow_random, cpu_threads)  # loaded before binding
+        self.models, self.unavailable = self.model_set.models, self.model_set.unavailable
+        self.ms_per_mpixel, self.load_s = self.model_set.ms_per_mpixel, self.model_set.load_s
+        self.batch_window_s = batch_window_ms / 1000.0
+        self.max_batch = max_batch
+        self.ctx = zmq.Context()
+        self.socket = self.ctx.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
+        if bind.endswith(":0"):
+            port = self.socket.bind_to_random_port(bind.rsplit(":", 1)[0])
+            bind = f"{bind.rsplit(':', 1)[0]}:{port}"
+        else:
+            self.socket.bind(bind)
+        self.endpoint = bind
+        self._inproc = f"inproc://replies-{id(self):x}"
+        self._replies = self.ctx.socket(zmq.PULL)
+        self._replies.bind(self._inproc)
+        self._work: queue.Queue = queue.Queue(maxsize=self.limits.max_queued)
+        self.started = time.time()
+        self.counts = defaultdict(int)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
     # ------------------------------------------------------------ replies
     def _reply(self, identity: bytes, header: dict, arrays: dict | None = None) -> None:
         self.socket.send_multipart([identity] + encode(header, arrays or {}), copy=False)
@@ -180,42 +221,28 @@ class InferenceService:
     # ------------------------------------------------------------ model work (its own thread)
     @staticmethod
     def _group_key(header: dict, arrays: dict) -> tuple:
-        shapes = tuple((n, a.shape[1:], a.dtype.name) for n, a in sorted(arrays.items()))
-        return header.get("op"), bool(header.get("causal", False)), "reference" in arrays, shapes
+        return ModelSet.group_key(header.get("op"), arrays, header.get("causal", False))
 
     def _run_group(self, op: str, causal: bool, items: list[tuple[bytes, dict, dict]], out: zmq.Socket) -> None:
         def send(identity: bytes, header: dict, arrays: dict | None = None) -> None:
             out.send_multipart([identity] + encode(header, arrays or {}), copy=False)
 
-        sizes = [len(a["kspace"]) for _, _, a in items]
         model = "kgmgt" if op == "cine" else "sgfmri"
-        t0 = time.perf_counter()
         try:
-            mask = np.concatenate([a["mask"] for _, _, a in items])
-            cat = lambda name: np.concatenate([a[name] for _, _, a in items])  # noqa: E731
-            rec = self.models[model]
-            if op == "cine":
-                out_images = rec.reconstruct_cine_batch(cat("frames"), cat("kspace"), mask, cat("maps"), causal=causal)
-            else:
-                ref = cat("reference") if "reference" in items[0][2] else None
-                out_images = rec.reconstruct_pair_batch(ref, cat("target"), cat("kspace"), mask, cat("maps"))
+            images = self.model_set.run(op, causal, [a for _, _, a in items])
         except Exception as exc:
             log.warning("%s batch of %d failed: %s: %s", op, len(items), type(exc).__name__, exc)
             self.counts["errors"] += len(items)
             for identity, header, _ in items:
                 send(identity, {"ok": False, "id": header.get("id"), "error": f"{type(exc).__name__}: {exc}"})
             return
-        ny, nx = items[0][2]["kspace"].shape[-2:]
-        self._measured(model, time.perf_counter() - t0, sum(sizes) * ny * nx)
-        self.counts[op] += sum(sizes)  # images
+        self.counts[op] += sum(len(im) for im in images)  # images
         self.counts[f"{op}_requests"] += len(items)
         self.counts["batches"] += 1
         self.counts["max_batch_requests"] = max(self.counts["max_batch_requests"], len(items))
-        start = 0
-        for (identity, header, _), n in zip(items, sizes):
+        for (identity, header, _), image in zip(items, images):
             send(identity, {"ok": True, "id": header.get("id"), "batch": len(items),
-                            "ms_per_mpixel": self.ms_per_mpixel[model]}, {"image": out_images[start:start + n]})
-            start += n
+                            "ms_per_mpixel": self.ms_per_mpixel[model]}, {"image": image})
 
     def _model_loop(self) -> None:
         out = self.ctx.socket(zmq.PUSH)

@@ -14,6 +14,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "host": ("simulator.benchmarks.host_ingest", "host ingest throughput vs gadgetron.external.Connection; conventional frame latency"),
     "models": ("simulator.benchmarks.models_inference", "per-frame inference time, peak memory and parameter counts of the networks"),
     "stream": ("simulator.benchmarks.streaming", "frame latency and throughput of the deep-learning pipelines"),
+    "gpu": ("simulator.benchmarks.gpu", "real-time figures on one device in one run: model time, DC, precision, compile, latency"),
+    "backends": ("simulator.benchmarks.backends", "1, 2, 4 concurrent scans through Triton vs the ZeroMQ service vs in-process"),
     "soak": ("simulator.benchmarks.soak", "several scanners and hostile sessions for minutes; host RSS, threads, fds"),
     "gadgetron": ("simulator.benchmarks.gadgetron_first_image", "first-image time under a real Gadgetron, execute vs connect vs embedded"),
 }

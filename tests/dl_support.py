@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.pipeline_config import shipped_pipeline_with as pipeline_text  # noqa: F401  (tests import it from here)
-from simulator.processes import free_port, python_env, stop  # noqa: F401
+from simulator.processes import (free_port, python_env, start_triton_server, stop, stop_group,  # noqa: F401
+                                 triton_python)
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = ROOT / "pipelines"
@@ -87,3 +88,12 @@ def operate(monkeypatch, host=None, **settings):
     if host is not None:
         monkeypatch.setattr(host.options, "operator", chosen)
     return chosen
+
+
+
+def start_triton(python: str, weights: dict[str, Path], models: str = "kgmgt,sgfmri", extra: list[str] | None = None,
+                 timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
+    """``streamrecon triton-server`` on the tiny weights, on free loopback ports; (process, gRPC endpoint) once ready."""
+    return start_triton_server(python, ["--device", "cpu", "--models", models, "--kgmgt-weights", str(weights["kgmgt"]),
+                                        "--sgfmri-weights", str(weights["sgfmri"]), "--log-level", "WARNING"]
+                               + (extra or []), timeout)
