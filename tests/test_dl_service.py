@@ -153,11 +153,9 @@ def _brain_exam():
 def test_sgfmri_through_the_service_matches_in_process(stream_host, weights, service, tmp_path):
     header, items = _brain_exam()
     via = run_session("127.0.0.1", stream_host.port, header=header, items=items, config_text=pipeline_text(
-        "sgfmri_multicontrast_service", "gadgets.multicontrast", inference_endpoint=service, inference_timeout_ms=60000,
-        reference_store=tmp_path / "a"))
+        "sgfmri_multicontrast_service", "gadgets.multicontrast", inference_endpoint=service, inference_timeout_ms=60000))
     local = run_session("127.0.0.1", stream_host.port, header=header, items=items, config_text=pipeline_text(
-        "sgfmri_multicontrast", "gadgets.multicontrast", sgfmri_weights=weights["sgfmri"], device="cpu",
-        reference_store=tmp_path / "b"))
+        "sgfmri_multicontrast", "gadgets.multicontrast", sgfmri_weights=weights["sgfmri"], device="cpu"))
     a, b = series(via.images, 1), series(local.images, 1)
     assert len(a) == len(b) == 2
     for x, y in zip(a, b):
@@ -175,7 +173,7 @@ def test_service_without_a_model_serves_the_others_and_gadgets_fall_back(stream_
         header, items = _brain_exam()
         r = run_session("127.0.0.1", stream_host.port, header=header, items=items, config_text=pipeline_text(
             "sgfmri_multicontrast_service", "gadgets.multicontrast", inference_endpoint=endpoint,
-            inference_timeout_ms=60000, reference_store=tmp_path / "store"))
+            inference_timeout_ms=60000))
     finally:
         stop(proc)
     assert r.closed and not r.texts and len(series(r.images, 0)) == 4
