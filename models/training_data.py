@@ -303,13 +303,13 @@ class PairSampler:
         ref, tgt = augment_geometry(rng, [ref.astype(np.float32), tgt.astype(np.float32)], self.size,
                                     min_crop=self.min_crop)
         tgt = (tgt / max(float(np.abs(tgt).max()), 1e-8)) * np.exp(1j * smooth_random_phase(rng, self.size))
-        ref = self._reference(rng, ref)
         ny = self.size[0]
         masks, _ = sample_line_masks(rng, ny, 1, float(rng.uniform(*s.accel)), s.acs(ny), s.families)
         acq = simulate_acquisition(rng, tgt[None].astype(np.complex64), masks,
                                    int(rng.integers(s.coils[0], s.coils[1] + 1)), float(rng.uniform(*s.noise)))
         sc = _scale(acq["zero_filled"][0])
         has_ref = rng.random() >= self.reference_dropout
+        ref = self._reference(rng, ref)  # drawn last: the target's simulation is the same with or without it
         return {"target_zf": acq["zero_filled"][0] / sc, "reference": (ref if has_ref else 0 * ref).astype(np.complex64),
                 "target_image": acq["target"][0] / sc, "kspace": acq["kspace"][0] / sc, "mask": masks[0],
                 "maps": acq["maps"], "has_reference": np.float32(has_ref)}

@@ -13,7 +13,7 @@ import pytest
 import ismrmrd
 
 from gadgets.multicontrast import rigid_shift, shift_image
-from gadgets.reference_store import ReferenceStore, StoreSettings, identity_hash
+from gadgets.reference_store import ReferenceStore, StoreSettings, identity_hash, store_key
 from models.masks import line_mask
 from models.phantoms import brain_pair
 from pipelines.host import StreamHost
@@ -188,6 +188,11 @@ def _reflag(items, pattern: str):
 def served(tmp_path_factory):
     """`streamrecon serve --reference-store DIR` in its own process: the host's command line names the store."""
     store = tmp_path_factory.mktemp("served") / "references"
+    seeded = ReferenceStore(StoreSettings(store))
+    for name, age in (("stale", 7201.0), ("fresh", 10.0)):  # the host's default age limit is 7200 s
+        card = seeded.put(name, "2.25.seeded", (0.0, 0.0, 0.0), np.ones((4, 4), np.complex64))
+        info = json.loads(card.read_text())
+        card.write_text(json.dumps({**info, "stored_unix": time.time() - age}))
     port = free_port()
     env = python_env()
     env.pop("STREAMRECON_REFERENCE_STORE", None)
@@ -201,12 +206,20 @@ def served(tmp_path_factory):
         stop(proc)
 
 
+def test_serve_purges_references_past_their_age_at_start(served):
+    _, store = served
+    seeded = ReferenceStore(StoreSettings(store))
+    assert seeded.get("stale", "2.25.seeded", (0.0, 0.0, 0.0))[0] is None
+    assert not (store / (store_key("stale", "2.25.seeded", (0.0, 0.0, 0.0)) + ".npz")).exists()
+    assert seeded.get("fresh", "2.25.seeded", (0.0, 0.0, 0.0))[0] is not None
+
+
 @pytest.mark.parametrize("pattern,slices", [("scanner", 1), ("scanner", 2), ("generator", 2), ("bare", 2)])
 def test_reference_completes_before_its_target_through_serve(served, weights, pattern, slices):
     port, store = served
     ref, tgt = brain(slices=slices, uid=f"2.25.order.{pattern}.{slices}")
-    if pattern == "scanner" and slices == 1:
-        assert not list(store.glob("*.npz"))  # the first scan meets an empty store
+    if pattern == "scanner" and slices == 1:  # the first scan meets a store with nothing of this frame of reference
+        assert all(json.loads(c.read_text())["frame_of_reference_uid"] == "2.25.seeded" for c in store.glob("*.json"))
     items = _reflag(exam_acquisitions([ref, tgt], [None, MASK], calib_lines=CALIB), pattern)
     r = run_session("127.0.0.1", port, header=make_header(tgt, n_contrasts=2), items=items,
                     config_text=_xml(weights))
