@@ -32,6 +32,14 @@ log = logging.getLogger(__name__)
 FrameKey = tuple[int, int, int, int]  # slice, contrast, set, time
 
 _CALIBRATION_FLAGS = (ismrmrd.ACQ_IS_PARALLEL_CALIBRATION, ismrmrd.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING)
+# A readout carrying any of these is the last of its frame: each counter in the
+# frame key (slice, contrast, time) ends there. Scanners and the
+# python-ismrmrd-server generator flag a frame's end differently (last in
+# slice, in repetition, in phase, in contrast), so every one closes it.
+# LAST_IN_SET/AVERAGE/SEGMENT/ENCODE_STEP1 are not among them: sets, averages
+# and segments interleave inside one frame, so they end a loop, not a frame.
+_FRAME_END_FLAGS = (ismrmrd.ACQ_LAST_IN_SLICE, ismrmrd.ACQ_LAST_IN_PHASE, ismrmrd.ACQ_LAST_IN_REPETITION,
+                    ismrmrd.ACQ_LAST_IN_CONTRAST)
 _SKIPPED_FLAGS = (ismrmrd.ACQ_IS_NOISE_MEASUREMENT, ismrmrd.ACQ_IS_NAVIGATION_DATA, ismrmrd.ACQ_IS_PHASECORR_DATA,
                   ismrmrd.ACQ_IS_DUMMYSCAN_DATA, ismrmrd.ACQ_IS_RTFEEDBACK_DATA, ismrmrd.ACQ_IS_HPFEEDBACK_DATA)
 
@@ -200,9 +208,15 @@ def _filled(headers: np.ndarray) -> np.ndarray:
 class FrameAccumulator:
     """Collects readouts into frames; ``add`` returns the frames it completed.
 
-    Triggers: the last-in-phase/repetition/slice flags (whichever matches the
-    time dimension), a change of the time counter within a (slice,
-    contrast, set) in real-time mode, and the end of the stream (``flush``).
+    Triggers: any last-in flag of the frame key's counters (slice, phase,
+    repetition, contrast: ``_FRAME_END_FLAGS``) closes the readout's own
+    frame; with ``trigger_on_counter`` a change of the time counter within a
+    (slice, contrast, set) in real-time mode, and a change of the contrast
+    from one readout to the next, close the frames left behind (a reference
+    contrast acquired before its target completes before the target starts,
+    even when the scanner flagged nothing); and the end of the stream
+    (``flush``). Contrasts interleaved line by line (multi-echo) need
+    ``trigger_on_counter`` false and rely on the flags.
     """
 
     header: Any
@@ -229,7 +243,7 @@ class FrameAccumulator:
         limit_ny = int(e1.maximum) + 1 if e1 is not None and e1.maximum is not None else 0
         self.ny = max(int(enc.encodedSpace.matrixSize.y), limit_ny)
         self.last_time: dict[tuple[int, int, int], int] = {}
-        self._end_flag = ismrmrd.ACQ_LAST_IN_PHASE if self.time_dim == "phase" else ismrmrd.ACQ_LAST_IN_REPETITION
+        self.last_contrast: int | None = None
         channels = getattr(getattr(self.header, "acquisitionSystemInformation", None), "receiverChannels", None)
         self.header_channels = int(channels) if channels else None
 
@@ -272,6 +286,11 @@ class FrameAccumulator:
                 if old in self.open:
                     completed.append(self._close(old))
             self.last_time[group] = key[3]
+        if self.trigger_on_counter:
+            contrast = key[1]
+            if self.last_contrast is not None and contrast != self.last_contrast:
+                completed.extend(self._close(k) for k in sorted(self.open) if k[1] == self.last_contrast)
+            self.last_contrast = contrast
         frame = self.open.get(key)
         if frame is None:
             completed.extend(self._make_room())
@@ -289,7 +308,7 @@ class FrameAccumulator:
             frame.kspace[:, line] = acq.data
             frame.sampled[line] = True
             frame.headers[line] = head
-        if acq.is_flag_set(self._end_flag) or acq.is_flag_set(ismrmrd.ACQ_LAST_IN_SLICE):
+        if any(acq.is_flag_set(f) for f in _FRAME_END_FLAGS):
             completed.append(self._close(key))
         if acq.is_flag_set(ismrmrd.ACQ_LAST_IN_MEASUREMENT):
             completed.extend(self.flush())

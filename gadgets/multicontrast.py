@@ -2,38 +2,49 @@
 
 A fully sampled reference contrast guides the reconstruction of an
 undersampled target contrast of the same anatomy. Frames arrive as
-``ReconData`` (:func:`gadgets.frames.accumulate_frames`); the frame's
-contrast counter says which is which (property ``reference_contrast``,
-default 0: every other contrast is a target).
+``ReconData`` (:func:`gadgets.frames.accumulate_frames`, which closes a
+reference frame before its target's readouts start); the frame's contrast
+counter says which is which (property ``reference_contrast``, default 0:
+every other contrast is a target).
 
 - A reference frame yields its conventional image (series
-  ``conventional_series_index``, meta ``Role=reference``) and is kept by slice
-  position, in memory for this stream and in the persistent
-  :class:`~gadgets.reference_store.ReferenceStore` (keyed by the header's
-  frame of reference UID and the slice position, with an age limit) for
-  later scans: Gadgetron runs every scan in a new process.
+  ``conventional_series_index``, meta ``Role=reference``) at once, and is
+  kept by slice position for this stream and in the host's persistent
+  :class:`~gadgets.reference_store.ReferenceStore` for later scans of the
+  same patient (Gadgetron runs every scan in a new process).
 - A target frame yields its conventional image and one SGF-MRI image
-  (``series_index``, default 1). Its reference is the same stream's, else the
-  store's. Rigid misalignment between reference and target is measured by
-  phase correlation of the magnitude images; shifts above
-  ``max_shift_px`` (default 2) are corrected by shifting the reference
-  (Fourier shift), and the meta records the shift either way. A target
-  without a usable reference is reconstructed single-contrast
-  (``reconstruct_single``) with ``Fallback`` naming why; if the model fails
-  or the inference service is away, the SGF-MRI series gets the conventional
-  image, flagged in meta.
+  (``series_index``, default 1). Its reference, in order of preference: this
+  stream's at the same slice position, else the store's, which must be of
+  the same patient and study (hash of the header's subject, study and
+  measurement fields), the same frame of reference, slice position and
+  orientation, and within the age limit. The image meta says which:
+  ``ReferenceSource`` = ``this stream``, ``store`` or ``none: <reason>``.
+- Before use the reference is registered to the target (phase correlation
+  of edge maps): shifts above ``max_shift_px`` (2) are corrected; a reference
+  that does not match the target's anatomy (correlation confidence under
+  ``min_match_confidence``, 4.5, or a shift beyond ``max_correctable_shift_px``,
+  10) is refused rather than shifted onto it. A target without a usable
+  reference is reconstructed single-contrast (``reconstruct_single``) with
+  ``Fallback`` naming why; if the model fails or the inference service is
+  away, the SGF-MRI series gets the conventional image, flagged in meta.
 
 Properties: ``reference_contrast`` (0), ``series_index`` (1),
-``conventional_series_index`` (0), ``reference_store`` (folder; default
-``$STREAMRECON_REFERENCE_STORE`` or ``~/.cache/streamrecon/references``),
-``use_reference_store`` (true), ``reference_max_age_s`` (7200),
-``max_shift_px`` (2.0), and the inference properties of
-:func:`gadgets.inference.backend_from_config`.
+``conventional_series_index`` (0), ``use_reference_store`` (true),
+``reference_max_age_s`` (may only shorten the host's age limit),
+``max_shift_px`` (2.0), ``max_correctable_shift_px`` (10.0),
+``min_match_confidence`` (4.5), and the inference properties of
+:func:`gadgets.inference.backend_from_config`. The store's folder, age limit
+and size come from the host (``STREAMRECON_REFERENCE_STORE`` etc., see
+:class:`~gadgets.reference_store.StoreSettings`); a ``reference_store``
+property sent by a client is ignored.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import time
+from pathlib import Path
 from typing import Any, Iterator
 
 import ismrmrd
@@ -41,14 +52,14 @@ import numpy as np
 
 from models.fft import fft2c, ifft2c
 
-from . import properties
+from . import host_settings, properties
 from .cine_kgmgt import recon_kspace
 from .conventional import CoilMapCache, conventional_image
 from .errors import reports_errors
 from .frames import Frame, frames_from
 from .image_headers import image_from_frame, recon_geometry
 from .inference import InferenceError, backend_from_config, model_meta
-from .reference_store import ReferenceStore, position_text
+from .reference_store import ReferenceStore, StoreSettings, identity_hash, position_text
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +156,9 @@ def _pixels(image: ismrmrd.Image) -> np.ndarray:
 class SGFMRIStream:
     """The gadget's state; :func:`reconstruct` drives it from a connection."""
 
-    def __init__(self, header: Any, config: Any, backend=None) -> None:
+    def __init__(self, header: Any, config: Any, backend=None, settings: host_settings.OperatorSettings | None = None) -> None:
+        settings = settings if settings is not None else host_settings.load()
+        host_settings.check_header(header, settings)
         self.header = header
         self.reference_contrast = properties.get(config, "reference_contrast", 0)
         self.series = properties.get(config, "series_index", 1)
@@ -153,16 +166,25 @@ class SGFMRIStream:
         if self.series == self.conv_series:
             raise ValueError("series_index and conventional_series_index must differ")
         self.max_shift_px = properties.get(config, "max_shift_px", 2.0)
+        self.max_correctable_shift_px = properties.get(config, "max_correctable_shift_px", 10.0)
+        self.min_match_confidence = properties.get(config, "min_match_confidence", 4.5)
         self.store = None
         if properties.get(config, "use_reference_store", True):
-            self.store = ReferenceStore(properties.get(config, "reference_store", "") or None,
-                                        properties.get(config, "reference_max_age_s", 7200.0))
+            store_settings = StoreSettings.from_environment()
+            if settings.reference_store:  # the embedded host's operator setting, else the environment's
+                store_settings = dataclasses.replace(store_settings, folder=Path(settings.reference_store))
+            self.store = ReferenceStore(store_settings, max_age_s=properties.get(config, "reference_max_age_s", 0.0) or None)
+            try:
+                self.store.purge()
+            except OSError as exc:
+                log.warning("reference store %s: purge failed: %s", self.store.folder, exc)
+        self.identity = identity_hash(header)
         info = getattr(header, "measurementInformation", None)
         self.frame_of_reference = str(getattr(info, "frameOfReferenceUID", "") or "")
         self.measurement = str(getattr(info, "measurementID", "") or "")
         self.recon_shape, self.fov = recon_geometry(header)
         self.cache = CoilMapCache(self.recon_shape, properties.get(config, "max_calibration_lines", 32))
-        self.backend = backend if backend is not None else backend_from_config(config)
+        self.backend = backend if backend is not None else backend_from_config(config, settings)
         self.meta = {"Model": "SGF-MRI", "InferenceBackend": self.backend.label, **model_meta(self.backend, "sgfmri")}
         self.references: dict[str, np.ndarray] = {}  # this stream's, by slice position text
         self.counts = {"model": 0, "single": 0, "fallback": 0}
@@ -176,31 +198,47 @@ class SGFMRIStream:
     def _keep_reference(self, frame: Frame, image: np.ndarray) -> None:
         pos = self._position(frame)
         self.references[position_text(pos)] = image
-        if self.store is not None and self.frame_of_reference:
+        if self.store is not None:
             h = frame.reference_header
-            self.store.put(self.frame_of_reference, pos, image, {
+            self.store.put(self.identity, self.frame_of_reference, pos, image, {
                 "slice_dir": [float(v) for v in h.slice_dir], "read_dir": [float(v) for v in h.read_dir],
                 "phase_dir": [float(v) for v in h.phase_dir], "fov_mm": list(self.fov),
                 "contrast": int(h.idx.contrast), "measurement_id": self.measurement})
 
-    def _find_reference(self, frame: Frame) -> tuple[np.ndarray | None, str, str]:
-        """``(image on the recon matrix, source, why not)``."""
+    def _find_reference(self, frame: Frame) -> tuple[np.ndarray | None, str, dict[str, str]]:
+        """``(image on the recon matrix or None, ReferenceSource, extra meta)``."""
         pos = self._position(frame)
         local = self.references.get(position_text(pos))
         if local is not None:
-            return resample(local, self.recon_shape), "this stream", ""
+            return resample(local, self.recon_shape), "this stream", {}
         if self.store is None:
-            return None, "", f"no reference contrast at slice position {position_text(pos)} mm in this stream"
-        stored, why = self.store.get(self.frame_of_reference, pos)
-        if stored is None:
-            return None, "", why
+            return None, f"none: no reference contrast at slice position {position_text(pos)} mm in this stream", {}
         h = frame.reference_header
-        if not np.allclose(stored.meta.get("slice_dir", h.slice_dir), h.slice_dir, atol=1e-3):
-            return None, "", "stored reference has another slice orientation"
+        stored, why = self.store.get(self.identity, self.frame_of_reference, pos,
+                                     slice_dir=[float(v) for v in h.slice_dir])
+        if stored is None:
+            return None, f"none: {why}", {}
         fov = stored.meta.get("fov_mm", self.fov)
         if not np.allclose(fov[:2], self.fov[:2], rtol=0.01):
-            return None, "", f"stored reference field of view {fov[:2]} differs from {self.fov[:2]}"
-        return resample(stored.image, self.recon_shape), f"store ({stored.age_s:.0f} s old, {stored.meta.get('measurement_id', '?')})", ""
+            return None, f"none: stored reference field of view {fov[:2]} differs from {self.fov[:2]}", {}
+        return resample(stored.image, self.recon_shape), "store", {
+            "ReferenceStored": f"{stored.age_s:.0f} s old, measurement {stored.meta.get('measurement_id', '?')}"}
+
+    def _register(self, reference: np.ndarray, zf: np.ndarray, extra: dict[str, str]) -> tuple[np.ndarray | None, str]:
+        """The reference aligned to the target, or ``(None, why)`` when it does not match the target's anatomy."""
+        dy, dx, peak = rigid_shift(reference, zf)
+        extra.update({"ReferenceShift": f"{dy:.1f},{dx:.1f}", "ReferenceShiftConfidence": f"{peak:.1f}"})
+        if peak < self.min_match_confidence or np.hypot(dy, dx) > self.max_correctable_shift_px:
+            extra["ReferenceAlignment"] = "refused"
+            return None, (f"reference does not match the target's anatomy (shift {dy:.1f},{dx:.1f} px, "
+                          f"confidence {peak:.1f}; limits {self.max_correctable_shift_px:g} px, "
+                          f"{self.min_match_confidence:g})")
+        if np.hypot(dy, dx) > self.max_shift_px:
+            log.info("reference shifted by (%.1f, %.1f) px against the target: corrected", dy, dx)
+            extra["ReferenceAlignment"] = "corrected"
+            return shift_image(reference, dy, dx), ""
+        extra["ReferenceAlignment"] = "within tolerance"
+        return reference, ""
 
     # ---------------------------------------------------------------- frames
     def add(self, frame: Frame) -> Iterator[ismrmrd.Image]:
@@ -226,18 +264,15 @@ class SGFMRIStream:
 
     def _target(self, frame: Frame, conv: ismrmrd.Image) -> ismrmrd.Image:
         zf = _pixels(conv).astype(np.complex64)
-        reference, source, why = self._find_reference(frame)
-        extra: dict[str, str] = {"CoilMaps": conv.meta.get("CoilMaps", "none")}
+        reference, source, found = self._find_reference(frame)
+        extra: dict[str, str] = {"CoilMaps": conv.meta.get("CoilMaps", "none"), **found}
         if reference is not None:
-            dy, dx, peak = rigid_shift(reference, zf)
-            extra.update({"ReferenceSource": source, "ReferenceShift": f"{dy:.1f},{dx:.1f}",
-                          "ReferenceShiftConfidence": f"{peak:.1f}"})
-            if np.hypot(dy, dx) > self.max_shift_px:
-                reference = shift_image(reference, dy, dx)
-                extra["ReferenceAlignment"] = "corrected"
-                log.info("reference shifted by (%.1f, %.1f) px against the target: corrected", dy, dx)
-            else:
-                extra["ReferenceAlignment"] = "within tolerance"
+            reference, refused = self._register(reference, zf, extra)
+            if reference is None:
+                log.warning("%s reference refused: %s", source, refused)
+                source = f"none: {source} reference refused, {refused}"
+        extra["ReferenceSource"] = source
+        why = source[len("none: "):]
         maps, _ = self.cache.get(frame.reference_header.idx.slice)
         if maps is None:
             return self._fallback(frame, conv, "no coil maps yet (too few calibration lines)", extra)
@@ -267,7 +302,7 @@ class SGFMRIStream:
 @reports_errors
 def reconstruct(connection: Any) -> None:
     """Gadget: ``ReconData`` frames in; conventional and SGF-MRI images out (module docstring)."""
-    stream = SGFMRIStream(connection.header, connection.config)
+    stream = SGFMRIStream(connection.header, connection.config, settings=host_settings.for_connection(connection))
     try:
         for item in connection:
             if not hasattr(item, "bits"):
@@ -282,8 +317,8 @@ def reconstruct(connection: Any) -> None:
         stream.backend.close()
 
 
-def preload(config: Any) -> str:
+def preload(config: Any, settings: Any = None) -> str:
     """Host hook: load the sgfmri weights this configuration uses before the first scan arrives."""
     from .inference import preload as preload_model
 
-    return preload_model(config, "sgfmri")
+    return preload_model(config, "sgfmri", settings)

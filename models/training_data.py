@@ -237,35 +237,79 @@ class CineSampler:
                 "kspace": acq["kspace"][t] / sc, "mask": masks[t], "maps": acq["maps"]}
 
 
+def rigid_warp(image: np.ndarray, dy: float, dx: float, angle_deg: float) -> np.ndarray:
+    """``image (ny, nx)`` rotated by ``angle_deg`` about its centre, then shifted by ``(dy, dx)`` pixels:
+    bilinear, zeros outside (``out(x) = image(R^-1 (x - c - d) + c)``)."""
+    ny, nx = image.shape
+    cy, cx = (ny - 1) / 2, (nx - 1) / 2
+    yy, xx = np.meshgrid(np.arange(ny, dtype=np.float64), np.arange(nx, dtype=np.float64), indexing="ij")
+    a = np.deg2rad(angle_deg)
+    y, x = yy - cy - dy, xx - cx - dx
+    sy = np.cos(a) * y - np.sin(a) * x + cy
+    sx = np.sin(a) * y + np.cos(a) * x + cx
+    y0, x0 = np.floor(sy).astype(int), np.floor(sx).astype(int)
+    fy, fx = sy - y0, sx - x0
+    out = np.zeros(image.shape, dtype=np.result_type(image.dtype, np.float32))
+    for oy, ox, w in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
+        iy, ix = y0 + oy, x0 + ox
+        ok = (iy >= 0) & (iy < ny) & (ix >= 0) & (ix < nx)
+        out[ok] += w[ok] * image[iy[ok], ix[ok]]
+    return out
+
+
 @dataclass
 class PairSampler:
     """Random reference/target pairs for SGF-MRI.
 
     ``pairs``: ``(reference, target)`` co-registered 2-D magnitude images.
     ``reference_dropout``: fraction of samples whose reference is zeroed, so
-    the same weights serve the single-contrast fallback. A sample:
-    ``target_zf (ny, nx)``, ``reference (ny, nx)`` (own robust-max scale),
-    ``target_image``, ``kspace (C, ny, nx)``, ``mask (ny,)``, ``maps``,
-    ``has_reference`` (0/1).
+    the same weights serve the single-contrast fallback.
+    Reference augmentation, as a real reference acquired in another series
+    differs from its target: with probability ``misregistration`` a small
+    rigid motion (shift up to ``max_shift_px``, rotation up to
+    ``max_rotation_deg``; the gadget corrects shifts above 2 px, so the network
+    must tolerate what is left), and Gaussian noise of ``reference_noise``
+    (a range, relative to the reference's robust maximum).
+    ``min_crop``: smallest crop fraction before the resize to ``size``.
+    A sample: ``target_zf (ny, nx)``, ``reference (ny, nx)`` (own robust-max
+    scale), ``target_image``, ``kspace (C, ny, nx)``, ``mask (ny,)``,
+    ``maps``, ``has_reference`` (0/1).
     """
 
     pairs: Sequence[tuple[np.ndarray, np.ndarray]]
     size: tuple[int, int] = (96, 96)
     reference_dropout: float = 0.2
     settings: SimulationSettings = field(default_factory=SimulationSettings)
+    min_crop: float = 0.7
+    misregistration: float = 0.0
+    max_shift_px: float = 2.0
+    max_rotation_deg: float = 2.0
+    reference_noise: tuple[float, float] = (0.0, 0.0)
+
+    def _reference(self, rng: np.random.Generator, ref: np.ndarray) -> np.ndarray:
+        # draw only when enabled, so the default sampler's random stream is what it was
+        if self.misregistration > 0 and rng.random() < self.misregistration:
+            r, phi = self.max_shift_px * np.sqrt(rng.random()), rng.uniform(0, 2 * np.pi)
+            ref = rigid_warp(ref, r * np.sin(phi), r * np.cos(phi), rng.uniform(-1, 1) * self.max_rotation_deg)
+        ref = ref / max(float(np.percentile(np.abs(ref), 99)), 1e-8)
+        sigma = float(rng.uniform(*self.reference_noise)) if max(self.reference_noise) > 0 else 0.0
+        if sigma > 0:
+            ref = np.abs(ref + sigma * rng.standard_normal(ref.shape))  # a magnitude image's noise stays positive
+        return ref
 
     def __call__(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         s = self.settings
         ref, tgt = self.pairs[int(rng.integers(len(self.pairs)))]
-        ref, tgt = augment_geometry(rng, [ref.astype(np.float32), tgt.astype(np.float32)], self.size, min_crop=0.7)
+        ref, tgt = augment_geometry(rng, [ref.astype(np.float32), tgt.astype(np.float32)], self.size,
+                                    min_crop=self.min_crop)
         tgt = (tgt / max(float(np.abs(tgt).max()), 1e-8)) * np.exp(1j * smooth_random_phase(rng, self.size))
-        ref = ref / max(float(np.percentile(np.abs(ref), 99)), 1e-8)
         ny = self.size[0]
         masks, _ = sample_line_masks(rng, ny, 1, float(rng.uniform(*s.accel)), s.acs(ny), s.families)
         acq = simulate_acquisition(rng, tgt[None].astype(np.complex64), masks,
                                    int(rng.integers(s.coils[0], s.coils[1] + 1)), float(rng.uniform(*s.noise)))
         sc = _scale(acq["zero_filled"][0])
         has_ref = rng.random() >= self.reference_dropout
+        ref = self._reference(rng, ref)  # drawn last: the target's simulation is the same with or without it
         return {"target_zf": acq["zero_filled"][0] / sc, "reference": (ref if has_ref else 0 * ref).astype(np.complex64),
                 "target_image": acq["target"][0] / sc, "kspace": acq["kspace"][0] / sc, "mask": masks[0],
                 "maps": acq["maps"], "has_reference": np.float32(has_ref)}
@@ -287,4 +331,4 @@ def collate(samples: Sequence[dict[str, np.ndarray]], pad_coils: bool = True) ->
 Sampler = Callable[[np.random.Generator], dict[str, np.ndarray]]
 
 __all__ = ["CineSampler", "PairSampler", "SimulationSettings", "simulate_acquisition", "sample_line_masks",
-           "variable_density_lines", "augment_geometry", "resize", "collate", "MASK_FAMILIES"]
+           "variable_density_lines", "augment_geometry", "resize", "rigid_warp", "collate", "MASK_FAMILIES"]

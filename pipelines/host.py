@@ -264,9 +264,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help="read one stream on stdin, write the results on stdout")
     p.add_argument("--no-preload-models", action="store_true",
                    help="do not load the deep-learning pipelines' in-process models at start")
+    p.add_argument("--reference-store", type=Path, default=None,
+                   help="folder of the multi-contrast reference store (sets $STREAMRECON_REFERENCE_STORE; "
+                        "default that variable, else ~/.cache/streamrecon/references); purged at start and hourly")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     host_settings.add_arguments(p)
     return p
+
+
+def configure_reference_store(folder: Path | None) -> threading.Event:
+    """The host's reference store: ``folder`` (else the environment's) for every gadget of this process and
+    the Gadgetron-style children it starts; entries past their age are purged now and hourly."""
+    from gadgets.reference_store import ENV_FOLDER, ReferenceStore, start_purging
+
+    if folder is not None:
+        os.environ[ENV_FOLDER] = str(folder.expanduser().resolve())
+    store = ReferenceStore()
+    log.info("reference store %s (age limit %.0f s, at most %d entries, %d MiB)", store.folder,
+             store.settings.max_age_s, store.settings.max_entries, store.settings.max_bytes // 2**20)
+    return start_purging(store)
 
 
 def options_from_args(args: argparse.Namespace) -> SessionOptions:
@@ -286,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Gadget processes this host starts (and gadgets that read the environment)
     # see the same operator settings as the in-process gadgets.
     os.environ.update(options.operator.environment())
+    configure_reference_store(args.reference_store)
     if args.stream:
         return run_stream(options=options)
     try:

@@ -7,10 +7,15 @@ describes; the anchors' results are cached (``--anchors-cache``) so a new
 network is scored against them without recomputing BART. Writes ``OUT/cine.md``
 (one table per mask configuration) and labelled strips.
 
-Multi-contrast (``--task pair``): the CDLMRI slices (patientA T1 -> T2,
-tumour T1_pre -> T2 and -> FLAIR), 256 x 256, 8 coils, variable-density
-random line masks with 16 central lines at 4x and 8x. Methods: zero-filled,
-CG-SENSE, SGF-MRI without the reference, SGF-MRI with it.
+Multi-contrast (``--task pair``): the validation pairs of
+``simulator.model_data.multicontrast_evaluation_pairs`` (never trained on:
+the held-out TCGA patient, T1 -> T2 and T1 -> FLAIR on three axial slices,
+240 x 240; the CDLMRI tumour slice, T1_pre -> T2 and -> FLAIR, 256 x 256),
+8 coils, variable-density random line masks with 16 central lines at 4x and
+8x. Methods: zero-filled, CG-SENSE, SGF-MRI without the reference, SGF-MRI
+with it. Strips (labelled columns): reference contrast, fully sampled
+target, zero-filled, SGF-MRI without and with the reference; below, their
+|error| x5.
 
 Writes ``OUT/scores.json``, ``OUT/scores.md`` and ``OUT/strip_*.png``.
 """
@@ -25,13 +30,29 @@ from pathlib import Path
 import numpy as np
 
 
-def _strip(images: list[np.ndarray], ref: np.ndarray, path: Path) -> None:
-    from PIL import Image
+def _strip(images: list[np.ndarray], ref: np.ndarray, path: Path, labels: list[str] | None = None,
+           guide: np.ndarray | None = None) -> None:
+    """Top: [guide], reference (truth), each image; bottom: |error| x5 under each image. Column labels when given."""
+    from PIL import Image, ImageDraw
     peak = float(np.percentile(np.abs(ref), 99.5))
-    tiles = [np.clip(np.abs(im) / peak, 0, 1) for im in [ref] + images]
-    errs = [np.zeros_like(tiles[0])] + [np.clip(np.abs(np.abs(im) - np.abs(ref)) / peak * 5, 0, 1) for im in images]
+    lead = [] if guide is None else [np.clip(np.abs(guide) / max(float(np.percentile(np.abs(guide), 99.5)), 1e-12), 0, 1)]
+    tiles = lead + [np.clip(np.abs(im) / peak, 0, 1) for im in [ref] + images]
+    blank = np.zeros_like(tiles[-1])
+    errs = [blank] * (len(lead) + 1) + [np.clip(np.abs(np.abs(im) - np.abs(ref)) / peak * 5, 0, 1) for im in images]
     top, bottom = np.concatenate(tiles, 1), np.concatenate(errs, 1)
-    Image.fromarray((np.concatenate([top, bottom], 0) * 255).astype(np.uint8)).save(path)
+    grid = (np.concatenate([top, bottom], 0) * 255).astype(np.uint8)
+    if not labels:
+        Image.fromarray(grid).save(path)
+        return
+    band = 14
+    canvas = Image.new("L", (grid.shape[1], grid.shape[0] + 2 * band), 0)
+    canvas.paste(Image.fromarray(grid), (0, band))
+    draw = ImageDraw.Draw(canvas)
+    w = tiles[0].shape[1]
+    for i, text in enumerate(labels[: len(tiles)]):
+        draw.text((i * w + 3, 1), text, fill=255)
+    draw.text((len(lead) * w + w + 3, band + grid.shape[0] + 1), "|error| x5 below each image", fill=255)
+    canvas.save(path)
 
 
 def evaluate_cine(args, out: Path) -> list:
@@ -117,29 +138,65 @@ def evaluate_pairs(args, out: Path) -> list:
 
     rec = load_model("sgfmri", device=args.device, weights=args.sgfmri_weights, dc_method=args.dc_method)
     scores = []
-    for case, (ref_img, tgt_img) in model_data.multicontrast_evaluation_pairs().items():
-        ny, nx = tgt_img.shape
-        tgt = (tgt_img * np.exp(1j * smooth_phase((ny, nx), seed=3, max_rad=np.pi))).astype(np.complex64)
+    for case, (ref_stack, tgt_stack) in model_data.multicontrast_evaluation_pairs().items():
+        ref_stack, tgt_stack = (a.reshape(-1, *a.shape[-2:]) for a in (ref_stack, tgt_stack))  # (slices, ny, nx)
+        ny, nx = tgt_stack.shape[-2:]
+        phase = np.exp(1j * smooth_phase((ny, nx), seed=3, max_rad=np.pi))
         maps_true = coil_maps(8, ny, nx, seed=5)
         for accel in args.pair_accels:
             mask = line_mask("vd-random", ny, 1, accel=accel, acs=16, seed=int(accel * 10))
-            acq = simulate_acquisition(np.random.default_rng(0), tgt[None], mask, 8, 0.0, maps=maps_true)
-            gt, k, maps, zf = acq["target"][0], acq["kspace"][0], acq["maps"], acq["zero_filled"][0]
+            slices = []
+            for tgt_img in tgt_stack:
+                tgt = (tgt_img * phase).astype(np.complex64)
+                slices.append(simulate_acquisition(np.random.default_rng(0), tgt[None], mask, 8, 0.0, maps=maps_true))
+            gt = np.stack([a["target"][0] for a in slices])
+            zf = np.stack([a["zero_filled"][0] for a in slices])
+
+            def per_slice(fn):
+                return lambda: np.stack([fn(a, r) for a, r in zip(slices, ref_stack)])
+
             methods = {
                 "zero-filled": lambda: zf,
-                "CG-SENSE": lambda: cg_sense(k[None], mask, maps, lam=1e-3, iterations=15)[0],
-                f"SGF-MRI no reference [{rec.version}, DC {rec.dc}]": lambda: rec.reconstruct_single(zf, k, mask[0], maps),
-                "SGF-MRI with reference": lambda: rec.reconstruct_pair(ref_img.astype(np.complex64), zf, k, mask[0], maps),
+                "CG-SENSE": per_slice(lambda a, r: cg_sense(a["kspace"], mask, a["maps"], lam=1e-3, iterations=15)[0]),
+                f"SGF-MRI no reference [{rec.version}, DC {rec.dc}]": per_slice(
+                    lambda a, r: rec.reconstruct_single(a["zero_filled"][0], a["kspace"][0], mask[0], a["maps"])),
+                "SGF-MRI with reference": per_slice(
+                    lambda a, r: rec.reconstruct_pair(r.astype(np.complex64), a["zero_filled"][0], a["kspace"][0],
+                                                      mask[0], a["maps"])),
             }
-            images = []
+            images = {}
             for name, fn in methods.items():
                 pred, sec, mem = measure(fn, args.device)
-                s = score(name, accel, pred, gt, sec, 1, mem, case=case)
+                s = score(name, accel, pred, gt, sec, len(slices), mem, case=case)
                 scores.append(s)
-                images.append(pred)
+                images[name] = pred
                 print(f"{case:22s} {accel:g}x {name:34s} PSNR {s.psnr:6.2f} SSIM {s.ssim:.4f}", flush=True)
-            _strip(images, gt, out / f"strip_{case.replace('->', '_to_')}_{accel:g}x.png")
+            mid = len(slices) // 2
+            names = list(methods)
+            _strip([images[names[0]][mid], images[names[2]][mid], images[names[3]][mid]], gt[mid],
+                   out / f"strip_{case.replace('->', '_to_')}_{accel:g}x.png",
+                   labels=["reference", "target (full)", "zero-filled", "no-reference", "with-reference"],
+                   guide=ref_stack[mid])
     return scores
+
+
+def pair_summary(scores: list) -> str:
+    """Per case and acceleration: SGF-MRI with the reference minus without it, and minus zero-filled (PSNR dB)."""
+    rows = {}
+    for s in scores:
+        if "case" not in s.extra:
+            continue
+        kind = ("zf" if s.method == "zero-filled" else "with" if s.method == "SGF-MRI with reference"
+                else "without" if s.method.startswith("SGF-MRI no reference") else None)
+        if kind:
+            rows.setdefault((s.extra["case"], s.accel), {})[kind] = s.psnr
+    lines = ["| case | accel | zero-filled | without reference | with reference | with - without | with - zero-filled |",
+             "|---|---|---|---|---|---|---|"]
+    for (case, accel), r in rows.items():
+        if len(r) == 3:
+            lines.append(f"| {case} | {accel:g}x | {r['zf']:.2f} | {r['without']:.2f} | {r['with']:.2f} | "
+                         f"{r['with'] - r['without']:+.2f} | {r['with'] - r['zf']:+.2f} |")
+    return "\n".join(lines)
 
 
 _CINE_CONFIGS = ("kt-gaussian:8", "vd-random:8", "kt-gaussian:4", "kt-gaussian:10")
@@ -188,6 +245,8 @@ def main(argv: list[str]) -> int:
     if args.task in ("pair", "all"):
         scores += evaluate_pairs(args, args.out)
     table = markdown_table(scores)
+    if args.task in ("pair", "all"):
+        table += "\n\n" + pair_summary(scores)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": "streamrecon evaluate " + " ".join(argv),
             "machine": _machine(), "threads": torch.get_num_threads(),
             "normalisation": "magnitudes, no rescaling; PSNR peak = max of each reference frame; full FOV"}

@@ -8,10 +8,15 @@ coils and undersampling happens in ``models.training_data``.
 Splits, fixed so nothing evaluated is trained on:
 - cine evaluation: ``cine/giraf_sax_cine25.mat`` (192 x 156 x 25), never used
   for training;
-- multi-contrast evaluation: the CDLMRI slices (``patientA`` T1 -> T2;
-  ``T2_FLAIR_T1pre_T1post.mat`` T1_pre -> T2 and T1_pre -> FLAIR);
-- training: qMRLab volumes (T1w, PDw, MTw) for both networks (cine: their
-  slices put in periodic motion; multi-contrast: T1w guides PDw and MTw).
+- multi-contrast validation (``streamrecon evaluate --task pair``): the TCGA
+  patient ``VALIDATION_TCGA`` (T1 -> T2 and T1 -> FLAIR on three axial
+  slices) and the CDLMRI tumour slice ``T2_FLAIR_T1pre_T1post.mat`` (T1_pre ->
+  T2 and T1_pre -> FLAIR), never used for training;
+- multi-contrast training: every ordered pair of co-registered contrasts of
+  the qMRLab subject (T1w, PDw, MTw; slices along all three axes), the other
+  TCGA patient (T1, T1c, T2, FLAIR; axial slices) and the CDLMRI patientA
+  slice (T1, T2);
+- cine training: qMRLab slices put in periodic motion.
 """
 from __future__ import annotations
 
@@ -96,41 +101,77 @@ def cine_training_images(step: int = 3) -> list[np.ndarray]:
     return [im / max(float(im.max()), 1e-6) for im in images]
 
 
-def multicontrast_training_pairs(step: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(reference, target) slices: T1w guides PDw and T1w guides MTw (qMRLab), all three axes."""
-    vols = load_qmrlab()
+TCGA_PATIENTS = ("TCGA-DU-7294", "TCGA-FG-6692")
+TCGA_CONTRASTS = {"T1": "t1", "T1c": "t1c", "T2": "t2", "FLAIR": "fla"}
+TRAINING_TCGA = "TCGA-DU-7294"
+VALIDATION_TCGA = "TCGA-FG-6692"
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    a = np.clip(np.asarray(a, dtype=np.float32), 0, None)
+    return a / max(float(a.max()), 1e-6)
+
+
+def load_tcga(patient: str) -> dict[str, np.ndarray]:
+    """``{"T1", "T1c", "T2", "FLAIR"}`` -> ``(240, 240, 155)`` float32 volumes of one patient (co-registered)."""
+    import nibabel as nib
+    d = data_dir() / "multicontrast" / "tcga"
+    return {name: np.clip(np.asarray(nib.load(str(d / f"{patient}_{suffix}.nii.gz")).get_fdata(), dtype=np.float32), 0, None)
+            for name, suffix in TCGA_CONTRASTS.items()}
+
+
+def tcga_axial_slices(volumes: dict[str, np.ndarray], min_fraction: float = 0.3,
+                      step: int = 1) -> list[dict[str, np.ndarray]]:
+    """Axial slices ``{contrast: (ny, nx)}`` (image orientation: rows anterior-posterior) holding at least
+    ``min_fraction`` of the busiest slice's T1 signal; every ``step``-th, each slice scaled to max 1."""
+    energy = volumes["T1"].reshape(-1, volumes["T1"].shape[2]).sum(0)
+    idx = np.nonzero(energy >= min_fraction * energy.max())[0][::step]
+    return [{c: _unit(np.rot90(v[:, :, i])) for c, v in volumes.items()} for i in idx]
+
+
+def _ordered_pairs(group: dict[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every ordered (reference, target) pair of distinct contrasts; the arrays are shared, not copied."""
+    return [(group[a], group[b]) for a in group for b in group if a != b]
+
+
+def multicontrast_training_pairs(step: int = 1, tcga_step: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(reference, target) slices, every ordered contrast pair of each co-registered set (module docstring)."""
+    from PIL import Image
     pairs = []
-    for target in ("PDw", "MTw"):
-        # same slice selection as T1w: select with the T1w energy so pairs stay co-registered
-        for axis in range(3):
-            ref_sl, tgt_sl = np.moveaxis(vols["T1w"], axis, 0), np.moveaxis(vols[target], axis, 0)
-            energy = ref_sl.reshape(ref_sl.shape[0], -1).sum(1)
-            idx = np.nonzero(energy >= 0.25 * energy.max())[0][::step]
-            pairs += [(np.ascontiguousarray(ref_sl[i]), np.ascontiguousarray(tgt_sl[i])) for i in idx]
+    vols = load_qmrlab()
+    ref_energy = {axis: np.moveaxis(vols["T1w"], axis, 0) for axis in range(3)}
+    for axis in range(3):
+        # one slice selection for all contrasts (by T1w energy), so pairs stay co-registered
+        sl = ref_energy[axis]
+        energy = sl.reshape(sl.shape[0], -1).sum(1)
+        for i in np.nonzero(energy >= 0.25 * energy.max())[0][::step]:
+            pairs += _ordered_pairs({c: np.ascontiguousarray(np.moveaxis(v, axis, 0)[i]) for c, v in vols.items()})
+    for group in tcga_axial_slices(load_tcga(TRAINING_TCGA), step=tcga_step):
+        pairs += _ordered_pairs(group)
+    d = data_dir() / "multicontrast"
+    patient_a = {c: _unit(np.asarray(Image.open(d / f"patientA_groundtruth_{c}.png").convert("L"))) for c in ("T1", "T2")}
+    pairs += _ordered_pairs(patient_a)
     return pairs
 
 
-def multicontrast_evaluation_pairs() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """CDLMRI evaluation pairs ``name -> (reference, target)``, 256 x 256 float32, each max 1."""
-    from PIL import Image
+def multicontrast_evaluation_pairs(tcga_slices: int = 3) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Validation pairs ``name -> (reference, target)``, float32, each max 1: ``(ny, nx)`` or, for the TCGA
+    patient, ``(tcga_slices, ny, nx)`` axial slices spread over the middle of the brain."""
     from scipy.io import loadmat
     d = data_dir() / "multicontrast"
-
-    def norm(a):
-        a = np.asarray(a, dtype=np.float32)
-        return a / max(float(a.max()), 1e-6)
-
-    def png(name):
-        im = Image.open(d / name)
-        return norm(np.asarray(im.convert("L")))
-
     mat = loadmat(str(d / "T2_FLAIR_T1pre_T1post.mat"))
-    return {
-        "patientA_T1->T2": (png("patientA_groundtruth_T1.png"), png("patientA_groundtruth_T2.png")),
-        "tumour_T1pre->T2": (norm(mat["T1_pre"]), norm(mat["T2"])),
-        "tumour_T1pre->FLAIR": (norm(mat["T1_pre"]), norm(mat["FLAIR"])),
+    out = {
+        "tumour_T1pre->T2": (_unit(mat["T1_pre"]), _unit(mat["T2"])),
+        "tumour_T1pre->FLAIR": (_unit(mat["T1_pre"]), _unit(mat["FLAIR"])),
     }
+    slices = tcga_axial_slices(load_tcga(VALIDATION_TCGA), min_fraction=0.6)
+    pick = [slices[int(i)] for i in np.linspace(0, len(slices) - 1, tcga_slices + 2)[1:-1].round()]
+    short = VALIDATION_TCGA.split("-", 1)[1]
+    for target in ("T2", "FLAIR"):
+        out[f"{short}_T1->{target}"] = (np.stack([s["T1"] for s in pick]), np.stack([s[target] for s in pick]))
+    return out
 
 
 __all__ = ["data_dir", "have_data", "load_cine", "load_qmrlab", "qmrlab_slices", "cine_training_images",
-           "multicontrast_training_pairs", "multicontrast_evaluation_pairs"]
+           "multicontrast_training_pairs", "multicontrast_evaluation_pairs", "load_tcga", "tcga_axial_slices",
+           "TRAINING_TCGA", "VALIDATION_TCGA"]

@@ -2,8 +2,9 @@
 
 Data (``--data``):
 - ``shared`` (default): real images from ``../shared/data`` (qMRLab volumes;
-  see ``simulator.model_data`` for the splits -- the real cine and the CDLMRI
-  slices are held out for ``streamrecon evaluate``), plus, for cine, the
+  for pairs also one TCGA patient and CDLMRI patientA; see
+  ``simulator.model_data`` for the splits -- the real cine, the other TCGA
+  patient and the CDLMRI tumour slice are held out for ``streamrecon evaluate``), plus, for cine, the
   built-in beating-heart phantom (``--phantom-fraction``);
 - ``sunnybrook`` (cine): real hearts, the Sunnybrook short-axis cines of the
   training patients, simulated as real-time scans with view-shared inputs
@@ -100,6 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None, help="training matrix (square); default 80 cine, 96 pairs")
     p.add_argument("--accel", type=float, nargs=2, default=(4.0, 12.0))
     p.add_argument("--phantom-fraction", type=float, default=0.3)
+    p.add_argument("--min-crop", type=float, default=0.7,
+                   help="pairs: smallest crop fraction before the resize to --size (smaller: nearer native resolution)")
+    p.add_argument("--ref-misregistration", type=float, default=0.0,
+                   help="pairs: fraction of samples whose reference gets a small rigid motion (--ref-shift, --ref-rotation)")
+    p.add_argument("--ref-shift", type=float, default=2.0, help="pairs: largest reference shift, pixels")
+    p.add_argument("--ref-rotation", type=float, default=2.0, help="pairs: largest reference rotation, degrees")
+    p.add_argument("--ref-noise", type=float, nargs=2, default=(0.0, 0.0),
+                   help="pairs: range of Gaussian noise on the reference, relative to its robust maximum")
+    p.add_argument("--reference-dropout", type=float, default=0.2,
+                   help="pairs: fraction of samples trained without the reference (the single-contrast fallback)")
     p.add_argument("--ssim-weight", type=float, default=0.0)
     p.add_argument("--perceptual-weights", type=Path, default=None,
                    help="VGG19 'features.*' weights as safetensors (user supplied) for the perceptual term")
@@ -187,7 +198,10 @@ def main(argv: list[str]) -> int:
             return 2
         print(f"multi-contrast data: {len(pairs)} pairs")
         size = args.size or 96
-        sampler = PairSampler(pairs, size=(size, size), settings=settings)
+        sampler = PairSampler(pairs, size=(size, size), settings=settings, min_crop=args.min_crop,
+                              reference_dropout=args.reference_dropout, misregistration=args.ref_misregistration,
+                              max_shift_px=args.ref_shift, max_rotation_deg=args.ref_rotation,
+                              reference_noise=tuple(args.ref_noise))
         task = "pair"
         from models.sgfmri import SGFMRIConfig
         cfg = SGFMRIConfig.paper() if args.config == "official" else SGFMRIConfig.cpu_small()
@@ -250,6 +264,10 @@ def main(argv: list[str]) -> int:
                 "date": time.strftime("%Y-%m-%d"), "history": result["history"],
                 "training_size": [size, size], "accel_range": list(args.accel), "data": args.data,
                 "unsupervised": args.unsupervised, "dc_method": args.dc_method}
+        if args.model == "sgfmri":
+            meta.update({"pairs": len(pairs), "min_crop": args.min_crop, "reference_dropout": args.reference_dropout,
+                         "ref_misregistration": args.ref_misregistration, "ref_shift_px": args.ref_shift,
+                         "ref_rotation_deg": args.ref_rotation, "ref_noise": list(args.ref_noise)})
         if args.init_weights:
             meta.update({"init_weights": str(args.init_weights), "init_version": init_version,
                          "init_steps": init_steps, "total_steps": init_steps + result["step"]})

@@ -37,3 +37,11 @@ def stream_host():
 @pytest.fixture(autouse=True)
 def _quiet_logs(caplog):
     caplog.set_level(logging.WARNING)
+
+
+@pytest.fixture(autouse=True)
+def reference_store(tmp_path, monkeypatch):
+    """The host's multi-contrast reference store, a fresh folder per test (never the user's cache)."""
+    folder = tmp_path / "reference_store"
+    monkeypatch.setenv("STREAMRECON_REFERENCE_STORE", str(folder))
+    return folder

@@ -172,3 +172,36 @@ def test_accumulator_memory_stays_bounded_on_long_real_time_scans():
         acq.set_flag(ismrmrd.ACQ_LAST_IN_REPETITION)
         assert len(acc.add(acq)) == 1
     assert len(acc.done) == 64 and not acc.open
+
+
+def test_every_last_in_flag_and_a_contrast_change_close_a_frame():
+    """Phase-counted header (gated or static): LAST_IN_REPETITION/CONTRAST end a frame as LAST_IN_PHASE/SLICE do,
+    and the first readout of another contrast closes the frames of the one before (a reference before its target)."""
+    scan = small_cine(slices=1, frames=1, coils=2, ny=8, nx=8)
+    header = make_header(scan)
+    (acq,) = list(acquisitions(scan))[:1]
+    for flag in (ismrmrd.ACQ_LAST_IN_REPETITION, ismrmrd.ACQ_LAST_IN_CONTRAST, ismrmrd.ACQ_LAST_IN_PHASE,
+                 ismrmrd.ACQ_LAST_IN_SLICE):
+        acc = FrameAccumulator(header, time_dim="phase")
+        acq.clear_all_flags()
+        acq.set_flag(flag)
+        assert len(acc.add(acq)) == 1 and not acc.open
+    acc = FrameAccumulator(header, time_dim="phase")
+    acq.clear_all_flags()
+    for contrast, line in ((0, 0), (0, 1), (1, 0)):
+        acq.idx.contrast, acq.idx.kspace_encode_step_1 = contrast, line
+        done = acc.add(acq)
+    assert [f.reference_header.idx.contrast for f in done] == [0] and list(acc.open) == [(0, 1, 0, 0)]
+    assert done[0].sampled[:2].all()
+    # lines of a set or an average interleave inside one frame: their last-in flags close nothing
+    acq.set_flag(ismrmrd.ACQ_LAST_IN_SET)
+    acq.set_flag(ismrmrd.ACQ_LAST_IN_AVERAGE)
+    acq.idx.kspace_encode_step_1 = 1
+    assert acc.add(acq) == [] and list(acc.open) == [(0, 1, 0, 0)]
+    # contrasts interleaved line by line (multi-echo) keep their frames open without the counter trigger
+    acc = FrameAccumulator(header, time_dim="phase", trigger_on_counter=False)
+    acq.clear_all_flags()
+    for contrast in (0, 1, 0, 1):
+        acq.idx.contrast = contrast
+        assert acc.add(acq) == []
+    assert sorted(acc.open) == [(0, 0, 0, 0), (0, 1, 0, 0)]

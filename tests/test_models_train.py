@@ -152,3 +152,24 @@ def test_train_cli_fine_tunes_from_weights_with_the_prox_dc(tmp_path, capsys):
     assert model.cfg.channels == TINY_K.channels
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, base.state_dict()[k])]
     assert changed  # one Adam step moved the weights
+
+
+def test_reference_augmentation_moves_and_noises_the_reference_only():
+    from models.training_data import rigid_warp
+
+    im = _images(1, size=32)[0]
+    np.testing.assert_allclose(rigid_warp(im, 0.0, 0.0, 0.0), im, atol=1e-6)
+    np.testing.assert_allclose(rigid_warp(im, 2.0, -3.0, 0.0)[4:-4, 4:-4], np.roll(im, (2, -3), (0, 1))[4:-4, 4:-4],
+                               atol=1e-5)
+    quarter = rigid_warp(im, 0.0, 0.0, 90.0)
+    assert np.abs(quarter[1:-1, 1:-1] - np.rot90(im, -1)[1:-1, 1:-1]).max() < 1e-4 or \
+        np.abs(quarter[1:-1, 1:-1] - np.rot90(im, 1)[1:-1, 1:-1]).max() < 1e-4
+    ims = _images()
+    kw = dict(size=(24, 24), reference_dropout=0.0, settings=SETTINGS)
+    plain = PairSampler([(ims[0], ims[1])], **kw)
+    moved = PairSampler([(ims[0], ims[1])], misregistration=1.0, max_shift_px=2.0, max_rotation_deg=2.0,
+                        reference_noise=(0.02, 0.03), **kw)
+    a, b = plain(np.random.default_rng(4)), moved(np.random.default_rng(4))
+    np.testing.assert_array_equal(a["target_image"], b["target_image"])  # the target and its acquisition unchanged
+    diff = np.abs(a["reference"] - b["reference"])
+    assert diff.mean() > 0.01 and np.abs(b["reference"]).min() >= 0
