@@ -41,7 +41,6 @@ property sent by a client is ignored.
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 import time
 from pathlib import Path

@@ -95,20 +95,4 @@ def markdown_table(scores: list[Score]) -> str:
     return "\n".join(lines)
 
 
-def reconstruct_cine_with(reconstructor, zero_filled: np.ndarray, kspace: np.ndarray, masks: np.ndarray,
-                          maps: np.ndarray, causal: bool = False, batch: int = 4) -> np.ndarray:
-    """Run a ``models.inference.Reconstructor`` over every frame of a periodic cine ``(T, ny, nx)``."""
-    t = zero_filled.shape[0]
-    out = np.empty_like(zero_filled)
-    for start in range(0, t, batch):
-        idx = list(range(start, min(start + batch, t)))
-        if causal:
-            frames = np.stack([zero_filled[[(i - 2) % t, (i - 1) % t, i]] for i in idx])
-        else:
-            frames = np.stack([zero_filled[[(i - 1) % t, i, (i + 1) % t]] for i in idx])
-        out[idx] = reconstructor.reconstruct_cine_batch(frames, kspace[idx], masks[idx],
-                                                        np.repeat(maps[None], len(idx), 0), causal=causal)
-    return out
-
-
-__all__ = ["measure", "score", "Score", "markdown_table", "reconstruct_cine_with"]
+__all__ = ["measure", "score", "Score", "markdown_table"]
