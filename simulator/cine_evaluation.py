@@ -202,3 +202,36 @@ def load_cache(path: Path) -> tuple[list[dict], dict[str, np.ndarray], dict]:
 __all__ = ["validation_cases", "acquire", "anchor_methods", "kgmgt_series", "view_shared_series", "tv_window_series",
            "choose_bart_lambda", "strip", "Acquisition", "DEFAULT_CONFIGS", "ONLINE_ANCHORS", "OFFLINE_ANCHORS",
            "BART_LAMBDAS", "save_cache", "load_cache", "cine_table"]
+
+
+def ablation_variants(new_weights: str | None, old_weights: str | None, device: str = "cpu") -> dict[str, Callable]:
+    """KGMgT variants for the ablation table: ``{label: (acquisition) -> images}``.
+
+    Inference-side switches on the trained network (cascades, DC solver, the network itself removed) and
+    the previous network (zero-filled inputs, trained on brains and a phantom).
+    """
+    import torch
+
+    from models.inference import _set_dc, load_model
+
+    def variant(weights, causal=False, cascades=None, dc=None, no_network=False):
+        rec = load_model("kgmgt", device=device, weights=weights)
+        if cascades:
+            rec.model.cfg.cascades = cascades
+        if dc:
+            rec.dc = _set_dc(rec.model, dc, 5)
+        if no_network:  # input (+DC) only: what the network starts from
+            with torch.no_grad():
+                rec.model.generator.tail.weight.zero_()
+                rec.model.generator.tail.bias.zero_()
+        return lambda a: kgmgt_series(rec, a, causal=causal)
+
+    out = {}
+    if old_weights:
+        out["v1: zero-filled inputs, brains+phantom, prox DC"] = variant(old_weights)
+    out["view-shared input + DC, network removed"] = variant(new_weights, no_network=True)
+    out["v2: view-shared inputs, real hearts, 1 cascade, prox DC"] = variant(new_weights)
+    out["v2, causal window"] = variant(new_weights, causal=True)
+    out["v2, 2 cascades at inference (shared weights)"] = variant(new_weights, cascades=2)
+    out["v2, one-step gradient DC"] = variant(new_weights, dc="gradient")
+    return out

@@ -113,6 +113,31 @@ def evaluate_cine(args, out: Path) -> list:
     return [_Row(r) for r in rows]
 
 
+def evaluate_cine_ablation(args, out: Path) -> list:
+    """KGMgT variants (``simulator.cine_evaluation.ablation_variants``) at the first ``--cine-configs`` entry."""
+    from models.evaluate import measure, score
+    from models.weights import shipped_path
+    from . import cine_evaluation as ce
+
+    family, accel = args.cine_configs[0].split(":")[0], float(args.cine_configs[0].split(":")[1])
+    old = args.previous_kgmgt_weights or shipped_path("kgmgt_cine_small")
+    variants = ce.ablation_variants(args.kgmgt_weights, str(old) if Path(old).with_suffix(".safetensors").exists()
+                                    else None, args.device)
+    rows = []
+    for name, cine in ce.validation_cases(tuple(args.sunnybrook_slices)).items():
+        a = ce.acquire(name, cine[: args.frames], family, float(accel), noise=args.noise)
+        for label, fn in variants.items():
+            pred, sec, mem = measure(lambda: fn(a), args.device)
+            sc = score(label, float(accel), pred, a.reference, sec, len(a.kspace), mem, case=name, family=family)
+            rows.append(sc.row())
+            print(f"{name:20s} {label:52s} PSNR {sc.psnr:6.2f} SSIM {sc.ssim:.4f} {sc.seconds_per_frame:7.3f} s/frame",
+                  flush=True)
+    from .cine_evaluation import cine_table
+    (out / "cine_ablation.md").write_text(cine_table(rows))
+    print(cine_table(rows))
+    return [_Row(r) for r in rows]
+
+
 class _Row:
     """A cached score row in the shape ``models.evaluate.markdown_table`` and the JSON writer expect."""
 
@@ -204,7 +229,10 @@ _CINE_CONFIGS = ("kt-gaussian:8", "vd-random:8", "kt-gaussian:4", "kt-gaussian:1
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="streamrecon evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--task", choices=("cine", "pair", "all"), default="all")
+    p.add_argument("--task", choices=("cine", "cine-ablation", "pair", "all"), default="all",
+                   help="cine-ablation: KGMgT variants at 8x kt-Gaussian on the cine validation cases")
+    p.add_argument("--previous-kgmgt-weights", type=Path, default=None,
+                   help="cine-ablation: the earlier network to compare (default the shipped kgmgt_cine_small)")
     p.add_argument("--cine-configs", nargs="+", default=list(_CINE_CONFIGS),
                    help="cine mask family:acceleration pairs")
     p.add_argument("--sunnybrook-slices", type=int, nargs="+", default=[4, 6],
@@ -242,9 +270,13 @@ def main(argv: list[str]) -> int:
     scores = []
     if args.task in ("cine", "all"):
         scores += evaluate_cine(args, args.out)
+    if args.task == "cine-ablation":
+        scores += evaluate_cine_ablation(args, args.out)
     if args.task in ("pair", "all"):
         scores += evaluate_pairs(args, args.out)
     table = markdown_table(scores)
+    if args.task == "cine-ablation":
+        scores += evaluate_cine_ablation(args, args.out)
     if args.task in ("pair", "all"):
         table += "\n\n" + pair_summary(scores)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": "streamrecon evaluate " + " ".join(argv),
