@@ -54,7 +54,7 @@ import torch
 from .complex_channels import from_channels, to_channels
 from .weights import build_model, load_weights, shipped_path
 
-DEFAULT_WEIGHTS = {"kgmgt": "kgmgt_cine_small", "sgfmri": "sgfmri_brain_small"}
+DEFAULT_WEIGHTS = {"kgmgt": "kgmgt_cine_vs", "sgfmri": "sgfmri_brain_small"}
 UNTRAINED = "UNTRAINED-random-init"
 
 
