@@ -344,6 +344,9 @@ def _merge(results: list[StreamResult]) -> StreamResult:
         m.bytes_sent += r.bytes_sent
     m.closed = all(r.closed for r in results)
     m.stopped_early = any(r.stopped_early for r in results)
+    m.send_error = next((r.send_error for r in results if r.send_error), None)
+    m.receive_error = next((r.receive_error for r in results if r.receive_error), None)
+    m.timed_out = any(r.timed_out for r in results)
     m.t_start, m.t_end = results[0].t_start, results[-1].t_end
     m.paced_block_ms = results[-1].paced_block_ms
     return m
@@ -402,6 +405,16 @@ def _refusal(merged: list[StreamResult]) -> str | None:
     if reasons and all(r.closed or r.stopped_early for r in merged):
         return reasons[0]
     return None
+
+
+def session_end(r: StreamResult) -> str | None:
+    """Why a session ended without the host's CLOSE (a cut connection, a killed host, a timeout); None if it closed."""
+    if r.closed:
+        return None
+    why = [w for w in (r.send_error and f"sending failed: {r.send_error}",
+                       r.receive_error and f"receiving failed: {r.receive_error}",
+                       r.timed_out and "timed out waiting for the host") if w]
+    return "the connection ended before the host's CLOSE" + (f" ({'; '.join(why)})" if why else "")
 
 
 def _report(args, scans, masks, merged: list[StreamResult], wall: float, notes: list[str]) -> tuple[dict, int]:
@@ -476,6 +489,7 @@ def _report(args, scans, masks, merged: list[StreamResult], wall: float, notes: 
         "host_messages": [t for r in merged for t in r.texts] + [f"ERROR {e}" for r in merged for e in r.errors],
         "host_errors": host_errors,
         "closed_by_host": [r.closed for r in merged],
+        "session_end": [session_end(r) for r in merged],
     }
     report["warnings"] = _warnings(report)
     written = [out / "report.json", out / "images.h5"]
@@ -579,6 +593,9 @@ def _warnings(report: dict) -> list[str]:
                        f"{frame_ms:.0f} ms a frame, so its images queue up behind the scan "
                        f"({ms['p50'] / frame_ms:.1f}x slower than real time on this machine; the conventional series "
                        f"does not wait for it)")
+    for i, why in enumerate(report.get("session_end", [])):
+        if why:
+            out.append(f"scanner {i}: {why}; {report['frames']} of {report['frames_expected']} frames came back")
     return out
 
 

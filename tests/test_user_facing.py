@@ -469,3 +469,32 @@ def test_shipped_weights_are_declared_package_data():
     patterns = [p.strip() for p in cfg["options.package_data"]["models.weights"].split(",")]
     for f in (root / "models" / "weights").iterdir():
         assert any(fnmatch(f.name, p) for p in patterns), f.name
+
+
+def test_replay_after_the_host_is_killed_mid_scan_writes_the_report_with_the_reason(tmp_path, capsys):
+    """A host that dies mid-scan: the report is still written, says why the session ended, and the exit is 1."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from simulator.processes import free_port, python_env, wait_port
+
+    port = free_port()
+    host = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--no-preload-models"],
+                            env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, host, 60)
+        threading.Timer(1.5, lambda: host.send_signal(signal.SIGKILL)).start()
+        code, out, err = _replay(["cine", "--port", str(port), "--pipeline", "cine_conventional", "--frames", "40",
+                                  "--frame-ms", "100", "--matrix", "32", "--no-progress", "--out", str(tmp_path / "o")],
+                                 capsys)
+    finally:
+        host.kill()
+        host.wait()
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rep["closed_by_host"] == [False]
+    assert rep["session_end"][0].startswith("the connection ended before the host's CLOSE"), rep["session_end"]
+    assert 0 < rep["frames"] < 40
+    assert any("connection ended" in w for w in rep["warnings"]) and "connection ended" in out
+    assert code == 1
