@@ -275,8 +275,6 @@ def main(argv: list[str]) -> int:
     if args.task in ("pair", "all"):
         scores += evaluate_pairs(args, args.out)
     table = markdown_table(scores)
-    if args.task == "cine-ablation":
-        scores += evaluate_cine_ablation(args, args.out)
     if args.task in ("pair", "all"):
         table += "\n\n" + pair_summary(scores)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": "streamrecon evaluate " + " ".join(argv),
