@@ -187,14 +187,14 @@ def cine_table(rows: list[dict]) -> str:
 
 def save_cache(path: Path, rows: list[dict], images: dict[str, np.ndarray], extra: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path.with_suffix(".npz"), **{k.replace("/", "|"): v for k, v in images.items()})
+    np.savez_compressed(path.with_suffix(".npz"), **{k.replace("/", "~"): v for k, v in images.items()})
     path.with_suffix(".json").write_text(json.dumps({"rows": rows, **extra}, indent=1))
 
 
 def load_cache(path: Path) -> tuple[list[dict], dict[str, np.ndarray], dict]:
     data = json.loads(path.with_suffix(".json").read_text())
     with np.load(path.with_suffix(".npz")) as z:
-        images = {k.replace("|", "/"): z[k] for k in z.files}
+        images = {k.replace("~", "/"): z[k] for k in z.files}
     rows = data.pop("rows")
     return rows, images, data
 
