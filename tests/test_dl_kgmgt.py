@@ -270,11 +270,21 @@ class SlowBackend(RecordingBackend):
         return super().cine_batch(frames, kspace, mask, maps, causal)
 
 
-def _slow_causal_stream(weights, frames: int):
+class SlowPerFrameBackend(RecordingBackend):
+    """Slower than the frames arrive even when it batches: 0.3 s for every frame of a call."""
+
+    def cine_batch(self, frames, kspace, mask, maps, causal):
+        import time
+
+        time.sleep(0.3 * len(frames))
+        return super().cine_batch(frames, kspace, mask, maps, causal)
+
+
+def _slow_causal_stream(weights, frames: int, backend_class=SlowBackend):
     """A one-slice causal KGMgT stream whose model is slower than the frames arrive."""
     scan, mask = _scan(frames=frames, slices=1)
     header = make_header(scan)
-    backend = SlowBackend(device="cpu", weights={"kgmgt": str(weights["kgmgt"])})
+    backend = backend_class(device="cpu", weights={"kgmgt": str(weights["kgmgt"])})
     stream = KGMgTStream(header, ET.fromstring('<configuration><property name="mode" value="causal"/></configuration>'),
                          backend=backend)
     return scan, mask, header, backend, stream
@@ -321,7 +331,8 @@ def test_real_time_model_lag_is_bounded_by_flagged_fallbacks(weights):
 
     from gadgets.cine_kgmgt import ModelWorker
 
-    scan, mask, header, backend, stream = _slow_causal_stream(weights, frames=12)
+    # 12 frames in 0.6 s against 3.6 s of model work: the lag must be cut by fallbacks, however fast the CPU
+    scan, mask, header, backend, stream = _slow_causal_stream(weights, frames=12, backend_class=SlowPerFrameBackend)
     sent, lock = [], threading.Lock()
 
     def send(image):
@@ -334,13 +345,14 @@ def test_real_time_model_lag_is_bounded_by_flagged_fallbacks(weights):
     for acq in acquisitions(scan, mask, calib_lines=CALIB):
         for frame in acc.add(acq):
             conv.extend(stream.add(frame))
-            time.sleep(0.05)  # frames arrive every 50 ms; the model needs 300 ms a call
+            time.sleep(0.05)  # frames arrive every 50 ms; the model needs 300 ms a frame
     stream.flush()
     assert [im.repetition for im in conv] == list(range(12))
     assert sorted(im.repetition for im in sent) == list(range(12))  # one model-series image per frame
     behind = [im for im in sent if "Fallback" in im.meta]
     modelled = [im for im in sent if "Fallback" not in im.meta]
-    assert behind and modelled, "a slow model should give some model images and some flagged fallbacks"
+    assert behind and modelled, ("a slow model should give some model images and some flagged fallbacks",
+                                 [(im.repetition, im.meta.get("Fallback")) for im in sent])
     conv_by_frame = {im.repetition: np.asarray(im.data) for im in conv}
     for im in behind:  # a fallback carries the frame's conventional image
         np.testing.assert_allclose(np.asarray(im.data), conv_by_frame[im.repetition], rtol=1e-6)
