@@ -25,7 +25,7 @@ from gadgetron.types.recon_data import ReconBit, ReconBuffer, ReconData, Samplin
 from . import host_settings, properties
 from .errors import reports_errors
 from .header_checks import require_supported
-from .samples import NonFiniteCounter
+from .samples import NonFiniteCounter, mark_late
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +230,7 @@ class FrameAccumulator:
     max_done: int = 4096
     shape: tuple[int, int] | None = None  # (coils, nx) fixed by the first readout
     dropped_late: int = 0
+    late_by_group: dict = field(default_factory=dict)  # (slice, contrast, set) -> late readouts not yet reported
     count: int = 0
     # Frames open at once: readouts that never close a frame, each under a new
     # key, would otherwise grow memory without bound. Beyond it the oldest
@@ -276,6 +277,9 @@ class FrameAccumulator:
             # A late or duplicated readout of a frame already reconstructed:
             # reopening it would make a second image of the same frame.
             self.dropped_late += 1
+            group = key[:3]
+            if len(self.late_by_group) < self.max_open or group in self.late_by_group:
+                self.late_by_group[group] = self.late_by_group.get(group, 0) + 1
             log.warning("dropping a readout of frame %s which was already completed", key)
             return completed
         group = key[:3]
@@ -333,6 +337,9 @@ class FrameAccumulator:
             self.done.popitem(last=False)
         headers = _filled(frame.headers)
         calib_headers = _filled(frame.calibration_headers) if frame.calibration_headers is not None else None
+        late = self.late_by_group.pop(key[:3], 0)
+        if late:  # readouts of earlier frames of this slice that came after their image: say so on this one
+            mark_late(headers, late)
         if not frame.sampled.any() and frame.calibration is not None:
             # Calibration-only frame: its lines are the only data there is.
             frame.kspace, headers = frame.calibration.copy(), calib_headers

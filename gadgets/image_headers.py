@@ -15,7 +15,7 @@ import ismrmrd
 import numpy as np
 
 from .frames import Frame
-from .samples import META_KEY, zeroed_lines
+from .samples import LATE_META_KEY, META_KEY, late_readouts, zeroed_lines
 
 
 def recon_geometry(header: Any) -> tuple[tuple[int, int], tuple[float, float, float]]:
@@ -42,4 +42,7 @@ def image_from_frame(frame: Frame, pixels: np.ndarray, header: Any, *, series_in
     zeroed = zeroed_lines(frame.headers, frame.calibration_headers)
     if zeroed:
         image.meta[META_KEY] = str(zeroed)
+    late = late_readouts(frame.headers)
+    if late:
+        image.meta[LATE_META_KEY] = str(late)
     return image

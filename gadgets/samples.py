@@ -46,6 +46,28 @@ def zeroed_lines(*line_headers: Iterable[Any] | None) -> int:
     return len({i for headers in line_headers if headers is not None for i, h in enumerate(headers) if is_zeroed(h)})
 
 
+# Late readouts: a readout of a frame already reconstructed is dropped (a second image of the frame would
+# confuse the scanner), and the next frame of the same slice says so. The count rides on that frame's line
+# headers (flag ACQ_USER7, count in user_int[7]), so it crosses Gadgetron processes with the data.
+LATE_FLAG = ismrmrd.ACQ_USER7
+LATE_META_KEY = "LateReadoutsDropped"
+
+
+def mark_late(headers: Iterable[Any], count: int) -> None:
+    """Record on a frame's line headers that ``count`` readouts of earlier frames of its slice were dropped."""
+    for h in headers:
+        if h is not None and h.number_of_samples > 0:
+            h.flags = int(h.flags) | (1 << (LATE_FLAG - 1))
+            h.user_int[7] = min(int(count), 2**31 - 1)
+
+
+def late_readouts(*line_headers: Iterable[Any] | None) -> int:
+    """The late-readout count a frame's headers carry (0: none)."""
+    counts = [int(h.user_int[7]) for headers in line_headers if headers is not None for h in headers
+              if h is not None and int(h.flags) & (1 << (LATE_FLAG - 1))]
+    return max(counts, default=0)
+
+
 class NonFiniteCounter:
     """Zeroes and counts per gadget; logs the first occurrence and the total."""
 

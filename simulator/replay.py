@@ -473,7 +473,8 @@ def _report(args, scans, masks, merged: list[StreamResult], wall: float, notes: 
                     else "none: the source is undersampled and has no fully sampled reference"),
         "series": {str(k): {"name": _series_name(series[k]), **summarise(target_rows(v)),
                             "latency_ms": percentiles(lat_by_series.get(k, [])), "fallbacks": fallbacks[k],
-                            "model_ms_per_image": model_ms[k], "per_frame": v}
+                            "model_ms_per_image": model_ms[k], "per_frame": v,
+                            "late_readouts_dropped": late_readouts_dropped(series[k].values())}
                    for k, v in series_rows.items()},
         "zero_filled": {**summarise(zf_rows), "per_frame": zf_rows},
         "latency_ms": percentiles(lat_all),
@@ -555,6 +556,11 @@ def fallback_summary(images) -> dict:
             "reasons": [{"reason": r, "images": c} for r, c in reasons.most_common(3)]}
 
 
+def late_readouts_dropped(images) -> int:
+    """Readouts the host dropped because they came after their frame's image (the images' LateReadoutsDropped)."""
+    return sum(int(_meta(im, "LateReadoutsDropped") or 0) for im in images)
+
+
 def model_time_ms(images) -> dict:
     """The model's own time per image: ``InferenceMs`` (a batch's time) over ``Batch`` in the meta of model images."""
     values = []
@@ -593,6 +599,10 @@ def _warnings(report: dict) -> list[str]:
                        f"{frame_ms:.0f} ms a frame, so its images queue up behind the scan "
                        f"({ms['p50'] / frame_ms:.1f}x slower than real time on this machine; the conventional series "
                        f"does not wait for it)")
+    for k, s in report["series"].items():
+        if s.get("late_readouts_dropped"):
+            out.append(f"series {k} {s['name']}".strip() + f": {s['late_readouts_dropped']} readouts arrived after their "
+                       "frame's image and were dropped (images flagged LateReadoutsDropped)")
     for i, why in enumerate(report.get("session_end", [])):
         if why:
             out.append(f"scanner {i}: {why}; {report['frames']} of {report['frames_expected']} frames came back")

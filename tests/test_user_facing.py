@@ -498,3 +498,28 @@ def test_replay_after_the_host_is_killed_mid_scan_writes_the_report_with_the_rea
     assert 0 < rep["frames"] < 40
     assert any("connection ended" in w for w in rep["warnings"]) and "connection ended" in out
     assert code == 1
+
+
+def test_reordered_readouts_that_miss_their_frame_are_flagged_in_the_images_and_the_report(stream_host, tmp_path, capsys):
+    code, out, err = _replay(["cine", "--port", str(stream_host.port), "--pipeline", "cine_conventional", "--frames", "12",
+                              "--matrix", "32", "--accel", "2", "--fault", "reorder:6", "--no-progress",
+                              "--out", str(tmp_path / "o")], capsys)
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    dropped = rep["series"]["0"]["late_readouts_dropped"]
+    assert dropped > 0, rep["series"]["0"].keys()
+    assert any("arrived after their frame's image" in w for w in rep["warnings"])
+    import h5py
+    with h5py.File(tmp_path / "o" / "images.h5") as f:
+        text = " ".join(str(v) for v in _h5_strings(f))
+    assert "LateReadoutsDropped" in text
+
+
+def _h5_strings(group):
+    import h5py
+    for item in group.values():
+        if isinstance(item, h5py.Group):
+            yield from _h5_strings(item)
+        elif item.dtype.kind in "OSU":
+            yield from (x.decode() if isinstance(x, bytes) else str(x) for x in item[()].ravel())
+        for v in item.attrs.values():
+            yield str(v)
