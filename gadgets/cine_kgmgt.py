@@ -130,6 +130,7 @@ class SlidingWindows:
     emitted: dict = field(default_factory=dict)   # group -> set of times done
     newest: dict = field(default_factory=dict)    # group -> largest time seen (real time)
     ended: bool = False
+    ended_groups: set = field(default_factory=set)
 
     def _wrap(self, t: int) -> int:
         return t % self.period if self.period else t
@@ -142,7 +143,7 @@ class SlidingWindows:
     def _state(self, g: GroupKey, n: int) -> str:
         if n in self.present[g]:
             return "present"
-        if self.ended:
+        if self.ended or g in self.ended_groups:
             return "never"
         if self.period:
             return "never" if not 0 <= n < self.period else "pending"
@@ -181,6 +182,15 @@ class SlidingWindows:
         self.emitted.setdefault(g, set())
         self.newest[g] = max(self.newest.get(g, t), t)
         return self._ready(g)
+
+    def end_group(self, g: GroupKey) -> list[Window]:
+        """Group ``g`` will get no more frames: its frames not yet out, with the best neighbours there are."""
+        self.ended_groups.add(g)
+        return self._ready(g) if g in self.present else []
+
+    def forget(self, g: GroupKey) -> None:
+        for d in (self.present, self.emitted, self.newest):
+            d.pop(g, None)
 
     def flush(self) -> list[Window]:
         """The stream ended: every frame not yet out, with the best neighbours there are."""
@@ -250,6 +260,10 @@ class KGMgTStream:
         self.recon_shape, _ = recon_geometry(header)
         self.cache = CoilMapCache(self.recon_shape, properties.get(config, "max_calibration_lines", 32),
                                   max_entries=settings.max_cache_entries)
+        # (slice, contrast, set) groups held at once: a stream inventing a new slice with every frame must
+        # not grow memory; beyond this the oldest group is ended (its frames go out with the neighbours
+        # they have) and forgotten.
+        self.max_groups = max(1, settings.max_cache_entries)
         self.backend = backend if backend is not None else backend_from_config(config, settings)
         # The model's name and version are asked for on the model path, at its
         # first call: a blocking call here (a model load, a dead service's
@@ -296,7 +310,22 @@ class KGMgTStream:
         self.held.setdefault(g, {})[t] = _Held(frame, k, m, _pixels(conv), dict(conv.meta), shared)
         jobs = self._ready_for_maps([self._job(w) for w in self.windows.add(g, t)])
         self._prune(g)
+        while len(self.held) > self.max_groups:
+            jobs += self._end_group(next(iter(self.held)))
         yield from self._dispatch(jobs)
+
+    def _end_group(self, g: GroupKey) -> list["_Job"]:
+        """Release group ``g``'s frames now and forget it (see ``max_groups``)."""
+        log.warning("KGMgT: more than %d slices at once: ending slice group %s early", self.max_groups, g)
+        jobs = [self._job(w) for w in self.windows.end_group(g)]
+        for job in jobs:  # its maps may never come: these cannot wait for them
+            if job.reason is None and self.cache.get(g[0])[0] is None:
+                job.reason = "slice group ended early (too many slices at once) before its coil maps"
+        ready = self._ready_for_maps(jobs)
+        self.held.pop(g, None)
+        self.histories.pop(g, None)
+        self.windows.forget(g)
+        return ready
 
     def flush(self) -> list[ismrmrd.Image]:
         """The stream ended: the frames still waiting, with the best neighbours available."""

@@ -421,3 +421,28 @@ def test_real_time_every_model_series_image_leaves_within_max_lag(weights):
     lags = {t: sent[t][0] - released[t] for t in sent}
     assert max(lags.values()) < max_lag + 0.2, lags  # scheduling slack on a loaded 2-core machine
     assert any("Fallback" not in im.meta for _, im in sent.values())
+
+
+def test_slice_groups_held_at_once_are_bounded_and_every_frame_still_gets_its_image(weights):
+    """A stream with more slices than the operator's cap: the oldest slice groups are ended early, not held."""
+    from gadgets import host_settings
+
+    scan = small_cine(slices=6, frames=3, coils=4, ny=NY, nx=NY, order_dim="repetition")
+    mask = line_mask("kt-uniform", NY, 3, accel=4, acs=4)
+    header = make_header(scan)
+    settings = host_settings.load({}).with_values(max_cache_entries=2)
+    stream = KGMgTStream(header, ET.fromstring('<configuration><property name="mode" value="centered"/></configuration>'),
+                         backend=InProcessBackend(device="cpu", weights={"kgmgt": str(weights["kgmgt"])}),
+                         settings=settings)
+    acc = FrameAccumulator(header, time_dim="repetition")
+    images, most = [], 0
+    for acq in acquisitions(scan, mask, calib_lines=CALIB):
+        for frame in acc.add(acq):
+            images += stream.add(frame)
+            most = max(most, len(stream.held), len(stream.histories))
+    for frame in acc.flush():
+        images += stream.add(frame)
+    images += stream.flush()
+    assert most <= 2  # the operator's cap (6 slices arrived)
+    model = series(images, 1)
+    assert sorted((im.slice, im.repetition) for im in model) == [(s, t) for s in range(6) for t in range(3)]
