@@ -184,7 +184,10 @@ class SGFMRIStream:
         self.recon_shape, self.fov = recon_geometry(header)
         self.cache = CoilMapCache(self.recon_shape, properties.get(config, "max_calibration_lines", 32))
         self.backend = backend if backend is not None else backend_from_config(config, settings)
-        self.meta = {"Model": "SGF-MRI", "InferenceBackend": self.backend.label, **model_meta(self.backend, "sgfmri")}
+        # The model's name and version are asked for at the first model call, not here: a model load or a
+        # dead service's timeout must not hold back the reference contrast's conventional images.
+        self.meta = {"Model": "SGF-MRI", "InferenceBackend": self.backend.label}
+        self._model_meta_known = False
         self.references: dict[str, np.ndarray] = {}  # this stream's, by slice position text
         self.counts = {"model": 0, "single": 0, "fallback": 0}
         log.info("SGF-MRI: reference contrast %d, store %s, inference %s", self.reference_contrast,
@@ -280,6 +283,9 @@ class SGFMRIStream:
         except ValueError as exc:
             return self._fallback(frame, conv, str(exc), extra)
         ref_in = None if reference is None else np.abs(reference).astype(np.complex64)[None]
+        if not self._model_meta_known:
+            self.meta.update(model_meta(self.backend, "sgfmri"))
+            self._model_meta_known = True
         start = time.perf_counter()
         try:
             out = self.backend.pair_batch(ref_in, zf[None], k[None], m[None], maps[None])
