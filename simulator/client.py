@@ -330,4 +330,21 @@ def run_session(
     return result
 
 
-__all__ = ["Pacing", "StreamResult", "run_session", "config_text_bytes", "GADGETRON_ERROR_ID"]
+def run_sessions_at_once(host: str, port: int, scanners: int, **session) -> tuple[list[StreamResult], float]:
+    """``scanners`` copies of :func:`run_session` (same keyword arguments) at the same time, each on its
+    own thread, like several scanners sharing one host; returns their results and the wall time."""
+    results: list[StreamResult | None] = [None] * scanners
+
+    def one(i: int) -> None:
+        results[i] = run_session(host, port, **session)
+
+    threads = [threading.Thread(target=one, args=(i,), name=f"scanner-{i}") for i in range(scanners)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, time.perf_counter() - t0
+
+
+__all__ = ["Pacing", "StreamResult", "run_session", "run_sessions_at_once", "config_text_bytes", "GADGETRON_ERROR_ID"]

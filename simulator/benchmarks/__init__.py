@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 def machine(device: str = "") -> str:
@@ -19,3 +22,13 @@ def machine(device: str = "") -> str:
     text = (f"{cpu}, {os.cpu_count()} cores, {gpu}, Python {platform.python_version()}, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads)")
     return f"{text}, device {device}" if device else text
+
+
+def record_path(path: str | os.PathLike) -> str:
+    """A file as a record names it: relative to the repository when inside it, else its name alone
+    (a record must not carry the machine's folders)."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(REPOSITORY))
+    except ValueError:
+        return resolved.name

@@ -20,7 +20,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -65,8 +64,6 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     import logging
 
-    import numpy as np
-
     logging.getLogger("gadgets").setLevel(logging.ERROR)
     logging.getLogger("pipelines").setLevel(logging.ERROR)
     from gadgets import host_settings
@@ -79,8 +76,8 @@ def main(argv: list[str]) -> int:
     from pipelines.session import SessionOptions
     from pipelines.triton_client import health as triton_health
     from simulator.acquire import acquisitions
-    from simulator.benchmarks import machine
-    from simulator.client import Pacing, run_session
+    from simulator.benchmarks import machine, record_path
+    from simulator.client import Pacing, run_session, run_sessions_at_once
     from simulator.header import make_header
     from simulator.processes import free_port, python_env, start_triton_server, stop, stop_group, triton_python
     from simulator.results import frame_latencies_ms, percentiles
@@ -94,7 +91,7 @@ def main(argv: list[str]) -> int:
     record: dict[str, Any] = {"date": f"{started:%Y-%m-%d %H:%M} UTC", "command": "streamrecon bench backends " + " ".join(argv),
                               "machine": machine(args.device), "load_average_1min": os.getloadavg()[0], "note": args.note,
                               "scan": {"matrix": n, "coils": args.coils, "frames": args.frames, "frame_ms": args.frame_ms,
-                                       "mask": "kt-uniform 4x", "model": "KGMgT centred", "weights": weights},
+                                       "mask": "kt-uniform 4x", "model": "KGMgT centred", "weights": record_path(weights)},
                               "rows": []}
     say(f"streamrecon bench backends  {record['date']}\ncommand: {record['command']}\nmachine: {record['machine']}; "
         f"load average {record['load_average_1min']:.2f}\nscan: {record['scan']}")
@@ -148,20 +145,9 @@ def main(argv: list[str]) -> int:
                 for k in counts:
                     before = triton_health(servers["triton"])["counts"]["kgmgt"] if backend == "triton" else (
                         service_health(servers["service"])["counts"] if backend == "service" else {})
-                    results: list = [None] * k
-
-                    def one(i):
-                        results[i] = run_session("127.0.0.1", host.port, header=header, items=acqs,
-                                                 config_text=xml[backend], pacing=Pacing.per_frame(args.frame_ms),
-                                                 timeout=900)
-
-                    threads = [threading.Thread(target=one, args=(i,)) for i in range(k)]
-                    t0 = time.perf_counter()
-                    for t in threads:
-                        t.start()
-                    for t in threads:
-                        t.join()
-                    wall = time.perf_counter() - t0
+                    results, wall = run_sessions_at_once("127.0.0.1", host.port, k, header=header, items=acqs,
+                                                         config_text=xml[backend],
+                                                         pacing=Pacing.per_frame(args.frame_ms), timeout=900)
                     images = [im for r in results for im in r.images if int(im.image_series_index) == 1]
                     lat = percentiles([v for r in results for v in frame_latencies_ms(r, series=1, lookahead=1)])
                     fallbacks = sum("Fallback" in im.meta for im in images)

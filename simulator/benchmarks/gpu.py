@@ -35,7 +35,6 @@ import math
 import os
 import platform
 import sys
-import threading
 import time
 from contextlib import nullcontext
 from datetime import datetime, timezone
@@ -328,7 +327,7 @@ def section_latency(cfg, device, weights: dict[str, str], allow_random: bool, fr
     from pipelines.pipeline_config import shipped_pipeline_with
     from pipelines.session import SessionOptions
     from simulator.acquire import acquisitions
-    from simulator.client import Pacing, run_session
+    from simulator.client import Pacing, run_session, run_sessions_at_once
     from simulator.header import make_header
     from simulator.results import frame_latencies_ms, percentiles
     from simulator.scan import phantom_scan
@@ -352,17 +351,8 @@ def section_latency(cfg, device, weights: dict[str, str], allow_random: bool, fr
             if budget.left() <= 0:
                 out.append({"scanners": k, "skipped": "time budget spent"})
                 continue
-            results: list = [None] * k
-
-            def one(i):
-                results[i] = run_session("127.0.0.1", host.port, header=header, items=acqs, config_text=xml,
-                                         pacing=Pacing.per_frame(frame_ms), timeout=600)
-
-            threads = [threading.Thread(target=one, args=(i,)) for i in range(k)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            results, _ = run_sessions_at_once("127.0.0.1", host.port, k, header=header, items=acqs, config_text=xml,
+                                              pacing=Pacing.per_frame(frame_ms), timeout=600)
             model = [v for r in results for v in frame_latencies_ms(r, series=1, lookahead=1)]
             conv = [v for r in results for v in frame_latencies_ms(r, series=0, lookahead=0)]
             fallbacks = sum("Fallback" in im.meta for r in results for im in r.images if int(im.image_series_index) == 1)

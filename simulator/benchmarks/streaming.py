@@ -29,7 +29,6 @@ import argparse
 import os
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,8 +70,8 @@ def main(argv: list[str]) -> int:
     from pipelines.session import SessionOptions
     from pipelines.inference_client import health
     from simulator.acquire import acquisitions
-    from simulator.benchmarks import machine
-    from simulator.client import Pacing, run_session
+    from simulator.benchmarks import machine, record_path
+    from simulator.client import Pacing, run_session, run_sessions_at_once
     from simulator.header import make_header
     from simulator.results import frame_latencies_ms, percentiles
     from simulator.scan import phantom_scan
@@ -91,7 +90,7 @@ def main(argv: list[str]) -> int:
     print(f"streamrecon bench stream  {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"command: streamrecon bench stream {' '.join(argv)}")
     print(f"machine: {machine()}; load average at start {os.getloadavg()[0]:.2f} (1 min)")
-    print(f"weights: {weights if trained else 'NONE SHIPPED: untrained KGMgT cpu_small stand-in (timing only)'}")
+    print(f"weights: {record_path(weights) if trained else 'NONE SHIPPED: untrained KGMgT cpu_small stand-in (timing only)'}")
     print(f"scan: {n}x{n}, {args.coils} coils, 1 slice, {args.frames} frames, kt-uniform R={args.accel:g}, "
           f"calibration lines {calib[0]}..{calib[1] - 1} before frame 0, real time at {args.frame_ms:g} ms/frame")
 
@@ -194,19 +193,8 @@ def main(argv: list[str]) -> int:
             backends.append(("service", shipped_pipeline_with("kgmgt_cine_service", module)))
         for label, xml in backends:
             for k in [int(x) for x in args.scanners.split(",")]:
-                results: list = [None] * k
-
-                def one(i):
-                    results[i] = run_session("127.0.0.1", host.port, header=header, items=acqs, config_text=xml,
-                                             timeout=600)
-
-                threads = [threading.Thread(target=one, args=(i,)) for i in range(k)]
-                t0 = time.perf_counter()
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
-                wall = time.perf_counter() - t0
+                results, wall = run_sessions_at_once("127.0.0.1", host.port, k, header=header, items=acqs,
+                                                     config_text=xml, timeout=600)
                 model = [im for r in results for im in r.images if int(im.image_series_index) == 1]
                 fb = sum("Fallback" in im.meta for im in model)
                 batches = [int(im.meta.get("Batch", 1)) for im in model if "Batch" in im.meta]
