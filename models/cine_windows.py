@@ -30,6 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .coils import sense_combine
 from .fft import ifft2c
 from .masks import line_mask
 from .training_data import resize, simulate_acquisition, smooth_random_phase
@@ -62,15 +63,20 @@ def window_inputs(kspace: np.ndarray, masks: np.ndarray, maps: np.ndarray, t: in
     shares a frame when it arrives); ``"zero-filled"``: each frame's own lines only.
     """
     n = kspace.shape[0]
-    out = []
-    for i, f in enumerate(window_order(t, n, causal)):
-        if inputs == "zero-filled":
-            k = kspace[f]
-        else:
-            latest = f + 1 if (i == 0 and not causal and f + 1 < n) else f
-            k, _ = view_share(kspace, masks, f, latest=latest)
-        out.append(np.sum(np.conj(maps) * ifft2c(k), axis=0))
-    return np.stack(out).astype(np.complex64)
+    return np.stack([frame_image(kspace, masks, maps, f, causal=causal or i > 0, inputs=inputs)
+                     for i, f in enumerate(window_order(t, n, causal))])
+
+
+def frame_image(kspace: np.ndarray, masks: np.ndarray, maps: np.ndarray, f: int, causal: bool,
+                inputs: str = "view-shared") -> np.ndarray:
+    """Frame ``f``'s SENSE image ``(ny, nx)`` from its own lines (``"zero-filled"``) or view-shared, looking
+    no later than ``f`` (``causal``) or ``f+1`` (a centred window's target)."""
+    if inputs == "zero-filled":
+        k = kspace[f]
+    else:
+        latest = f if causal or f + 1 >= kspace.shape[0] else f + 1
+        k, _ = view_share(kspace, masks, f, latest=latest)
+    return sense_combine(ifft2c(k), maps)
 
 
 @dataclass
@@ -137,4 +143,4 @@ class RealCineSampler:
                 "mask": masks[t], "maps": acq["maps"], "causal": np.float32(causal)}
 
 
-__all__ = ["RealCineSampler", "window_inputs", "window_order", "FAMILY_WEIGHTS"]
+__all__ = ["RealCineSampler", "window_inputs", "window_order", "frame_image", "FAMILY_WEIGHTS"]

@@ -74,6 +74,13 @@ class DataConsistency(nn.Module):
     def noise_weight(self) -> torch.Tensor:
         return torch.exp(self.log_noise_weight)
 
+    @torch.no_grad()
+    def set_noise_weight(self, value: float) -> None:
+        """Set ``lam`` (the learned one too: training goes on from here)."""
+        if value <= 0:
+            raise ValueError("noise_weight must be positive")
+        self.log_noise_weight.fill_(math.log(value))
+
     def fraction(self) -> torch.Tensor:
         """``alpha``: how far a measured sample moves toward the measurement."""
         if self.mode == "hard":

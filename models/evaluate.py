@@ -73,6 +73,12 @@ class Score:
     peak_mib: float | None
     extra: dict = field(default_factory=dict)
 
+    @classmethod
+    def from_row(cls, row: dict) -> "Score":
+        """The score a :meth:`row` (e.g. from a cache) describes; other keys go to ``extra``."""
+        fields = ("method", "accel", "psnr", "ssim", "nmse", "seconds_per_frame", "peak_mib")
+        return cls(*(row.get(f) for f in fields), extra={k: v for k, v in row.items() if k not in fields})
+
     def row(self) -> dict:
         return {"method": self.method, "accel": self.accel, "psnr": round(self.psnr, 3), "ssim": round(self.ssim, 4),
                 "nmse": round(self.nmse, 5), "seconds_per_frame": round(self.seconds_per_frame, 4),

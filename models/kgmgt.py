@@ -329,10 +329,16 @@ class KGMgT(nn.Module):
         if self.cfg.inputs == "view-shared":
             # A view-shared input is already close to the image: start as the identity (input + DC) and
             # learn the correction, instead of first unlearning a random residual.
-            nn.init.zeros_(self.generator.tail.weight)
-            nn.init.zeros_(self.generator.tail.bias)
+            self.scale_residual(0.0)
         self.dc = DataConsistency(self.cfg.dc_mode, self.cfg.dc_noise_weight,
                                   learnable=self.cfg.dc_learnable and self.cfg.dc_mode == "soft")
+
+    @torch.no_grad()
+    def scale_residual(self, factor: float) -> None:
+        """Scale the generator's output layer: ``0`` makes the network input + DC (what it adds removed),
+        a small factor starts fine-tuning near that while keeping the learned features."""
+        self.generator.tail.weight.mul_(factor)
+        self.generator.tail.bias.mul_(factor)
 
     def _dc(self, x: torch.Tensor, kspace, mask, maps) -> torch.Tensor:
         if kspace is None:

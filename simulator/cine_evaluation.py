@@ -82,9 +82,9 @@ def acquire(case: str, cine: np.ndarray, family: str, accel: float, acs: int = 1
 
 def view_shared_series(a: Acquisition, causal: bool) -> np.ndarray:
     """View-sharing SENSE of every frame, as the stream has it (``t+1`` allowed when centred)."""
-    from models.cine_windows import window_inputs
+    from models.cine_windows import frame_image
 
-    return np.stack([window_inputs(a.kspace, a.masks, a.maps, t, causal)[0] for t in range(len(a.kspace))])
+    return np.stack([frame_image(a.kspace, a.masks, a.maps, t, causal) for t in range(len(a.kspace))])
 
 
 def tv_window_series(a: Acquisition, lam: float = 0.03, iterations: int = 100) -> np.ndarray:
@@ -210,8 +210,6 @@ def ablation_variants(new_weights: str | None, old_weights: str | None, device: 
     Inference-side switches on the trained network (cascades, DC solver, the network itself removed) and
     the previous network (zero-filled inputs, trained on brains and a phantom).
     """
-    import torch
-
     from models.inference import _set_dc, load_model
 
     def variant(weights, causal=False, cascades=None, dc=None, no_network=False):
@@ -221,9 +219,7 @@ def ablation_variants(new_weights: str | None, old_weights: str | None, device: 
         if dc:
             rec.dc = _set_dc(rec.model, dc, 5)
         if no_network:  # input (+DC) only: what the network starts from
-            with torch.no_grad():
-                rec.model.generator.tail.weight.zero_()
-                rec.model.generator.tail.bias.zero_()
+            rec.model.scale_residual(0.0)
         return lambda a: kgmgt_series(rec, a, causal=causal)
 
     out = {}

@@ -57,7 +57,7 @@ def _strip(images: list[np.ndarray], ref: np.ndarray, path: Path, labels: list[s
 
 def evaluate_cine(args, out: Path) -> list:
     """The cine validation (``simulator.cine_evaluation``): anchors (cached in ``--anchors-cache``) and KGMgT."""
-    from models.evaluate import measure, score
+    from models.evaluate import Score, measure, score
     from models.inference import load_model
     from . import cine_evaluation as ce
 
@@ -110,12 +110,12 @@ def evaluate_cine(args, out: Path) -> list:
     (out / "cine.md").write_text(ce.cine_table(rows) + (f"\nBART lambda {bart_lambda:g} (sweep on the first case: "
                                  f"{extra.get('bart_lambda_sweep')})\n" if bart_lambda else ""))
     print(ce.cine_table(rows))
-    return [_Row(r) for r in rows]
+    return [Score.from_row(r) for r in rows]
 
 
 def evaluate_cine_ablation(args, out: Path) -> list:
     """KGMgT variants (``simulator.cine_evaluation.ablation_variants``) at the first ``--cine-configs`` entry."""
-    from models.evaluate import measure, score
+    from models.evaluate import Score, measure, score
     from models.weights import shipped_path
     from . import cine_evaluation as ce
 
@@ -135,21 +135,7 @@ def evaluate_cine_ablation(args, out: Path) -> list:
     from .cine_evaluation import cine_table
     (out / "cine_ablation.md").write_text(cine_table(rows))
     print(cine_table(rows))
-    return [_Row(r) for r in rows]
-
-
-class _Row:
-    """A cached score row in the shape ``models.evaluate.markdown_table`` and the JSON writer expect."""
-
-    def __init__(self, row: dict) -> None:
-        self._row = row
-        self.method, self.accel, self.psnr, self.ssim = row["method"], row["accel"], row["psnr"], row["ssim"]
-        self.nmse, self.seconds_per_frame, self.peak_mib = row["nmse"], row["seconds_per_frame"], row.get("peak_mib")
-        self.extra = {k: v for k, v in row.items() if k not in
-                      ("method", "accel", "psnr", "ssim", "nmse", "seconds_per_frame", "peak_mib")}
-
-    def row(self) -> dict:
-        return self._row
+    return [Score.from_row(r) for r in rows]
 
 
 def evaluate_pairs(args, out: Path) -> list:

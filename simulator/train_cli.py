@@ -230,13 +230,9 @@ def main(argv: list[str]) -> int:
         if args.dc_on_input:
             model.cfg.dc_on_input = True
         if args.init_weights and args.dc_noise_weight is not None:
-            import math
-            with torch.no_grad():
-                model.dc.log_noise_weight.fill_(math.log(args.dc_noise_weight))
+            model.dc.set_noise_weight(args.dc_noise_weight)
         if args.init_weights and args.init_residual_scale is not None:
-            with torch.no_grad():
-                model.generator.tail.weight.mul_(args.init_residual_scale)
-                model.generator.tail.bias.mul_(args.init_residual_scale)
+            model.scale_residual(args.init_residual_scale)
     if args.dc_method != "gradient":
         from models.inference import _set_dc
         print(f"training DC: {_set_dc(model, args.dc_method, args.dc_iterations)}")
