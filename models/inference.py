@@ -231,7 +231,9 @@ def _set_dc(model: torch.nn.Module, method: str, iterations: int) -> str:
         raise ValueError(f"dc_method must be 'auto', 'gradient' or 'prox', got {method!r}")
     if method == "prox" and model.dc.mode != "soft":
         raise ValueError("the prox DC needs a soft-DC model")
-    model.dc.method, model.dc.cg_iterations = method, iterations
+    layers = model.dc_layers() if hasattr(model, "dc_layers") else [model.dc]
+    for layer in layers:
+        layer.method, layer.cg_iterations = method, iterations
     return f"{model.dc.mode}-{method}" + (f"-{iterations}" if method == "prox" else "")
 
 

@@ -82,6 +82,10 @@ class KGMgTConfig:
     inputs: str = "zero-filled"
     dc_on_input: bool = False   # soft-DC the target input before the first pass (view-shared input)
     cascades: int = 1           # mentor/learner passes (shared weights), each ending in DC
+    # One learned DC weight per DC step (input, after the mentor, at the output) instead of one shared:
+    # the input step anchors a view-shared image to the frame's own lines (CG-SENSE from a good start),
+    # the last one decides how far measured lines may move; they need not agree.
+    dc_per_step: bool = False
 
     def __post_init__(self) -> None:
         if self.inputs not in ("zero-filled", "view-shared"):
@@ -330,8 +334,15 @@ class KGMgT(nn.Module):
             # A view-shared input is already close to the image: start as the identity (input + DC) and
             # learn the correction, instead of first unlearning a random residual.
             self.scale_residual(0.0)
-        self.dc = DataConsistency(self.cfg.dc_mode, self.cfg.dc_noise_weight,
-                                  learnable=self.cfg.dc_learnable and self.cfg.dc_mode == "soft")
+        learn = self.cfg.dc_learnable and self.cfg.dc_mode == "soft"
+        self.dc = DataConsistency(self.cfg.dc_mode, self.cfg.dc_noise_weight, learnable=learn)
+        if self.cfg.dc_per_step:
+            self.dc_input = DataConsistency(self.cfg.dc_mode, self.cfg.dc_noise_weight, learnable=learn)
+            self.dc_mentor = DataConsistency(self.cfg.dc_mode, self.cfg.dc_noise_weight, learnable=learn)
+
+    def dc_layers(self) -> list[DataConsistency]:
+        """Every DC step of the network (one shared layer, or input / mentor / output)."""
+        return [self.dc_input, self.dc_mentor, self.dc] if self.cfg.dc_per_step else [self.dc]
 
     @torch.no_grad()
     def scale_residual(self, factor: float) -> None:
@@ -340,11 +351,14 @@ class KGMgT(nn.Module):
         self.generator.tail.weight.mul_(factor)
         self.generator.tail.bias.mul_(factor)
 
-    def _dc(self, x: torch.Tensor, kspace, mask, maps) -> torch.Tensor:
+    def _dc(self, x: torch.Tensor, kspace, mask, maps, step: str = "output") -> torch.Tensor:
         if kspace is None:
             return x
+        layer = self.dc
+        if self.cfg.dc_per_step and step != "output":
+            layer = self.dc_input if step == "input" else self.dc_mentor
         with torch.autocast(device_type=x.device.type, enabled=False):  # FFTs in float32
-            return self.dc.forward_channels(x.float(), kspace, mask, maps).to(x.dtype)
+            return layer.forward_channels(x.float(), kspace, mask, maps).to(x.dtype)
 
     def forward(self, target: torch.Tensor, ref_mentor: torch.Tensor, ref_learner: torch.Tensor,
                 kspace: torch.Tensor | None = None, mask: torch.Tensor | None = None,
@@ -370,12 +384,12 @@ class KGMgT(nn.Module):
             return F.pad(z, (0, pw, 0, ph), mode="replicate") if (ph or pw) else z
 
         rm, rl = pad(ref_mentor), pad(ref_learner)
-        x = self._dc(target, kspace, mask, maps) if self.cfg.dc_on_input else target
+        x = self._dc(target, kspace, mask, maps, "input") if self.cfg.dc_on_input else target
         for _ in range(self.cfg.cascades):
             res1, feats = self.generator(pad(x), rm)
             kg = x + res1[..., :h, :w]
             if self.cfg.dc_after_mentor:
-                kg = self._dc(kg, kspace, mask, maps)
+                kg = self._dc(kg, kspace, mask, maps, "mentor")
             res2, _ = self.generator(pad(kg), rl, feats)
             x = self._dc(kg + res2[..., :h, :w], kspace, mask, maps)
         return x

@@ -57,6 +57,8 @@ class TrainConfig:
     ckpt_every: int = 100
     log_every: int = 10
     time_limit_s: float | None = None  # stop (and checkpoint) after this wall time
+    schedule_by_time: bool = True      # the cosine decay also ends at the time limit (False: over `steps` only,
+                                       # for a long run spread over several sessions, each stopped by the limit)
     threads: int | None = None
 
 
@@ -204,23 +206,46 @@ def make_batches(sampler: Callable, rng: np.random.Generator, n: int, batch: int
     return [collate([sampler(rng) for _ in range(batch)]) for _ in range(n)]
 
 
-def validate(model: nn.Module, forward: Callable, batches: Sequence[dict], device) -> dict[str, float]:
-    """Mean magnitude PSNR (dB, peak = max of each reference) and L1 over fixed validation batches."""
+def _psnr(pred: torch.Tensor, tgt: torch.Tensor) -> list[float]:
+    pm, tm = magnitude(pred.float()), magnitude(tgt)
+    mse = ((pm - tm) ** 2).flatten(1).mean(1)
+    peak = tm.flatten(1).amax(1)
+    return (20 * torch.log10(peak) - 10 * torch.log10(mse.clamp_min(1e-20))).tolist()
+
+
+def network_input(task: str, batch: dict[str, np.ndarray]) -> np.ndarray:
+    """The image the network starts from (``(B, ny, nx)`` complex): the cine target frame, or the pair's target."""
+    return batch["frames"][:, 0] if task == "cine" else batch["target_zf"]
+
+
+def validate(model: nn.Module, forward: Callable, batches: Sequence[dict], device,
+             task: str | None = None) -> dict[str, float]:
+    """Mean magnitude PSNR (dB, peak = max of each reference) and L1 over fixed validation batches.
+
+    With ``task``, also the PSNR of the network's own input and the gain over it (``val_gain``), the
+    figure that says whether the network adds anything; ``val_min_gain`` is the worst batch's."""
     model.eval()
-    psnrs, l1s = [], []
+    psnrs, l1s, inputs = [], [], []
     with torch.no_grad():
         for b in batches:
             pred, tgt = forward(model, b, device)
-            pm, tm = magnitude(pred.float()), magnitude(tgt)
-            mse = ((pm - tm) ** 2).flatten(1).mean(1)
-            peak = tm.flatten(1).amax(1)
-            psnrs += (20 * torch.log10(peak) - 10 * torch.log10(mse.clamp_min(1e-20))).tolist()
+            psnrs += _psnr(pred, tgt)
             l1s.append(float(F.l1_loss(pred.float(), tgt)))
+            if task is not None:
+                inputs += _psnr(to_channels(_c(network_input(task, b), device)), tgt)
     model.train()
-    return {"val_psnr": float(np.mean(psnrs)), "val_l1": float(np.mean(l1s))}
+    out = {"val_psnr": float(np.mean(psnrs)), "val_l1": float(np.mean(l1s))}
+    if inputs:
+        gains = np.asarray(psnrs) - np.asarray(inputs)
+        out.update({"val_input_psnr": float(np.mean(inputs)), "val_gain": float(gains.mean()),
+                    "val_min_gain": float(gains.min())})
+    return out
 
 
 def _progress(total: int, initial: int):
+    import sys
+    if not sys.stderr.isatty():  # a background run's log file gets plain lines, not a redrawn bar
+        return None
     try:
         from tqdm import tqdm
         return tqdm(total=total, initial=initial, dynamic_ncols=True)
@@ -230,11 +255,14 @@ def _progress(total: int, initial: int):
 
 def train(model: nn.Module, sampler: Callable, cfg: TrainConfig, ckpt_dir: str | Path | None = None,
           resume: bool = False, perceptual: nn.Module | None = None,
-          log: Callable[[str], None] = print, val_sampler: Callable | None = None) -> dict[str, Any]:
+          log: Callable[[str], None] = print, val_sampler: Callable | None = None,
+          val_data: Sequence[dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
     """Train ``model`` on samples from ``sampler``; returns ``{"history", "seconds", "step"}``.
 
-    Validation batches come from ``val_sampler`` (held-out data) when given, else from ``sampler``
-    with a fixed seed; either way the same batches at every validation."""
+    Validation batches are ``val_data`` (fixed held-out batches, any matrix each) when given, else
+    drawn from ``val_sampler`` (held-out data) or ``sampler`` with a fixed seed; either way the same
+    batches at every validation. With a checkpoint folder, the weights of the best validation so far
+    are kept as ``best.safetensors`` (by ``val_gain`` when the input is known, else ``val_psnr``)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
@@ -247,7 +275,8 @@ def train(model: nn.Module, sampler: Callable, cfg: TrainConfig, ckpt_dir: str |
     optim_d = torch.optim.Adam(critic.parameters(), lr=1e-4, betas=(0.5, 0.9)) if critic else None
     if perceptual is not None:
         perceptual = perceptual.to(device)
-    val = make_batches(val_sampler or sampler, np.random.default_rng(cfg.seed + 10_000_019), cfg.val_batches, cfg.batch)
+    val = list(val_data) if val_data is not None else make_batches(
+        val_sampler or sampler, np.random.default_rng(cfg.seed + 10_000_019), cfg.val_batches, cfg.batch)
     step, history, elapsed_before = 0, [], 0.0
     ckpt = Path(ckpt_dir) if ckpt_dir else None
     if resume and ckpt and (ckpt / "state.json").exists():
@@ -263,7 +292,7 @@ def train(model: nn.Module, sampler: Callable, cfg: TrainConfig, ckpt_dir: str |
     while step < cfg.steps:
         # cosine decay over the run: steps, or wall time when a time limit is the tighter bound
         progress = step / cfg.steps
-        if cfg.time_limit_s:
+        if cfg.time_limit_s and cfg.schedule_by_time:
             progress = max(progress, (elapsed_before + time.time() - start) / cfg.time_limit_s)
         progress = min(progress, 1.0)
         lr = cfg.lr * (cfg.lr_min_fraction + (1 - cfg.lr_min_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
@@ -295,8 +324,14 @@ def train(model: nn.Module, sampler: Callable, cfg: TrainConfig, ckpt_dir: str |
         entry: dict[str, Any] = {}
         if step % cfg.val_every == 0 or step == cfg.steps:
             entry = {"step": step, "loss": float(np.mean(running[-cfg.val_every:])), "lr": lr,
-                     "seconds": round(time.time() - start, 1), **validate(model, forward, val, device)}
+                     "seconds": round(elapsed_before + time.time() - start, 1),
+                     **validate(model, forward, val, device, cfg.task)}
             history.append(entry)
+            key = "val_gain" if "val_gain" in entry else "val_psnr"
+            if ckpt and entry[key] >= max(h.get(key, -1e9) for h in history):
+                ckpt.mkdir(parents=True, exist_ok=True)
+                save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                          str(ckpt / "best.safetensors"), metadata={"step": str(step), key: f"{entry[key]:.4f}"})
         if bar is not None:
             bar.update(1)
             post = {"loss": f"{np.mean(running[-cfg.log_every:]):.4f}"}
@@ -307,6 +342,8 @@ def train(model: nn.Module, sampler: Callable, cfg: TrainConfig, ckpt_dir: str |
             msg = f"step {step}/{cfg.steps} loss {np.mean(running[-cfg.log_every:]):.4f} lr {lr:.2e} {time.time() - start:.0f}s"
             if entry:
                 msg += f" val_psnr {entry['val_psnr']:.2f} dB"
+                if "val_gain" in entry:
+                    msg += f" (input {entry['val_input_psnr']:.2f}, gain {entry['val_gain']:+.2f}, worst {entry['val_min_gain']:+.2f})"
             log(msg)
         out_of_time = cfg.time_limit_s is not None and elapsed_before + time.time() - start > cfg.time_limit_s
         if ckpt and (step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time):

@@ -126,7 +126,8 @@ class SimulationSettings:
 
 
 def simulate_acquisition(rng: np.random.Generator, images: np.ndarray, masks: np.ndarray, n_coils: int,
-                         noise_rel: float, maps: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                         noise_rel: float, maps: np.ndarray | None = None,
+                         frames_out: Sequence[int] | None = None) -> dict[str, np.ndarray]:
     """Multi-coil undersampled acquisition of ``images (T, ny, nx)`` with line ``masks (T, ny)``.
 
     Coil maps are estimated from the time-averaged sampled k-space (as the
@@ -134,24 +135,48 @@ def simulate_acquisition(rng: np.random.Generator, images: np.ndarray, masks: np
     SENSE combination of the fully sampled coil images with the same maps.
     Returns ``kspace (T, C, ny, nx)``, ``maps (C, ny, nx)``, ``zero_filled
     (T, ny, nx)``, ``target (T, ny, nx)``, all complex64.
+
+    ``frames_out``: compute ``target`` only for these frames (``(len(frames_out), ny, nx)``, in that
+    order) and no ``zero_filled``; noise is then drawn only where a frame is sampled, except on those
+    frames (their fully sampled target carries its own noise). Samplers that need one frame's target
+    use it: a window's simulation costs a fraction of the whole series'.
     """
     t, ny, nx = images.shape
     true_maps = random_coil_maps(rng, n_coils, ny, nx) if maps is None else maps
     full = fft2c(true_maps[None] * images[:, None])  # (T, C, ny, nx)
     rms = np.sqrt(np.mean(np.abs(full) ** 2))
-    noise = noise_rel * rms * (rng.standard_normal(full.shape) + 1j * rng.standard_normal(full.shape)) / np.sqrt(2)
-    full = full + noise
     m = masks[:, None, :, None]
-    kspace = (full * m).astype(np.complex64)
+    if frames_out is None:
+        noise = noise_rel * rms * (rng.standard_normal(full.shape) + 1j * rng.standard_normal(full.shape)) / np.sqrt(2)
+        full = full + noise
+        kspace = (full * m).astype(np.complex64)
+    else:
+        kspace = (full * m).astype(np.complex64)
+        if noise_rel > 0:
+            sigma = np.float32(noise_rel * rms / np.sqrt(2))
+            for f in range(t):
+                lines = np.nonzero(masks[f])[0]
+                shape = (full.shape[1], len(lines), nx)
+                kspace[f][:, lines] += sigma * (rng.standard_normal(shape, dtype=np.float32)
+                                                + 1j * rng.standard_normal(shape, dtype=np.float32))
+        full = full[list(frames_out)].astype(np.complex64)
+        if noise_rel > 0:  # the fully sampled targets: the measured lines' noise, fresh noise elsewhere
+            sigma = np.float32(noise_rel * rms / np.sqrt(2))
+            extra = sigma * (rng.standard_normal(full.shape, dtype=np.float32)
+                             + 1j * rng.standard_normal(full.shape, dtype=np.float32))
+            for i, f in enumerate(frames_out):
+                full[i] = np.where(m[f], kspace[f], full[i] + extra[i])
     counts = np.maximum(masks.sum(0), 1)[None, :, None]
     averaged = kspace.sum(0) / counts
     try:
         est = estimate_coil_maps(averaged)
     except ValueError:  # tiny matrices at high acceleration: no contiguous centre; use the central 4 lines anyway
         est = estimate_coil_maps(averaged, calib_lines=(ny // 2 - 2, ny // 2 + 2))
+    target = np.sum(np.conj(est)[None] * ifft2c(full), axis=1).astype(np.complex64)
+    if frames_out is not None:
+        return {"kspace": kspace, "maps": est, "target": target}
     zf = np.sum(np.conj(est)[None] * ifft2c(kspace), axis=1)
-    target = np.sum(np.conj(est)[None] * ifft2c(full), axis=1)
-    return {"kspace": kspace, "maps": est, "zero_filled": zf.astype(np.complex64), "target": target.astype(np.complex64)}
+    return {"kspace": kspace, "maps": est, "zero_filled": zf.astype(np.complex64), "target": target}
 
 
 def _scale(zf_target: np.ndarray) -> float:

@@ -71,6 +71,17 @@ def load_sunnybrook(patients: tuple[str, ...] | list[str] | None = None) -> dict
     return out
 
 
+def cine_validation_hearts(slices_per_patient: int = 3) -> dict[str, np.ndarray]:
+    """The held-out hearts ``{name: (T, ny, nx)}`` at their full matrix: GIRAF (another dataset, 192 x 156)
+    and ``slices_per_patient`` slices spread from base to apex of each :data:`SUNNYBROOK_VALIDATION` patient."""
+    hearts = {"GIRAF": load_cine()}
+    if have_sunnybrook():
+        for patient, cines in load_sunnybrook(SUNNYBROOK_VALIDATION).items():
+            for i in np.linspace(0, len(cines) - 1, slices_per_patient + 2)[1:-1].round().astype(int):
+                hearts[f"{patient}/slice{i}"] = cines[i]
+    return hearts
+
+
 def load_qmrlab() -> dict[str, np.ndarray]:
     """``{"T1w", "PDw", "MTw"}`` -> ``(128, 128, 96)`` float32 volumes (co-registered)."""
     import nibabel as nib

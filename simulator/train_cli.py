@@ -73,17 +73,42 @@ def _dataset_images(args) -> tuple[list, list]:
     return images, cines
 
 
+def _with_dc_per_step(model):
+    """The same KGMgT with one DC layer per step, each a copy of its one shared layer (the generator's
+    weights kept): fine-tuning a shared-DC network into the per-step form."""
+    from models.weights import build_model
+
+    cfg = model.cfg.to_dict()
+    cfg["dc_per_step"] = True
+    new = build_model("kgmgt", cfg)
+    state = model.state_dict()
+    for prefix in ("dc_input.", "dc_mentor."):
+        state.update({prefix + k[3:]: v for k, v in state.items() if k.startswith("dc.")})
+    new.load_state_dict(state, strict=True)
+    return new
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamrecon train", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=("kgmgt", "sgfmri"), required=True)
     p.add_argument("--config", choices=("small", "official"), default="small",
                    help="network width: the CPU-trainable 'small' one or the paper's")
-    p.add_argument("--data", choices=("shared", "sunnybrook", "synthetic", "none"), default="shared",
-                   help="training data (see above); default shared")
+    p.add_argument("--data", choices=("shared", "sunnybrook", "sunnybrook-rt", "synthetic", "none"), default="shared",
+                   help="training data (see above); default shared. sunnybrook-rt: the Sunnybrook training "
+                        "patients simulated as real-time scans of unseen hearts (native resolution, any angle, "
+                        "4-32 coils on random arrays, noise to real-time SNR, strides 1-3, 10%% other anatomy in "
+                        "motion), validated on whole held-out hearts at their full matrix under conditions "
+                        "training does not draw (models.cine_windows.VALIDATION_CONDITIONS)")
     p.add_argument("--inputs", choices=("zero-filled", "view-shared"), default=None,
                    help="cine network inputs (default: view-shared with --data sunnybrook, else zero-filled)")
     p.add_argument("--cascades", type=int, default=None, help="KGMgT mentor/learner passes, each ending in DC")
     p.add_argument("--dc-on-input", action="store_true", help="KGMgT: DC the target input before the first pass")
+    p.add_argument("--dc-per-step", action="store_true",
+                   help="KGMgT: one learned DC weight per DC step (input, mentor, output), each starting at "
+                        "--dc-noise-weight")
+    p.add_argument("--schedule-steps", action="store_true",
+                   help="the learning-rate decay runs over --steps only, not the --time-limit: for a long run "
+                        "resumed over several sessions, each stopped by its --time-limit")
     p.add_argument("--init-residual-scale", type=float, default=None,
                    help="with --init-weights: scale the generator's output layer, so a network trained on other "
                         "inputs starts near the identity (input + DC) but keeps its learned features")
@@ -151,7 +176,26 @@ def main(argv: list[str]) -> int:
         torch.set_num_threads(args.threads)
     settings = SimulationSettings(accel=tuple(args.accel))
     val_sampler = None
-    if args.model == "kgmgt" and args.data == "sunnybrook":
+    val_data = None
+    if args.model == "kgmgt" and args.data == "sunnybrook-rt":
+        from models.cine_windows import VALIDATION_CONDITIONS, RealCineSampler, validation_window
+        from models.training_data import collate
+        inputs = args.inputs or "view-shared"
+        size = args.size or 128
+        train_cines = [c for v in model_data.load_sunnybrook().values() for c in v]
+        static = model_data.cine_training_images(step=3)
+        sampler = RealCineSampler.realtime(train_cines, size=size, static_images=static, inputs=inputs,
+                                           accel=tuple(args.accel) if args.accel != (4.0, 12.0) else (3.0, 14.0))
+        held_out = model_data.cine_validation_hearts()
+        val_data = [collate([validation_window(cine, cond, seed=i)])
+                    for i, (name, cine) in enumerate(held_out.items()) for cond in VALIDATION_CONDITIONS]
+        print(f"cine data: {len(train_cines)} Sunnybrook slice-cines, {len(static)} static images in motion; "
+              f"validation: {len(val_data)} windows of {len(held_out)} held-out hearts at full matrix "
+              f"({', '.join(held_out)}) x {len(VALIDATION_CONDITIONS)} conditions")
+        task = "cine"
+        from models.kgmgt import KGMgTConfig
+        cfg = KGMgTConfig.official() if args.config == "official" else KGMgTConfig.cpu_small()
+    elif args.model == "kgmgt" and args.data == "sunnybrook":
         from models.cine_windows import RealCineSampler
         inputs = args.inputs or "view-shared"
         size = args.size or 96
@@ -217,20 +261,25 @@ def main(argv: list[str]) -> int:
         init_version = card.get("version")
         print(f"initialised from {args.init_weights} ({init_version}, {init_steps} steps)")
     else:
-        if args.model == "kgmgt" and (args.data == "sunnybrook" or args.inputs):
+        if args.model == "kgmgt" and (args.data.startswith("sunnybrook") or args.inputs):
             cfg.inputs = args.inputs or "view-shared"
         if args.dc_noise_weight is not None:
             cfg.dc_noise_weight = args.dc_noise_weight
+        if args.model == "kgmgt" and args.dc_per_step:
+            cfg.dc_per_step = True
         model = build_model(args.model, cfg.to_dict())
     if args.model == "kgmgt":
-        if args.data == "sunnybrook" or args.inputs:
+        if args.init_weights and args.dc_per_step and not model.cfg.dc_per_step:
+            model = _with_dc_per_step(model)
+        if args.data.startswith("sunnybrook") or args.inputs:
             model.cfg.inputs = args.inputs or "view-shared"
         if args.cascades:
             model.cfg.cascades = args.cascades
         if args.dc_on_input:
             model.cfg.dc_on_input = True
         if args.init_weights and args.dc_noise_weight is not None:
-            model.dc.set_noise_weight(args.dc_noise_weight)
+            for layer in model.dc_layers():
+                layer.set_noise_weight(args.dc_noise_weight)
         if args.init_weights and args.init_residual_scale is not None:
             model.scale_residual(args.init_residual_scale)
     if args.dc_method != "gradient":
@@ -238,7 +287,8 @@ def main(argv: list[str]) -> int:
         print(f"training DC: {_set_dc(model, args.dc_method, args.dc_iterations)}")
     tcfg = TrainConfig(task=task, steps=args.steps, batch=args.batch, lr=args.lr, ssim_weight=args.ssim_weight,
                        adversarial=args.adversarial, seed=args.seed, device=args.device, val_every=args.val_every,
-                       ckpt_every=args.val_every, time_limit_s=args.time_limit, threads=args.threads)
+                       ckpt_every=args.val_every, time_limit_s=args.time_limit, threads=args.threads,
+                       schedule_by_time=not args.schedule_steps)
     perceptual = VGG19Features.from_safetensors(args.perceptual_weights) if args.perceptual_weights else None
     ckpt = args.ckpt or Path("out") / "train" / args.model
     print(f"training {args.model} ({args.config}, {sum(p.numel() for p in model.parameters())} parameters) "
@@ -252,7 +302,7 @@ def main(argv: list[str]) -> int:
         result = train_unsupervised(model, sampler, tcfg, ckpt_dir=ckpt, resume=args.resume)
     else:
         result = train(model, sampler, tcfg, ckpt_dir=ckpt, resume=args.resume, perceptual=perceptual,
-                       val_sampler=val_sampler)
+                       val_sampler=val_sampler, val_data=val_data)
     print(json.dumps(result["history"][-3:], indent=1))
     if args.export:
         meta = {"command": "streamrecon train " + " ".join(argv), "machine": _machine(),
