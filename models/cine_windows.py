@@ -232,14 +232,9 @@ VALIDATION_CONDITIONS = (
 )
 
 
-def validation_window(cine: np.ndarray, cond: ValidationCondition, seed: int = 0) -> dict[str, np.ndarray]:
-    """One fixed window of a held-out magnitude cine ``(T, ny, nx)`` played as ``cond``, at its full matrix.
-
-    The stream runs from frame 0 to the middle of the series; the sample has the keys of
-    :class:`RealCineSampler`'s samples plus ``input_image`` (the view-shared target frame, unscaled by
-    the network: what the network must improve on)."""
-    from .synthetic import coil_maps, smooth_phase
-
+def condition_frames(cine: np.ndarray, cond: ValidationCondition) -> np.ndarray:
+    """A magnitude cine ``(T, ny, nx)`` as the condition sees it: a faster heart (temporal stride, the
+    cine being one periodic cycle), rotated about its centre, and/or transposed."""
     frames = np.asarray(cine, dtype=np.float32)
     if cond.stride > 1:
         frames = frames[[(i * cond.stride) % len(frames) for i in range(len(frames))]]
@@ -248,6 +243,18 @@ def validation_window(cine: np.ndarray, cond: ValidationCondition, seed: int = 0
         frames = RealCineSampler._rotated(frames, cond.rotation_deg, (ny - 1) / 2, (nx - 1) / 2)
     if cond.transpose:
         frames = np.ascontiguousarray(frames.transpose(0, 2, 1))
+    return frames
+
+
+def validation_window(cine: np.ndarray, cond: ValidationCondition, seed: int = 0) -> dict[str, np.ndarray]:
+    """One fixed window of a held-out magnitude cine ``(T, ny, nx)`` played as ``cond``, at its full matrix.
+
+    The stream runs from frame 0 to the middle of the series; the sample has the keys of
+    :class:`RealCineSampler`'s samples plus ``input_image`` (the view-shared target frame, unscaled by
+    the network: what the network must improve on)."""
+    from .synthetic import coil_maps, smooth_phase
+
+    frames = condition_frames(cine, cond)
     n, ny, nx = frames.shape
     video = (frames * np.exp(1j * smooth_phase((ny, nx), seed=seed + 7, max_rad=np.pi))[None]).astype(np.complex64)
     masks = line_mask(cond.family, ny, n, accel=cond.accel, acs=cond.acs, seed=seed + int(cond.accel * 100))
@@ -261,4 +268,4 @@ def validation_window(cine: np.ndarray, cond: ValidationCondition, seed: int = 0
             "mask": masks[t], "maps": acq["maps"], "causal": np.float32(cond.causal)}
 
 
-__all__ += ["ValidationCondition", "VALIDATION_CONDITIONS", "validation_window"]
+__all__ += ["ValidationCondition", "VALIDATION_CONDITIONS", "validation_window", "condition_frames"]

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .complex_channels import to_channels
 from .dc import DataConsistency
 
 NEIGHBOUR_OFFSETS = ((-1, 0), (-2, 0), (1, 0), (2, 0), (0, -1), (0, -2), (0, 1), (0, 2))
@@ -61,6 +62,29 @@ class SGFMRIConfig:
     dc_mode: str = "soft"
     dc_noise_weight: float = 100.0
     dc_learnable: bool = True
+    # Unrolled form (cascades >= 1): start from a classical estimate, then `cascades` times
+    # "network adds a residual, exact DC" with one set of network weights and a learned DC weight per
+    # cascade; the reference's features are computed once. 0 = the one-shot network of the paper.
+    cascades: int = 0
+    start: str = "zero-filled"      # or "cg-sense": the regularised CG-SENSE image the network improves on
+    start_iterations: int = 15
+    start_tikhonov: float = 1e-3    # relative to A^H A (<= 1), as models.baselines.cg_sense
+    # A learned per-location, per-channel-group gate on everything the reference contributes, from
+    # both contrasts' features: trained with wrong, shifted and missing references it learns to close
+    # where the reference does not describe the target, so a misleading reference costs little.
+    gate: bool = False
+
+    def __post_init__(self) -> None:
+        if self.start not in ("zero-filled", "cg-sense"):
+            raise ValueError(f"start must be 'zero-filled' or 'cg-sense', got {self.start!r}")
+        if self.cascades < 0:
+            raise ValueError("cascades must be >= 0")
+
+    @classmethod
+    def unrolled(cls, cascades: int = 3) -> "SGFMRIConfig":
+        """The CPU-sized network unrolled from a CG-SENSE start, with the reference gate."""
+        return cls(channels=16, groups=8, squeeze=32, heads=4, cascades=cascades, start="cg-sense", gate=True,
+                   dc_noise_weight=10.0)
 
     @classmethod
     def paper(cls) -> "SGFMRIConfig":
@@ -95,16 +119,11 @@ class SaliencyAdaptiveNeighbourhood(nn.Module):
         return torch.sigmoid(self.net(x))
 
 
-def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """``out[..., i, j] = x[..., i+dy, j+dx]`` with edge replication (a neighbour lookup)."""
-    p = max(abs(dy), abs(dx))
-    xp = F.pad(x, (p, p, p, p), mode="replicate")
-    h, w = x.shape[-2:]
-    return xp[..., p + dy:p + dy + h, p + dx:p + dx + w]
-
-
 class NeighbourhoodSimilarity(nn.Module):
-    """MCNS: four kinds of group-wise neighbour similarity, saliency-weighted, squeezed."""
+    """MCNS: four kinds of group-wise neighbour similarity, saliency-weighted, squeezed.
+
+    The 8 neighbours of a map come from one replicate-padded copy, and each map's distances to its own
+    neighbours (which set its ``sigma^2``) are computed once and used by both kinds that need them."""
 
     def __init__(self, c: int, groups: int, squeeze: int, eps: float = 1e-3) -> None:
         super().__init__()
@@ -113,23 +132,51 @@ class NeighbourhoodSimilarity(nn.Module):
         self.groups, self.eps = groups, eps
         self.squeeze = nn.Conv2d(4 * len(NEIGHBOUR_OFFSETS) * groups, squeeze, 1)
 
-    def _grouped_sq_dist(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = a.shape
-        d = (a - b).view(n, self.groups, c // self.groups, h, w)
-        return (d * d).mean(2)  # (B, G, H, W)
+    @staticmethod
+    def neighbours(x: torch.Tensor) -> torch.Tensor:
+        """``(8, B, C, H, W)``: ``x`` looked up at each offset (edges replicated), offset-major."""
+        h, w = x.shape[-2:]
+        xp = F.pad(x, (2, 2, 2, 2), mode="replicate")
+        return torch.stack([xp[..., 2 + dy:2 + dy + h, 2 + dx:2 + dx + w] for dy, dx in NEIGHBOUR_OFFSETS])
+
+    def _sq_dist(self, a: torch.Tensor, nb: torch.Tensor) -> torch.Tensor:
+        """Group-wise mean squared distance of ``a (B, C, H, W)`` to each neighbour: ``(8, B, G, H, W)``."""
+        k, n, c, h, w = nb.shape
+        d = (a.unsqueeze(0) - nb).view(k, n, self.groups, c // self.groups, h, w)
+        return (d * d).mean(3)
+
+    def _similarity(self, dist: torch.Tensor, sigma2: torch.Tensor) -> torch.Tensor:
+        """``exp(-d / (sigma^2 + eps))`` as ``(B, 8*G, H, W)`` in offset-major channel order."""
+        sim = torch.exp(-dist / (sigma2 + self.eps))
+        k, n, g, h, w = sim.shape
+        return sim.permute(1, 0, 2, 3, 4).reshape(n, k * g, h, w)
 
     def similarities(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``exp(-||a_j - b_{j+o}||^2 / (sigma_j^2 + eps))`` for the 8 offsets: ``(B, 8*G, H, W)``."""
-        own = [self._grouped_sq_dist(a, _shift(a, dy, dx)) for dy, dx in NEIGHBOUR_OFFSETS]
-        sigma2 = torch.stack(own, 0).mean(0)
-        cross = own if b is a else [self._grouped_sq_dist(a, _shift(b, dy, dx)) for dy, dx in NEIGHBOUR_OFFSETS]
-        return torch.cat([torch.exp(-d / (sigma2 + self.eps)) for d in cross], dim=1)
+        own = self._sq_dist(a, self.neighbours(a))
+        cross = own if b is a else self._sq_dist(a, self.neighbours(b))
+        return self._similarity(cross, own.mean(0))
 
-    def forward(self, ft: torch.Tensor, fr: torch.Tensor, st: torch.Tensor, sr: torch.Tensor) -> torch.Tensor:
+    def reference_parts(self, fr: torch.Tensor, sr: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What depends on the reference alone: computed once when an unrolled network calls this stage
+        several times with the same reference."""
         k = len(NEIGHBOUR_OFFSETS)
-        st_rep, sr_rep = st.repeat(1, k, 1, 1), sr.repeat(1, k, 1, 1)  # matches the offset-major concat order
-        parts = [self.similarities(ft, ft) * st_rep, self.similarities(ft, fr) * st_rep,
-                 self.similarities(fr, ft) * sr_rep, self.similarities(fr, fr) * sr_rep]
+        nr = self.neighbours(fr)
+        own_r = self._sq_dist(fr, nr)
+        sig_r = own_r.mean(0)
+        sr_rep = sr.repeat(1, k, 1, 1)
+        return {"nr": nr, "sig_r": sig_r, "sr_rep": sr_rep, "rr": self._similarity(own_r, sig_r) * sr_rep}
+
+    def forward(self, ft: torch.Tensor, fr: torch.Tensor, st: torch.Tensor, sr: torch.Tensor,
+                ref_parts: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        k = len(NEIGHBOUR_OFFSETS)
+        r = ref_parts or self.reference_parts(fr, sr)
+        nt = self.neighbours(ft)
+        own_t = self._sq_dist(ft, nt)
+        sig_t = own_t.mean(0)
+        st_rep = st.repeat(1, k, 1, 1)  # matches the offset-major order
+        parts = [self._similarity(own_t, sig_t) * st_rep, self._similarity(self._sq_dist(ft, r["nr"]), sig_t) * st_rep,
+                 self._similarity(self._sq_dist(fr, nt), r["sig_r"]) * r["sr_rep"], r["rr"]]
         return self.squeeze(torch.cat(parts, 1))
 
 
@@ -158,19 +205,45 @@ class StructureFeatureAttention(nn.Module):
         return self.proj(out)
 
 
-class MCSD(nn.Module):
-    """SAN + MCNS + SFA on one stage; returns the fused target feature."""
+class ReferenceGate(nn.Module):
+    """Trust in the reference, ``(B, groups, H, W)`` in (0, 1), from target and reference features and
+    their product (co-located structure). Starts mostly open (sigmoid(2) = 0.88)."""
 
-    def __init__(self, c: int, groups: int, squeeze: int, heads: int) -> None:
+    def __init__(self, c: int, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+        self.net = nn.Sequential(nn.Conv2d(3 * c, c, 3, padding=1), nn.LeakyReLU(0.1), nn.Conv2d(c, groups, 3, padding=1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.constant_(self.net[-1].bias, 2.0)
+
+    def forward(self, ft: torch.Tensor, fr: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(torch.cat((ft, fr, ft * fr), 1)))
+
+
+class MCSD(nn.Module):
+    """SAN + MCNS + SFA on one stage; returns the fused target feature (the reference's share gated)."""
+
+    def __init__(self, c: int, groups: int, squeeze: int, heads: int, gate: bool = False) -> None:
         super().__init__()
         self.san_t = SaliencyAdaptiveNeighbourhood(c, groups)
         self.san_r = SaliencyAdaptiveNeighbourhood(c, groups)
         self.mcns = NeighbourhoodSimilarity(c, groups, squeeze)
         self.sfa = StructureFeatureAttention(c, squeeze, heads)
+        self.gate = ReferenceGate(c, groups) if gate else None
 
-    def forward(self, ft: torch.Tensor, fr: torch.Tensor) -> torch.Tensor:
-        descriptor = self.mcns(ft, fr, self.san_t(ft), self.san_r(fr))
-        return ft + self.sfa(descriptor, ft, fr)
+    def reference_parts(self, fr: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.mcns.reference_parts(fr, self.san_r(fr))
+
+    def forward(self, ft: torch.Tensor, fr: torch.Tensor, ref_parts: dict[str, torch.Tensor] | None = None
+                ) -> torch.Tensor:
+        sr = None if ref_parts is not None else self.san_r(fr)
+        descriptor = self.mcns(ft, fr, self.san_t(ft), sr, ref_parts)
+        fused = self.sfa(descriptor, ft, fr)
+        if self.gate is not None:
+            g = self.gate(ft, fr)
+            b, c, h, w = fused.shape
+            fused = (fused.view(b, g.shape[1], c // g.shape[1], h, w) * g.unsqueeze(2)).view(b, c, h, w)
+        return ft + fused
 
 
 class SGFMRI(nn.Module):
@@ -183,12 +256,19 @@ class SGFMRI(nn.Module):
         self.head = nn.Conv2d(2, widths[0], 3, padding=1)
         self.enc = nn.ModuleList(ResBlock(c) for c in widths)
         self.down = nn.ModuleList(nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1) for i in range(2))
-        self.mcsd = nn.ModuleList(MCSD(c, cfg.groups, cfg.squeeze, cfg.heads) for c in widths)
+        self.mcsd = nn.ModuleList(MCSD(c, cfg.groups, cfg.squeeze, cfg.heads, cfg.gate) for c in widths)
         self.up = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(2))
         self.merge = nn.ModuleList(nn.Conv2d(2 * widths[i], widths[i], 1) for i in range(2))
         self.dec = nn.ModuleList(ResBlock(widths[i]) for i in range(2))
         self.tail = nn.Conv2d(widths[0], 2, 3, padding=1)
-        self.dc = DataConsistency(cfg.dc_mode, cfg.dc_noise_weight, learnable=cfg.dc_learnable and cfg.dc_mode == "soft")
+        learn = cfg.dc_learnable and cfg.dc_mode == "soft"
+        self.dc = DataConsistency(cfg.dc_mode, cfg.dc_noise_weight, learnable=learn)
+        # the unrolled form's DC after each cascade but the last (the last is self.dc)
+        self.dc_cascades = nn.ModuleList(DataConsistency(cfg.dc_mode, cfg.dc_noise_weight, learnable=learn)
+                                         for _ in range(max(cfg.cascades - 1, 0)))
+
+    def dc_layers(self) -> list[DataConsistency]:
+        return [*self.dc_cascades, self.dc]
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats, f = [], F.leaky_relu(self.head(x), 0.1)
@@ -199,6 +279,43 @@ class SGFMRI(nn.Module):
                 f = F.leaky_relu(self.down[i](f), 0.1)
         return feats
 
+    @staticmethod
+    def _pad(x: torch.Tensor) -> torch.Tensor:
+        ph, pw = (-x.shape[-2]) % 4, (-x.shape[-1]) % 4
+        return F.pad(x, (0, pw, 0, ph), mode="replicate") if (ph or pw) else x
+
+    def refine(self, x: torch.Tensor, ref_feats: list[torch.Tensor], ref_parts: list[dict] | None = None
+               ) -> torch.Tensor:
+        """One pass of the guided network: ``x + residual`` (``(B, 2, H, W)``, no DC)."""
+        h, w = x.shape[-2:]
+        ft = self.encode(self._pad(x))
+        parts = ref_parts or [None] * len(self.mcsd)
+        skips = [m(a, b, p) for m, a, b, p in zip(self.mcsd, ft, ref_feats, parts)]
+        d = skips[2]
+        for i in (1, 0):
+            d = self.dec[i](self.merge[i](torch.cat((self.up[i](d), skips[i]), 1)))
+        return x + self.tail(d)[..., :h, :w]
+
+    def _dc(self, layer: DataConsistency, x: torch.Tensor, kspace, mask, maps) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return layer.forward_channels(x.float(), kspace, mask, maps).to(x.dtype)
+
+    def classical_start(self, target: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor,
+                        maps: torch.Tensor | None) -> torch.Tensor:
+        """The estimate the unrolled network improves on: the zero-filled input, or regularised CG-SENSE
+        of the measured k-space (``models.baselines.cg_sense``'s problem, here in torch)."""
+        if self.cfg.start == "zero-filled":
+            return target
+        from .operators import conjugate_gradient, expand_mask, sense_adjoint, sense_forward
+
+        with torch.no_grad(), torch.autocast(device_type=target.device.type, enabled=False):
+            y = kspace.to(torch.complex64)
+            m = expand_mask(mask.to(y.device), *y.shape[-2:])
+            lam = self.cfg.start_tikhonov
+            x = conjugate_gradient(lambda v: sense_adjoint(sense_forward(v, maps, m), maps, m) + lam * v,
+                                   sense_adjoint(y, maps, m), iterations=self.cfg.start_iterations)
+        return to_channels(x).to(target.dtype)
+
     def forward(self, target: torch.Tensor, reference: torch.Tensor | None = None,
                 kspace: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                 maps: torch.Tensor | None = None) -> torch.Tensor:
@@ -206,22 +323,20 @@ class SGFMRI(nn.Module):
 
         ``kspace (B, C, H, W)`` complex in the images' scaling; ``mask`` per
         ``models.operators.expand_mask`` (a 2-D centre block for super-resolution).
+        The unrolled form (``cfg.cascades >= 1``) needs ``kspace``.
         """
-        h, w = target.shape[-2:]
-        ph, pw = (-h) % 4, (-w) % 4
         ref = torch.zeros_like(target) if reference is None else reference
-        xt = F.pad(target, (0, pw, 0, ph), mode="replicate") if (ph or pw) else target
-        xr = F.pad(ref, (0, pw, 0, ph), mode="replicate") if (ph or pw) else ref
-        ft, fr = self.encode(xt), self.encode(xr)
-        skips = [m(a, b) for m, a, b in zip(self.mcsd, ft, fr)]
-        d = skips[2]
-        for i in (1, 0):
-            d = self.dec[i](self.merge[i](torch.cat((self.up[i](d), skips[i]), 1)))
-        out = target + self.tail(d)[..., :h, :w]
+        ref_feats = self.encode(self._pad(ref))
+        if self.cfg.cascades == 0:
+            out = self.refine(target, ref_feats)
+            return out if kspace is None else self._dc(self.dc, out, kspace, mask, maps)
         if kspace is None:
-            return out
-        with torch.autocast(device_type=out.device.type, enabled=False):
-            return self.dc.forward_channels(out.float(), kspace, mask, maps).to(out.dtype)
+            raise ValueError("the unrolled SGF-MRI needs the measured k-space")
+        x = self.classical_start(target, kspace, mask, maps)
+        ref_parts = [m.reference_parts(f) for m, f in zip(self.mcsd, ref_feats)]
+        for layer in self.dc_layers():
+            x = self._dc(layer, self.refine(x, ref_feats, ref_parts), kspace, mask, maps)
+        return x
 
 
 def lowres_mask(ny: int, nx: int, factor: float) -> torch.Tensor:
@@ -233,5 +348,5 @@ def lowres_mask(ny: int, nx: int, factor: float) -> torch.Tensor:
     return m
 
 
-__all__ = ["SGFMRIConfig", "SGFMRI", "MCSD", "NeighbourhoodSimilarity", "SaliencyAdaptiveNeighbourhood",
+__all__ = ["SGFMRIConfig", "SGFMRI", "MCSD", "ReferenceGate", "NeighbourhoodSimilarity", "SaliencyAdaptiveNeighbourhood",
            "StructureFeatureAttention", "lowres_mask"]

@@ -225,15 +225,29 @@ def validate(model: nn.Module, forward: Callable, batches: Sequence[dict], devic
     With ``task``, also the PSNR of the network's own input and the gain over it (``val_gain``), the
     figure that says whether the network adds anything; ``val_min_gain`` is the worst batch's."""
     model.eval()
-    psnrs, l1s, inputs = [], [], []
+    psnrs, l1s, inputs, kinds = [], [], [], {}
     with torch.no_grad():
         for b in batches:
             pred, tgt = forward(model, b, device)
-            psnrs += _psnr(pred, tgt)
+            p = _psnr(pred, tgt)
+            if "kind" in b:  # e.g. a pair validated with its reference, without one, and with a wrong one
+                for kind, v in zip(np.asarray(b["kind"]).tolist(), p):
+                    kinds.setdefault(str(kind), []).append(v)
+                continue
+            psnrs += p
             l1s.append(float(F.l1_loss(pred.float(), tgt)))
             if task is not None:
                 inputs += _psnr(to_channels(_c(network_input(task, b), device)), tgt)
     model.train()
+    if kinds:
+        out = {f"val_psnr_{k}": float(np.mean(v)) for k, v in kinds.items()}
+        first = next(iter(kinds))
+        out["val_psnr"] = out[f"val_psnr_{first}"]
+        if {"with", "without"} <= set(kinds):
+            out["val_ref_gain"] = float(np.mean(np.subtract(kinds["with"], kinds["without"])))
+        if {"wrong", "without"} <= set(kinds):
+            out["val_wrong_ref_cost"] = float(np.mean(np.subtract(kinds["without"], kinds["wrong"])))
+        return out
     out = {"val_psnr": float(np.mean(psnrs)), "val_l1": float(np.mean(l1s))}
     if inputs:
         gains = np.asarray(psnrs) - np.asarray(inputs)
@@ -344,6 +358,9 @@ def train(model: nn.Module, sampler: Callable, cfg: TrainConfig, ckpt_dir: str |
                 msg += f" val_psnr {entry['val_psnr']:.2f} dB"
                 if "val_gain" in entry:
                     msg += f" (input {entry['val_input_psnr']:.2f}, gain {entry['val_gain']:+.2f}, worst {entry['val_min_gain']:+.2f})"
+                if "val_ref_gain" in entry:
+                    msg += (f" (without reference {entry['val_psnr_without']:.2f}, reference gain "
+                            f"{entry['val_ref_gain']:+.2f}, wrong-reference cost {entry.get('val_wrong_ref_cost', 0):+.2f})")
             log(msg)
         out_of_time = cfg.time_limit_s is not None and elapsed_before + time.time() - start > cfg.time_limit_s
         if ckpt and (step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time):

@@ -295,7 +295,13 @@ class PairSampler:
     ``max_rotation_deg``; the gadget corrects shifts above 2 px, so the network
     must tolerate what is left), and Gaussian noise of ``reference_noise``
     (a range, relative to the reference's robust maximum).
-    ``min_crop``: smallest crop fraction before the resize to ``size``.
+    References the network must learn to distrust (the target stays right, so the loss teaches the
+    reference gate to close): ``wrong_reference`` another pair's reference (another slice or subject),
+    ``large_misregistration`` a shift of 3-12 px and a rotation up to 10 degrees, and
+    ``reference_remap`` a random monotone or inverted intensity map (a contrast the training pairs lack).
+    ``min_crop``: smallest crop fraction before the resize to ``size``; ``native_fraction`` of the
+    samples are cropped at exactly native resolution instead. ``coil_geometry``: random array radius and
+    loop size; ``noiseless_fraction`` of the samples get no noise.
     A sample: ``target_zf (ny, nx)``, ``reference (ny, nx)`` (own robust-max
     scale), ``target_image``, ``kspace (C, ny, nx)``, ``mask (ny,)``,
     ``maps``, ``has_reference`` (0/1).
@@ -310,34 +316,108 @@ class PairSampler:
     max_shift_px: float = 2.0
     max_rotation_deg: float = 2.0
     reference_noise: tuple[float, float] = (0.0, 0.0)
+    wrong_reference: float = 0.0
+    large_misregistration: float = 0.0
+    reference_remap: float = 0.0
+    native_fraction: float = 0.0
+    coil_geometry: bool = False
+    noiseless_fraction: float = 0.0
+    acs_lines: tuple[int, int] | None = None   # ACS lines drawn from this range (else settings.acs)
+
+    @classmethod
+    def realistic(cls, pairs: Sequence[tuple[np.ndarray, np.ndarray]], size: int = 96, **overrides) -> "PairSampler":
+        """The recipe for brains the network never saw: 4-32 coils on random arrays, noise, VD/random/equispaced
+        line masks at 3-10x with 8-24 ACS lines, native-resolution crops half the time, and references
+        that are good (most), slightly off, wrong, far off, remapped or missing."""
+        settings = SimulationSettings(accel=(3.0, 10.0), coils=(4, 32), noise=(0.0, 0.03),
+                                      families=("vd-random", "random", "equispaced", "vd-random"))
+        kw = dict(size=(size, size), reference_dropout=0.15, settings=settings, min_crop=0.6, misregistration=0.5,
+                  max_shift_px=2.0, max_rotation_deg=2.0, reference_noise=(0.0, 0.03), wrong_reference=0.15,
+                  large_misregistration=0.1, reference_remap=0.15, native_fraction=0.5, coil_geometry=True,
+                  noiseless_fraction=0.2, acs_lines=(8, 24))
+        kw.update(overrides)
+        return cls(pairs, **kw)
 
     def _reference(self, rng: np.random.Generator, ref: np.ndarray) -> np.ndarray:
         # draw only when enabled, so the default sampler's random stream is what it was
-        if self.misregistration > 0 and rng.random() < self.misregistration:
+        if self.large_misregistration > 0 and rng.random() < self.large_misregistration:
+            r, phi = rng.uniform(3.0, 12.0), rng.uniform(0, 2 * np.pi)
+            ref = rigid_warp(ref, r * np.sin(phi), r * np.cos(phi), rng.uniform(-10, 10))
+        elif self.misregistration > 0 and rng.random() < self.misregistration:
             r, phi = self.max_shift_px * np.sqrt(rng.random()), rng.uniform(0, 2 * np.pi)
             ref = rigid_warp(ref, r * np.sin(phi), r * np.cos(phi), rng.uniform(-1, 1) * self.max_rotation_deg)
+        if self.reference_remap > 0 and rng.random() < self.reference_remap:
+            top = max(float(ref.max()), 1e-8)
+            ref = top * (ref / top) ** rng.uniform(0.4, 2.5)
+            if rng.random() < 0.3:  # an inverted contrast inside the object
+                ref = np.where(ref > 0.05 * top, top - ref, 0.0)
         ref = ref / max(float(np.percentile(np.abs(ref), 99)), 1e-8)
         sigma = float(rng.uniform(*self.reference_noise)) if max(self.reference_noise) > 0 else 0.0
         if sigma > 0:
             ref = np.abs(ref + sigma * rng.standard_normal(ref.shape))  # a magnitude image's noise stays positive
         return ref
 
+    def _geometry(self, rng: np.random.Generator, images: list[np.ndarray]) -> list[np.ndarray]:
+        ny, nx = images[0].shape[-2:]
+        if self.native_fraction > 0 and rng.random() < self.native_fraction and min(ny, nx) >= max(self.size):
+            k, flip = int(rng.integers(4)), bool(rng.integers(2))
+            images = [np.rot90(im, k) for im in images]
+            images = [im[:, ::-1] for im in images] if flip else images
+            ry, rx = images[0].shape
+            y0, x0 = int(rng.integers(0, ry - self.size[0] + 1)), int(rng.integers(0, rx - self.size[1] + 1))
+            return [np.ascontiguousarray(im[y0:y0 + self.size[0], x0:x0 + self.size[1]]) for im in images]
+        return augment_geometry(rng, images, self.size, min_crop=self.min_crop)
+
     def __call__(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         s = self.settings
         ref, tgt = self.pairs[int(rng.integers(len(self.pairs)))]
-        ref, tgt = augment_geometry(rng, [ref.astype(np.float32), tgt.astype(np.float32)], self.size,
-                                    min_crop=self.min_crop)
+        ref, tgt = self._geometry(rng, [ref.astype(np.float32), tgt.astype(np.float32)])
         tgt = (tgt / max(float(np.abs(tgt).max()), 1e-8)) * np.exp(1j * smooth_random_phase(rng, self.size))
         ny = self.size[0]
-        masks, _ = sample_line_masks(rng, ny, 1, float(rng.uniform(*s.accel)), s.acs(ny), s.families)
-        acq = simulate_acquisition(rng, tgt[None].astype(np.complex64), masks,
-                                   int(rng.integers(s.coils[0], s.coils[1] + 1)), float(rng.uniform(*s.noise)))
+        acs = s.acs(ny) if self.acs_lines is None else int(rng.integers(self.acs_lines[0], self.acs_lines[1] + 1))
+        masks, _ = sample_line_masks(rng, ny, 1, float(rng.uniform(*s.accel)), acs, s.families)
+        n_coils = int(rng.integers(s.coils[0], s.coils[1] + 1))
+        maps = None
+        if self.coil_geometry:
+            from .synthetic import coil_maps
+            maps = coil_maps(n_coils, ny, self.size[1], seed=int(rng.integers(1 << 31)),
+                             radius=float(rng.uniform(1.05, 1.8)), loop_radius=float(rng.uniform(0.3, 0.7)))
+        noise = 0.0 if self.noiseless_fraction > 0 and rng.random() < self.noiseless_fraction else float(rng.uniform(*s.noise))
+        acq = simulate_acquisition(rng, tgt[None].astype(np.complex64), masks, n_coils, noise, maps=maps)
         sc = _scale(acq["zero_filled"][0])
         has_ref = rng.random() >= self.reference_dropout
+        if self.wrong_reference > 0 and rng.random() < self.wrong_reference:
+            other = self.pairs[int(rng.integers(len(self.pairs)))][0].astype(np.float32)
+            ref = self._geometry(rng, [other])[0]
         ref = self._reference(rng, ref)  # drawn last: the target's simulation is the same with or without it
         return {"target_zf": acq["zero_filled"][0] / sc, "reference": (ref if has_ref else 0 * ref).astype(np.complex64),
                 "target_image": acq["target"][0] / sc, "kspace": acq["kspace"][0] / sc, "mask": masks[0],
                 "maps": acq["maps"], "has_reference": np.float32(has_ref)}
+
+
+def pair_validation_items(reference: np.ndarray, target: np.ndarray, wrong_reference: np.ndarray, accel: float,
+                          seed: int = 0, coils: int = 8, acs: int = 16) -> list[dict[str, np.ndarray]]:
+    """One held-out pair at its full matrix as three validation samples: with its reference, without one,
+    and with ``wrong_reference`` (another slice) -- ``kind`` says which. 8 coils, a variable-density line
+    mask with 16 ACS lines and no noise, as the filed measurements."""
+    from .masks import line_mask
+    from .synthetic import coil_maps, smooth_phase
+
+    ny, nx = target.shape
+    tgt = (target * np.exp(1j * smooth_phase((ny, nx), seed=seed + 3, max_rad=np.pi))).astype(np.complex64)
+    mask = line_mask("vd-random", ny, 1, accel=accel, acs=acs, seed=seed + int(accel * 10))
+    acq = simulate_acquisition(np.random.default_rng(seed), tgt[None], mask, coils, 0.0,
+                               maps=coil_maps(coils, ny, nx, seed=seed + 5))
+    sc = _scale(acq["zero_filled"][0])
+
+    def scaled(r: np.ndarray) -> np.ndarray:
+        return (r / max(float(np.percentile(np.abs(r), 99)), 1e-8)).astype(np.complex64)
+
+    base = {"target_zf": acq["zero_filled"][0] / sc, "target_image": acq["target"][0] / sc,
+            "kspace": acq["kspace"][0] / sc, "mask": mask[0], "maps": acq["maps"]}
+    return [{**base, "reference": scaled(reference), "has_reference": np.float32(1), "kind": np.array("with")},
+            {**base, "reference": np.zeros_like(tgt), "has_reference": np.float32(0), "kind": np.array("without")},
+            {**base, "reference": scaled(wrong_reference), "has_reference": np.float32(1), "kind": np.array("wrong")}]
 
 
 def collate(samples: Sequence[dict[str, np.ndarray]], pad_coils: bool = True) -> dict[str, np.ndarray]:
@@ -356,4 +436,5 @@ def collate(samples: Sequence[dict[str, np.ndarray]], pad_coils: bool = True) ->
 Sampler = Callable[[np.random.Generator], dict[str, np.ndarray]]
 
 __all__ = ["CineSampler", "PairSampler", "SimulationSettings", "simulate_acquisition", "sample_line_masks",
-           "variable_density_lines", "augment_geometry", "resize", "rigid_warp", "collate", "MASK_FAMILIES"]
+           "variable_density_lines", "augment_geometry", "resize", "rigid_warp", "collate", "MASK_FAMILIES",
+           "pair_validation_items"]

@@ -37,7 +37,8 @@ BART_LAMBDAS = (0.003, 0.01, 0.03)
 DEFAULT_CONFIGS = ("kt-gaussian:8", "vd-random:8", "kt-gaussian:4", "kt-gaussian:10")
 SUNNYBROOK_SLICES = (4, 6)  # mid-ventricular slices of the validation patient
 ONLINE_ANCHORS = ("zero-filled SENSE", "view-sharing SENSE (centred)", "view-sharing SENSE (causal)", "CG-SENSE",
-                  "TV temporal, 3-frame window")
+                  "view sharing + SENSE DC (centred)", "TV temporal, 3-frame window")
+INPUT_DC_WEIGHT = 30.0  # the DC weight the network's input step starts from (models/kgmgt.py dc_input)
 OFFLINE_ANCHORS = ("TV temporal, whole series", "BART pics -R T, whole series")
 
 
@@ -51,6 +52,38 @@ class Acquisition:
     masks: np.ndarray       # (T, ny)
     maps: np.ndarray        # (C, ny, nx)
     zero_filled: np.ndarray  # (T, ny, nx)
+
+
+@dataclass(frozen=True)
+class Case:
+    """A held-out cine as played: ``coils``/``noise`` None take the configuration's (8 coils, no noise)."""
+
+    name: str
+    cine: np.ndarray
+    coils: int | None = None
+    noise: float | None = None
+
+
+def evaluation_cases(slices_per_patient: int = 3, unseen_conditions: bool = True) -> list[Case]:
+    """Whole held-out hearts at their full matrix (``model_data.cine_validation_hearts``) and, with
+    ``unseen_conditions``, two of them played as training never draws them: the middle Sunnybrook slice
+    rotated 30 degrees, its heart twice as fast, 24 coils and real-time noise (2 % of the RMS k-space);
+    GIRAF transposed (phase encoding along the other axis), 12 coils, 1 % noise."""
+    from models.cine_windows import ValidationCondition, condition_frames
+
+    from . import model_data
+
+    hearts = model_data.cine_validation_hearts(slices_per_patient)
+    cases = [Case(name, cine) for name, cine in hearts.items()]
+    if unseen_conditions:
+        sunny = [n for n in hearts if n != "GIRAF"]
+        if sunny:
+            mid = sunny[len(sunny) // 2]
+            cond = ValidationCondition("rot30", rotation_deg=30.0, stride=2)
+            cases.append(Case(f"{mid} rot30 x2 speed", condition_frames(hearts[mid], cond), coils=24, noise=0.02))
+        cases.append(Case("GIRAF transposed", condition_frames(hearts["GIRAF"], ValidationCondition("t", transpose=True)),
+                          coils=12, noise=0.01))
+    return cases
 
 
 def validation_cases(sunnybrook_slices: tuple[int, ...] = SUNNYBROOK_SLICES) -> dict[str, np.ndarray]:
@@ -118,6 +151,20 @@ def kgmgt_series(rec, a: Acquisition, causal: bool, batch: int = 4) -> np.ndarra
     return out
 
 
+def view_shared_dc_series(a: Acquisition, causal: bool = False, weight: float = INPUT_DC_WEIGHT) -> np.ndarray:
+    """View-sharing SENSE with each frame's own lines enforced by the exact soft-DC step (5 CG iterations)
+    at ``weight``: what the network's input step does before anything learned. An online classical anchor."""
+    import torch
+
+    from models.dc import DataConsistency
+
+    dc = DataConsistency("soft", weight, method="prox", cg_iterations=5)
+    x = torch.from_numpy(view_shared_series(a, causal))
+    maps = torch.from_numpy(a.maps)[None].expand(len(x), -1, -1, -1)
+    with torch.no_grad():
+        return dc(x, torch.from_numpy(a.kspace), torch.from_numpy(a.masks), maps).numpy()
+
+
 def anchor_methods(a: Acquisition, bart_lambda: float | None) -> dict[str, Callable[[], np.ndarray]]:
     from models.baselines import bart_available, bart_pics, cg_sense, tv_temporal
 
@@ -126,6 +173,7 @@ def anchor_methods(a: Acquisition, bart_lambda: float | None) -> dict[str, Calla
         "view-sharing SENSE (centred)": lambda: view_shared_series(a, causal=False),
         "view-sharing SENSE (causal)": lambda: view_shared_series(a, causal=True),
         "CG-SENSE": lambda: cg_sense(a.kspace, a.masks, a.maps, lam=1e-3, iterations=15),
+        "view sharing + SENSE DC (centred)": lambda: view_shared_dc_series(a),
         "TV temporal, 3-frame window": lambda: tv_window_series(a),
         "TV temporal, whole series": lambda: tv_temporal(a.kspace, a.masks, a.maps, lam=0.03, iterations=100),
     }
@@ -185,6 +233,35 @@ def cine_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def headline_table(rows: list[dict]) -> str:
+    """What the network adds, per case and configuration: centred minus its own input (centred view
+    sharing), causal minus causal view sharing, centred minus the best online classical anchor, centred
+    minus causal, and the distance to BART over the whole series (offline)."""
+    by = {}
+    for r in rows:
+        by.setdefault((r["case"], r["family"], r["accel"]), {})[r["method"]] = r["psnr"]
+    out = ["| case | mask | input (VS centred) | KGMgT centred | **centred - input** | causal - VS causal | "
+           "centred - best online anchor | centred - causal | centred - BART (offline) |", "|---" * 9 + "|"]
+    for (case, family, accel), m in by.items():
+        centred = next((v for k, v in m.items() if k.startswith("KGMgT centred")), None)
+        causal = next((v for k, v in m.items() if k.startswith("KGMgT causal")), None)
+        if centred is None or "view-sharing SENSE (centred)" not in m:
+            continue
+        online = {k: v for k, v in m.items() if k in ONLINE_ANCHORS}
+        best = max(online, key=online.get)
+        vs_causal = m.get("view-sharing SENSE (causal)")
+        bart = m.get("BART pics -R T, whole series")
+
+        def f(v):
+            return "-" if v is None else f"{v:+.2f}"
+        out.append(f"| {case} | {family} {accel:g}x | {m['view-sharing SENSE (centred)']:.2f} | {centred:.2f} | "
+                   f"**{centred - m['view-sharing SENSE (centred)']:+.2f}** | "
+                   f"{f(None if causal is None or vs_causal is None else causal - vs_causal)} | "
+                   f"{centred - online[best]:+.2f} ({best}) | {f(None if causal is None else centred - causal)} | "
+                   f"{f(None if bart is None else centred - bart)} |")
+    return "\n".join(out)
+
+
 def save_cache(path: Path, rows: list[dict], images: dict[str, np.ndarray], extra: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path.with_suffix(".npz"), **{k.replace("/", "~"): v for k, v in images.items()})
@@ -199,7 +276,7 @@ def load_cache(path: Path) -> tuple[list[dict], dict[str, np.ndarray], dict]:
     return rows, images, data
 
 
-__all__ = ["validation_cases", "acquire", "anchor_methods", "kgmgt_series", "view_shared_series", "tv_window_series",
+__all__ = ["validation_cases", "evaluation_cases", "Case", "view_shared_dc_series", "headline_table", "acquire", "anchor_methods", "kgmgt_series", "view_shared_series", "tv_window_series",
            "choose_bart_lambda", "strip", "Acquisition", "DEFAULT_CONFIGS", "ONLINE_ANCHORS", "OFFLINE_ANCHORS",
            "BART_LAMBDAS", "save_cache", "load_cache", "cine_table"]
 

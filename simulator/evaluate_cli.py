@@ -61,7 +61,7 @@ def evaluate_cine(args, out: Path) -> list:
     from models.inference import load_model
     from . import cine_evaluation as ce
 
-    cases = ce.validation_cases(tuple(args.sunnybrook_slices))
+    cases = ce.evaluation_cases(args.slices_per_patient, unseen_conditions=not args.no_unseen_conditions)
     configs = [(c.split(":")[0], float(c.split(":")[1])) for c in args.cine_configs]
     cache = args.anchors_cache or (out / "cine_anchors")
     rows, images, extra = ([], {}, {})
@@ -74,8 +74,10 @@ def evaluate_cine(args, out: Path) -> list:
     if args.methods in ("models", "all"):
         rec = load_model("kgmgt", device=args.device, weights=args.kgmgt_weights, dc_method=args.dc_method)
     for fi, (family, accel) in enumerate(configs):
-        for ci, (name, cine) in enumerate(cases.items()):
-            a = ce.acquire(name, cine[: args.frames], family, accel, noise=args.noise)
+        for case in cases:
+            name, cine = case.name, case.cine
+            a = ce.acquire(name, cine[: args.frames], family, accel, coils=case.coils or 8,
+                           noise=args.noise if case.noise is None else case.noise)
             t, key = len(a.kspace), f"{name}|{family}|{accel:g}"
             images.setdefault(f"{key}|reference", a.reference[t // 3])
             methods = {}
@@ -101,15 +103,18 @@ def evaluate_cine(args, out: Path) -> list:
                     ce.save_cache(cache, [r for r in rows if not r["method"].startswith("KGMgT")],
                                   {k: v for k, v in images.items() if "|KGMgT" not in k}, extra)
     for family, accel in configs:
-        for name in cases:
+        for name in (c.name for c in cases):
             key = f"{name}|{family}|{accel:g}"
             cols = {k.split("|")[-1]: v for k, v in images.items() if k.startswith(key + "|") and not k.endswith("|reference")}
             if cols and f"{key}|reference" in images:
                 ce.strip(cols, images[f"{key}|reference"],
                          out / f"strip_cine_{name.replace('/', '_')}_{family}_{accel:g}x.png")
-    (out / "cine.md").write_text(ce.cine_table(rows) + (f"\nBART lambda {bart_lambda:g} (sweep on the first case: "
-                                 f"{extra.get('bart_lambda_sweep')})\n" if bart_lambda else ""))
+    headline = ce.headline_table(rows)
+    (out / "cine.md").write_text("## What the network adds (PSNR dB)\n\n" + headline + "\n\n" + ce.cine_table(rows)
+                                 + (f"\nBART lambda {bart_lambda:g} (sweep on the first case: "
+                                    f"{extra.get('bart_lambda_sweep')})\n" if bart_lambda else ""))
     print(ce.cine_table(rows))
+    print(headline)
     return [Score.from_row(r) for r in rows]
 
 
@@ -138,20 +143,35 @@ def evaluate_cine_ablation(args, out: Path) -> list:
     return [Score.from_row(r) for r in rows]
 
 
+PAIR_BART_LAMBDAS = (0.0003, 0.001, 0.003, 0.01)
+
+
 def evaluate_pairs(args, out: Path) -> list:
-    from models.baselines import cg_sense
+    """The multi-contrast validation: per held-out pair and acceleration, the classical anchors (CG-SENSE,
+    BART l1-wavelet at each lambda of :data:`PAIR_BART_LAMBDAS`, the best reported) and SGF-MRI with its
+    reference, without one and with a wrong one (another slice of the same contrast)."""
+    from models.baselines import bart_available, bart_pics, cg_sense
     from models.evaluate import measure, score
     from models.inference import load_model
     from models.masks import line_mask
     from models.synthetic import coil_maps, smooth_phase
-    from models.training_data import simulate_acquisition
+    from models.training_data import resize, simulate_acquisition
     from . import model_data
 
     rec = load_model("sgfmri", device=args.device, weights=args.sgfmri_weights, dc_method=args.dc_method)
     scores = []
-    for case, (ref_stack, tgt_stack) in model_data.multicontrast_evaluation_pairs().items():
+    evaluation = model_data.multicontrast_evaluation_pairs()
+    tcga = next((v for v in evaluation.values() if v[0].ndim == 3), None)
+    for case, (ref_stack, tgt_stack) in evaluation.items():
         ref_stack, tgt_stack = (a.reshape(-1, *a.shape[-2:]) for a in (ref_stack, tgt_stack))  # (slices, ny, nx)
         ny, nx = tgt_stack.shape[-2:]
+        # a wrong reference: another slice of the same contrast (TCGA: the next one; the single tumour
+        # slice: the TCGA patient's middle slice, resized)
+        if len(ref_stack) > 1:
+            wrong_stack = np.roll(ref_stack, 1, axis=0)
+        else:
+            other = tcga[0][len(tcga[0]) // 2] if tcga is not None else np.rot90(ref_stack[0])
+            wrong_stack = resize(other, (ny, nx))[None].astype(np.float32)
         phase = np.exp(1j * smooth_phase((ny, nx), seed=3, max_rad=np.pi))
         maps_true = coil_maps(8, ny, nx, seed=5)
         for accel in args.pair_accels:
@@ -163,54 +183,86 @@ def evaluate_pairs(args, out: Path) -> list:
             gt = np.stack([a["target"][0] for a in slices])
             zf = np.stack([a["zero_filled"][0] for a in slices])
 
-            def per_slice(fn):
-                return lambda: np.stack([fn(a, r) for a, r in zip(slices, ref_stack)])
+            def per_slice(fn, refs=ref_stack):
+                return lambda: np.stack([fn(a, r) for a, r in zip(slices, refs)])
+
+            def network(a, r):
+                return rec.reconstruct_pair(None if r is None else r.astype(np.complex64), a["zero_filled"][0],
+                                            a["kspace"][0], mask[0], a["maps"])
 
             methods = {
                 "zero-filled": lambda: zf,
                 "CG-SENSE": per_slice(lambda a, r: cg_sense(a["kspace"], mask, a["maps"], lam=1e-3, iterations=15)[0]),
-                f"SGF-MRI no reference [{rec.version}, DC {rec.dc}]": per_slice(
-                    lambda a, r: rec.reconstruct_single(a["zero_filled"][0], a["kspace"][0], mask[0], a["maps"])),
-                "SGF-MRI with reference": per_slice(
-                    lambda a, r: rec.reconstruct_pair(r.astype(np.complex64), a["zero_filled"][0], a["kspace"][0],
-                                                      mask[0], a["maps"])),
             }
+            if bart_available() and not args.no_bart:
+                for lam in PAIR_BART_LAMBDAS:
+                    methods[f"BART l1-wavelet lambda {lam:g}"] = per_slice(
+                        lambda a, r, lam=lam: bart_pics(a["kspace"], mask, a["maps"], lam=lam)[0])
+            methods.update({
+                f"SGF-MRI no reference [{rec.version}, DC {rec.dc}]": per_slice(lambda a, r: network(a, None)),
+                "SGF-MRI with reference": per_slice(network),
+                "SGF-MRI with a wrong reference (another slice)": per_slice(network, wrong_stack),
+            })
             images = {}
             for name, fn in methods.items():
                 pred, sec, mem = measure(fn, args.device)
                 s = score(name, accel, pred, gt, sec, len(slices), mem, case=case)
                 scores.append(s)
                 images[name] = pred
-                print(f"{case:22s} {accel:g}x {name:34s} PSNR {s.psnr:6.2f} SSIM {s.ssim:.4f}", flush=True)
+                print(f"{case:22s} {accel:g}x {name:48s} PSNR {s.psnr:6.2f} SSIM {s.ssim:.4f}", flush=True)
             mid = len(slices) // 2
-            names = list(methods)
-            _strip([images[names[0]][mid], images[names[2]][mid], images[names[3]][mid]], gt[mid],
-                   out / f"strip_{case.replace('->', '_to_')}_{accel:g}x.png",
-                   labels=["reference", "target (full)", "zero-filled", "no-reference", "with-reference"],
-                   guide=ref_stack[mid])
+            bart = {k: v for k, v in images.items() if k.startswith("BART")}
+            best_bart = max(bart, key=lambda k: next(x.psnr for x in scores if x.method == k and x.accel == accel
+                                                     and x.extra.get("case") == case)) if bart else None
+            cols = ["CG-SENSE"] + ([best_bart] if best_bart else []) + list(methods)[-3:]
+            labels = ["reference contrast", "target (full)", "CG-SENSE"] + (
+                [f"BART l1-wav {best_bart.rsplit(' ', 1)[-1]}"] if best_bart else []) + [
+                "SGF no ref", "SGF with ref", "SGF wrong ref"]
+            _strip([images[c][mid] for c in cols], gt[mid], out / f"strip_{case.replace('->', '_to_')}_{accel:g}x.png",
+                   labels=labels, guide=ref_stack[mid])
     return scores
 
 
 def pair_summary(scores: list) -> str:
-    """Per case and acceleration: SGF-MRI with the reference minus without it, and minus zero-filled (PSNR dB)."""
-    rows = {}
+    """Per case and acceleration (PSNR dB): the anchors, SGF-MRI with / without / with a wrong reference,
+    and the figures of issue 16: with - best BART l1-wavelet, with - without, without - wrong."""
+    rows: dict = {}
     for s in scores:
         if "case" not in s.extra:
             continue
-        kind = ("zf" if s.method == "zero-filled" else "with" if s.method == "SGF-MRI with reference"
-                else "without" if s.method.startswith("SGF-MRI no reference") else None)
-        if kind:
-            rows.setdefault((s.extra["case"], s.accel), {})[kind] = s.psnr
-    lines = ["| case | accel | zero-filled | without reference | with reference | with - without | with - zero-filled |",
-             "|---|---|---|---|---|---|---|"]
+        r = rows.setdefault((s.extra["case"], s.accel), {})
+        if s.method == "zero-filled":
+            r["zf"] = s.psnr
+        elif s.method == "CG-SENSE":
+            r["cg"] = s.psnr
+        elif s.method.startswith("BART l1-wavelet"):
+            lam = s.method.rsplit(" ", 1)[-1]
+            if s.psnr > r.get("bart", (-1e9, ""))[0]:
+                r["bart"] = (s.psnr, lam)
+        elif s.method == "SGF-MRI with reference":
+            r["with"] = s.psnr
+        elif s.method.startswith("SGF-MRI no reference"):
+            r["without"] = s.psnr
+        elif s.method.startswith("SGF-MRI with a wrong"):
+            r["wrong"] = s.psnr
+    lines = ["| case | accel | zero-filled | CG-SENSE | BART l1-wavelet (best lambda) | SGF-MRI without reference | "
+             "SGF-MRI with reference | wrong reference | **with - BART** | **with - without** | "
+             "**wrong-reference cost** |", "|---" * 11 + "|"]
     for (case, accel), r in rows.items():
-        if len(r) == 3:
-            lines.append(f"| {case} | {accel:g}x | {r['zf']:.2f} | {r['without']:.2f} | {r['with']:.2f} | "
-                         f"{r['with'] - r['without']:+.2f} | {r['with'] - r['zf']:+.2f} |")
+        if not {"zf", "cg", "with", "without"} <= set(r):
+            continue
+        bart, lam = r.get("bart", (None, ""))
+        wrong = r.get("wrong")
+        lines.append(
+            f"| {case} | {accel:g}x | {r['zf']:.2f} | {r['cg']:.2f} | "
+            + ("-" if bart is None else f"{bart:.2f} ({lam})") + f" | {r['without']:.2f} | {r['with']:.2f} | "
+            + ("-" if wrong is None else f"{wrong:.2f}") + " | "
+            + ("-" if bart is None else f"{r['with'] - bart:+.2f}") + f" | {r['with'] - r['without']:+.2f} | "
+            + ("-" if wrong is None else f"{r['without'] - wrong:+.2f}") + " |")
     return "\n".join(lines)
 
 
-_CINE_CONFIGS = ("kt-gaussian:8", "vd-random:8", "kt-gaussian:4", "kt-gaussian:10")
+_CINE_CONFIGS = ("kt-gaussian:4", "vd-random:4", "kt-gaussian:8", "vd-random:8", "kt-gaussian:10", "vd-random:10")
 
 
 def main(argv: list[str]) -> int:
@@ -222,7 +274,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--cine-configs", nargs="+", default=list(_CINE_CONFIGS),
                    help="cine mask family:acceleration pairs")
     p.add_argument("--sunnybrook-slices", type=int, nargs="+", default=[4, 6],
-                   help="slices of the held-out Sunnybrook patient in the cine validation")
+                   help="cine-ablation: slices of the held-out Sunnybrook patient")
+    p.add_argument("--slices-per-patient", type=int, default=3,
+                   help="cine: slices from base to apex of each held-out Sunnybrook patient (plus GIRAF)")
+    p.add_argument("--no-unseen-conditions", action="store_true",
+                   help="cine: leave out the cases played under conditions training never draws")
     p.add_argument("--methods", choices=("anchors", "models", "all"), default="all",
                    help="cine: the classical anchors, the network, or both")
     p.add_argument("--anchors-cache", type=Path, default=None,
@@ -230,7 +286,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--recompute-anchors", action="store_true", help="ignore the anchors cache")
     p.add_argument("--noise", type=float, default=0.0, help="cine k-space noise std relative to the RMS k-space")
     p.add_argument("--pair-accels", type=float, nargs="+", default=[4.0, 8.0])
-    p.add_argument("--frames", type=int, default=25, help="use the first N frames of each cine")
+    p.add_argument("--no-bart", action="store_true", help="pairs: leave out the BART l1-wavelet anchor")
+    p.add_argument("--frames", type=int, default=12, help="use the first N frames of each cine")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--kgmgt-weights", type=Path, default=None)

@@ -157,8 +157,13 @@ def multicontrast_training_pairs(step: int = 1, tcga_step: int = 1) -> list[tupl
         energy = sl.reshape(sl.shape[0], -1).sum(1)
         for i in np.nonzero(energy >= 0.25 * energy.max())[0][::step]:
             pairs += _ordered_pairs({c: np.ascontiguousarray(np.moveaxis(v, axis, 0)[i]) for c, v in vols.items()})
-    for group in tcga_axial_slices(load_tcga(TRAINING_TCGA), step=tcga_step):
+    tcga = load_tcga(TRAINING_TCGA)
+    for group in tcga_axial_slices(tcga, step=tcga_step):
         pairs += _ordered_pairs(group)
+    for axis in (0, 1):  # sagittal and coronal slices too (every axis, as the qMRLab subject)
+        energy = np.moveaxis(tcga["T1"], axis, 0).reshape(tcga["T1"].shape[axis], -1).sum(1)
+        for i in np.nonzero(energy >= 0.3 * energy.max())[0][::max(tcga_step, 2)]:
+            pairs += _ordered_pairs({c: _unit(np.rot90(np.take(v, i, axis=axis))) for c, v in tcga.items()})
     d = data_dir() / "multicontrast"
     patient_a = {c: _unit(np.asarray(Image.open(d / f"patientA_groundtruth_{c}.png").convert("L"))) for c in ("T1", "T2")}
     pairs += _ordered_pairs(patient_a)
@@ -174,12 +179,13 @@ def multicontrast_evaluation_pairs(tcga_slices: int = 3) -> dict[str, tuple[np.n
     out = {
         "tumour_T1pre->T2": (_unit(mat["T1_pre"]), _unit(mat["T2"])),
         "tumour_T1pre->FLAIR": (_unit(mat["T1_pre"]), _unit(mat["FLAIR"])),
+        "tumour_T2->FLAIR": (_unit(mat["T2"]), _unit(mat["FLAIR"])),
     }
     slices = tcga_axial_slices(load_tcga(VALIDATION_TCGA), min_fraction=0.6)
     pick = [slices[int(i)] for i in np.linspace(0, len(slices) - 1, tcga_slices + 2)[1:-1].round()]
     short = VALIDATION_TCGA.split("-", 1)[1]
-    for target in ("T2", "FLAIR"):
-        out[f"{short}_T1->{target}"] = (np.stack([s["T1"] for s in pick]), np.stack([s[target] for s in pick]))
+    for ref, target in (("T1", "T2"), ("T1", "FLAIR"), ("T2", "FLAIR")):
+        out[f"{short}_{ref}->{target}"] = (np.stack([s[ref] for s in pick]), np.stack([s[target] for s in pick]))
     return out
 
 

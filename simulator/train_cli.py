@@ -88,17 +88,63 @@ def _with_dc_per_step(model):
     return new
 
 
+def _unrolled_from(path, cfg):
+    """An unrolled SGF-MRI whose guided network starts as ``path``'s one-shot network (the new gate and
+    per-cascade DC layers start fresh)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from models.weights import build_model
+
+    model = build_model("sgfmri", cfg.to_dict())
+    state = load_file(str(path))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(".gate." not in k and not k.startswith("dc_cascades.") for k in missing):
+        raise ValueError(f"{path} does not fit the unrolled network: missing {missing}, unexpected {unexpected}")
+    for layer in model.dc_layers():
+        layer.set_noise_weight(cfg.dc_noise_weight)
+    with torch.no_grad():  # the one-shot network learned to undo zero-filled aliasing, not to improve a
+        model.tail.weight.mul_(0.1)  # CG-SENSE image: start near "CG-SENSE + DC", keep its features
+        model.tail.bias.mul_(0.1)
+    return model
+
+
+def _pair_validation(model_data, items_for) -> list:
+    """The held-out pairs (model_data.multicontrast_evaluation_pairs: the middle TCGA slice and the tumour
+    slice, every pair kind) at 4x and 8x, each with / without / with a wrong reference (another slice)."""
+    import numpy as np
+
+    from models.training_data import resize
+
+    items = []
+    evaluation = model_data.multicontrast_evaluation_pairs()
+    for seed, (case, (ref, tgt)) in enumerate(evaluation.items()):
+        if ref.ndim == 3:  # TCGA: the middle slice, the first one's reference as the wrong one
+            wrong, ref, tgt = ref[0], ref[len(ref) // 2], tgt[len(tgt) // 2]
+        else:              # the tumour slice: the same contrast kind from the TCGA patient
+            other = next(v for k, v in evaluation.items() if v[0].ndim == 3)
+            wrong = resize(other[0][len(other[0]) // 2], ref.shape).astype(np.float32)
+        for accel in (4.0, 8.0):
+            items += items_for(ref, tgt, wrong, accel, seed=seed)
+    return items
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamrecon train", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=("kgmgt", "sgfmri"), required=True)
-    p.add_argument("--config", choices=("small", "official"), default="small",
-                   help="network width: the CPU-trainable 'small' one or the paper's")
-    p.add_argument("--data", choices=("shared", "sunnybrook", "sunnybrook-rt", "synthetic", "none"), default="shared",
+    p.add_argument("--config", choices=("small", "official", "unrolled"), default="small",
+                   help="network width: the CPU-trainable 'small' one or the paper's; SGF-MRI 'unrolled': the small "
+                        "network unrolled from a CG-SENSE start with exact DC per cascade and the reference gate")
+    p.add_argument("--data", choices=("shared", "sunnybrook", "sunnybrook-rt", "brains", "synthetic", "none"),
+                   default="shared",
                    help="training data (see above); default shared. sunnybrook-rt: the Sunnybrook training "
                         "patients simulated as real-time scans of unseen hearts (native resolution, any angle, "
                         "4-32 coils on random arrays, noise to real-time SNR, strides 1-3, 10%% other anatomy in "
                         "motion), validated on whole held-out hearts at their full matrix under conditions "
-                        "training does not draw (models.cine_windows.VALIDATION_CONDITIONS)")
+                        "training does not draw (models.cine_windows.VALIDATION_CONDITIONS). brains (SGF-MRI): "
+                        "every training brain, every ordered contrast pair and axis, simulated with "
+                        "PairSampler.realistic (4-32 coils, noise, wrong/shifted/remapped/missing references), "
+                        "validated on the held-out pairs at full matrix with, without and with a wrong reference")
     p.add_argument("--inputs", choices=("zero-filled", "view-shared"), default=None,
                    help="cine network inputs (default: view-shared with --data sunnybrook, else zero-filled)")
     p.add_argument("--cascades", type=int, default=None, help="KGMgT mentor/learner passes, each ending in DC")
@@ -223,7 +269,7 @@ def main(argv: list[str]) -> int:
         cfg = KGMgTConfig.official() if args.config == "official" else KGMgTConfig.cpu_small()
     else:
         pairs = []
-        if args.data == "shared":
+        if args.data in ("shared", "brains"):
             pairs = model_data.multicontrast_training_pairs()
         elif args.data == "synthetic":
             from models.phantoms import brain_pair
@@ -242,15 +288,29 @@ def main(argv: list[str]) -> int:
             return 2
         print(f"multi-contrast data: {len(pairs)} pairs")
         size = args.size or 96
-        sampler = PairSampler(pairs, size=(size, size), settings=settings, min_crop=args.min_crop,
-                              reference_dropout=args.reference_dropout, misregistration=args.ref_misregistration,
-                              max_shift_px=args.ref_shift, max_rotation_deg=args.ref_rotation,
-                              reference_noise=tuple(args.ref_noise))
+        if args.data == "brains":
+            from models.training_data import collate, pair_validation_items
+            sampler = PairSampler.realistic(pairs, size)
+            val_data = [collate([item]) for item in _pair_validation(model_data, pair_validation_items)]
+            print(f"validation: {len(val_data)} held-out items (with / without / wrong reference)")
+        else:
+            sampler = PairSampler(pairs, size=(size, size), settings=settings, min_crop=args.min_crop,
+                                  reference_dropout=args.reference_dropout, misregistration=args.ref_misregistration,
+                                  max_shift_px=args.ref_shift, max_rotation_deg=args.ref_rotation,
+                                  reference_noise=tuple(args.ref_noise))
         task = "pair"
         from models.sgfmri import SGFMRIConfig
-        cfg = SGFMRIConfig.paper() if args.config == "official" else SGFMRIConfig.cpu_small()
+        cfg = (SGFMRIConfig.paper() if args.config == "official"
+               else SGFMRIConfig.unrolled(args.cascades or 3) if args.config == "unrolled" else SGFMRIConfig.cpu_small())
     init_steps, init_version = 0, None
-    if args.init_weights:
+    if args.init_weights and args.model == "sgfmri" and args.config == "unrolled":
+        from models.weights import read_card
+        model, card = _unrolled_from(args.init_weights, cfg), read_card(args.init_weights)
+        init_meta = card.get("meta", {})
+        init_steps = int(init_meta.get("total_steps", init_meta.get("steps", 0)))
+        init_version = card.get("version")
+        print(f"unrolled network initialised from {args.init_weights} ({init_version}, {init_steps} steps)")
+    elif args.init_weights:
         from models.weights import load_weights
         model, card = load_weights(args.init_weights)
         if card["architecture"] != args.model:
