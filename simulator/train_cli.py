@@ -183,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-dropout", type=float, default=0.2,
                    help="pairs: fraction of samples trained without the reference (the single-contrast fallback)")
     p.add_argument("--ssim-weight", type=float, default=0.0)
+    p.add_argument("--loss", choices=("l1", "relative-l1"), default="l1",
+                   help="relative-l1: each sample's log L1 error relative to the network's own input (the "
+                        "gain over the input, equal weight for every noise level and acceleration)")
     p.add_argument("--perceptual-weights", type=Path, default=None,
                    help="VGG19 'features.*' weights as safetensors (user supplied) for the perceptual term")
     p.add_argument("--adversarial", action="store_true", help="add the WGAN-GP term (weight 1e-6)")
@@ -346,6 +349,7 @@ def main(argv: list[str]) -> int:
         from models.inference import _set_dc
         print(f"training DC: {_set_dc(model, args.dc_method, args.dc_iterations)}")
     tcfg = TrainConfig(task=task, steps=args.steps, batch=args.batch, lr=args.lr, ssim_weight=args.ssim_weight,
+                       loss=args.loss,
                        adversarial=args.adversarial, seed=args.seed, device=args.device, val_every=args.val_every,
                        ckpt_every=args.val_every, time_limit_s=args.time_limit, threads=args.threads,
                        schedule_by_time=not args.schedule_steps)
