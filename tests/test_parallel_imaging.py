@@ -1,6 +1,6 @@
 """Parallel imaging in the conventional series: Siemens-layout iPAT-2 files replayed through the embedded host.
 
-Each file (``tests/siemens_files.py``: 4 coils, R=2, 28 calibration lines
+Each file (``simulator/siemens_layout.py``: 4 coils, R=2, 28 calibration lines
 embedded or as a separate reference scan, or a time-interleaved
 calibration; a header without ``<version>``; noise scans; 2x readout
 oversampling) is read back with the simulator's ISMRMRD reader and sent as
@@ -14,73 +14,19 @@ its units are noise standard deviations).
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import ismrmrd
 import numpy as np
 import pytest
 
-from models.baselines import cg_sense
-from models.coils import estimate_coil_maps
 from simulator.acquire import acquisitions
+from simulator.benchmarks.parallel_imaging import offline_cg_sense, pipeline_with, pixels, psnr
 from simulator.client import run_session
 from simulator.header import make_header
 from simulator.readers import read_ismrmrd
-from tests.siemens_files import write_siemens_pi
+from simulator.siemens_layout import write_siemens_pi
 from tests.streams import small_cine
 
-PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "cine_conventional.xml"
 CALIBRATION = (ismrmrd.ACQ_IS_PARALLEL_CALIBRATION, ismrmrd.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING)
-
-
-def psnr(image: np.ndarray, reference: np.ndarray) -> float:
-    """PSNR of ``|image|`` against ``|reference|`` after the least-squares scale (reference maximum as range)."""
-    a, r = np.abs(image).astype(np.float64), np.abs(reference).astype(np.float64)
-    scale = float((a * r).sum() / max((a * a).sum(), 1e-30))
-    return float(10 * np.log10(r.max() ** 2 / np.mean((scale * a - r) ** 2)))
-
-
-def pipeline_with(**props: str) -> str:
-    extra = "".join(f'<property name="{k}" value="{v}"/>' for k, v in props.items())
-    text = PIPELINE.read_text().replace('<property name="combine" value="sense"/>',
-                                        '<property name="combine" value="sense"/>' + extra)
-    assert extra in text
-    return text
-
-
-def pixels(image) -> np.ndarray:
-    return np.asarray(image.data).reshape(image.data.shape[-2:])
-
-
-def offline_cg_sense(written, raw, slice_: int, repetition: int) -> np.ndarray:
-    """CG-SENSE of the file's own readouts of one frame, 50 iterations, cropped to the recon matrix.
-
-    Maps from the file's calibration lines (embedded, separate) or, for an
-    interleaved calibration, from the time average of the slice's first two
-    repetitions, as a scanner's TSENSE does.
-    """
-    ny, nx = written.scan.reference.shape[-2:]
-    coils, kx = written.scan.kspace.shape[2], written.scan.kspace.shape[-1]
-    data, lines = np.zeros((coils, ny, kx), np.complex64), np.zeros(ny, bool)
-    calib, average, counts = np.zeros_like(data), np.zeros_like(data), np.zeros(ny)
-    for a in raw.acquisitions:
-        if a.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT) or a.idx.slice != slice_:
-            continue
-        k = a.idx.kspace_encode_step_1
-        if any(a.is_flag_set(f) for f in CALIBRATION):
-            calib[:, k] = a.data
-        if a.idx.repetition < 2:
-            average[:, k] += a.data
-            counts[k] += 1
-        separate_reference = written.mode == "separate" and a.is_flag_set(ismrmrd.ACQ_IS_PARALLEL_CALIBRATION)
-        if a.idx.repetition == repetition and not separate_reference:
-            data[:, k], lines[k] = a.data, True
-    if written.mode == "interleaved":
-        calib = average / np.maximum(counts, 1)[None, :, None]
-    c = ny // 2
-    maps = estimate_coil_maps(calib, (c - 14, c + 14))
-    image = cg_sense(data[None], lines[None], maps, lam=1e-3, iterations=50)[0]
-    return image[:, (kx - nx) // 2:(kx - nx) // 2 + nx]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""ISMRMRD files written in the layout Siemens' converter gives an iPAT (GRAPPA) scan, for the parallel-imaging tests.
+"""ISMRMRD files written in the layout Siemens' converter gives an iPAT (GRAPPA) scan (tests and `bench pi`).
 
 What a real Siemens iPAT-2 file looks like, reproduced here on a phantom:
 a header without ``<version>`` (siemens_to_ismrmrd leaves it out), vendor
