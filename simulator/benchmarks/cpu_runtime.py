@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import time
 from datetime import datetime, timezone
@@ -128,7 +129,7 @@ def main(argv: list[str]) -> int:
     missing = {r: runtime_missing(r) for r in runtimes if runtime_missing(r)}
     runtimes = [r for r in runtimes if r not in missing]
     date = datetime.now(timezone.utc)
-    command = f"streamrecon bench runtime {' '.join(argv)}".strip()
+    command = f"streamrecon bench runtime {shlex.join(argv)}".strip()
     record = {"date": f"{date:%Y-%m-%d %H:%M} UTC", "command": command, "machine": machine(),
               "load_start": os.getloadavg()[0], "weights": args.kgmgt_weights or "shipped kgmgt_cine_vs",
               "calls": args.calls, "note": args.note, "missing": missing, "rows": []}
