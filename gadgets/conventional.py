@@ -25,7 +25,6 @@ from typing import Any
 
 import ismrmrd
 import numpy as np
-from models.baselines import cg_sense
 from models.coils import calibration_region, estimate_coil_maps, rss, sense_combine
 from models.fft import ifft2c
 
@@ -203,6 +202,8 @@ class ParallelImaging:
         lines = np.pad(sampled, (extra // 2, extra - extra // 2))
         if grid_maps.shape != grid.shape:
             raise ValueError(f"coil maps {grid_maps.shape} do not fit the frame's k-space grid {grid.shape}")
+        from models.baselines import cg_sense  # torch: imported only when a frame needs unfolding
+
         image = cg_sense(grid[None], lines[None], grid_maps, lam=self.lam, iterations=self.iterations)[0]
         return crop_image(image, recon_shape)
 
