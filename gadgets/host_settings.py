@@ -53,6 +53,19 @@ def _bool(text: Any) -> bool:
     raise ValueError(f"{text!r} is not a boolean")
 
 
+CPU_RUNTIMES = ("torch", "onnxruntime", "openvino")  # models.runtimes.RUNTIMES (gadgets import no torch here)
+# KGMgT's generator on the CPU: the runtime `streamrecon bench runtime` measured fastest against torch eager
+# (simulator/benchmarks/results/cpu_runtime_*.md); a runtime whose package is missing falls back to torch.
+DEFAULT_CPU_RUNTIME = "torch"
+
+
+def _cpu_runtime(text: Any) -> str:
+    value = str(text).strip().lower()
+    if value not in CPU_RUNTIMES:
+        raise ValueError(f"{text!r} is not one of {CPU_RUNTIMES}")
+    return value
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("inference_endpoint", str, "tcp://127.0.0.1:5555",
             "inference service endpoint of the pipelines with inference=service"),
@@ -62,6 +75,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Triton server (gRPC host:port) of the pipelines with inference=triton"),
     Setting("device", str, "auto", "in-process inference device: cpu, cuda, cuda:N or auto"),
     Setting("cpu_threads", int, 1, "torch threads for in-process CPU inference (process-wide)"),
+    Setting("cpu_runtime", _cpu_runtime, DEFAULT_CPU_RUNTIME,
+            "runtime of KGMgT's network on the CPU: torch, onnxruntime or openvino (DC stays in torch)"),
     Setting("kgmgt_weights", str, "", "KGMgT .safetensors for in-process inference (default: the shipped set)"),
     Setting("sgfmri_weights", str, "", "SGF-MRI .safetensors for in-process inference (default: the shipped set)"),
     Setting("allow_random", _bool, False, "tests only: untrained networks when weights are missing"),

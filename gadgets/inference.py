@@ -84,16 +84,21 @@ def set_cpu_threads(threads: int) -> None:
 
 
 def cached_model(name: str, device: str = "cpu", weights: str | None = None, allow_random: bool = False,
-                 cpu_threads: int = DEFAULT_CPU_THREADS):
-    """``models.inference.load_model`` once per (name, device, weights) in this process."""
-    key = (name, device, str(Path(weights).resolve()) if weights else "", bool(allow_random))
+                 cpu_threads: int = DEFAULT_CPU_THREADS, cpu_runtime: str = "torch"):
+    """``models.inference.load_model`` once per (name, device, weights, CPU runtime) in this process."""
+    key = (name, device, str(Path(weights).resolve()) if weights else "", bool(allow_random), cpu_runtime)
     with _MODELS_LOCK:
         rec = _MODELS.get(key)
         if rec is None:
             from models.inference import load_model
+            from models.runtimes import runtime_missing
 
             set_cpu_threads(cpu_threads)
-            rec = load_model(name, device=device, weights=weights or None, allow_random=allow_random)
+            if runtime_missing(cpu_runtime):  # an optional package: torch serves instead, and says so
+                log.warning("cpu_runtime %s unavailable (%s); using torch", cpu_runtime, runtime_missing(cpu_runtime))
+                cpu_runtime = "torch"
+            rec = load_model(name, device=device, weights=weights or None, allow_random=allow_random,
+                             runtime=cpu_runtime)
             log.info("loaded %s (%s) on %s", rec.name, rec.version, rec.device)
             _MODELS[key] = rec
         return rec
@@ -105,16 +110,18 @@ class InProcessBackend:
     label = "in-process"
 
     def __init__(self, device: str = "cpu", weights: dict[str, str | None] | None = None,
-                 allow_random: bool = False, cpu_threads: int = DEFAULT_CPU_THREADS) -> None:
+                 allow_random: bool = False, cpu_threads: int = DEFAULT_CPU_THREADS, cpu_runtime: str = "torch") -> None:
         self.device = device
         self.weights = dict(weights or {})
         self.allow_random = allow_random
         self.cpu_threads = cpu_threads
+        self.cpu_runtime = cpu_runtime
         self._locks: dict[str, threading.Lock] = {}
 
     def _model(self, name: str):
         try:
-            return cached_model(name, self.device, self.weights.get(name), self.allow_random, self.cpu_threads)
+            return cached_model(name, self.device, self.weights.get(name), self.allow_random, self.cpu_threads,
+                                self.cpu_runtime)
         except Exception as exc:
             raise InferenceError(f"cannot load {name}: {type(exc).__name__}: {exc}") from exc
 
@@ -168,6 +175,7 @@ def backend_from_config(config: Any, settings: host_settings.OperatorSettings | 
         weights={"kgmgt": settings.kgmgt_weights or None, "sgfmri": settings.sgfmri_weights or None},
         allow_random=settings.allow_random,
         cpu_threads=settings.cpu_threads,
+        cpu_runtime=settings.cpu_runtime,
     )
 
 
@@ -194,7 +202,8 @@ def model_meta(backend: Backend, model: str) -> dict[str, str]:
         return {"ModelVersion": "unknown", "Weights": "unknown"}
     return {"ModelVersion": str(info.get("version", "unknown")), "Weights": str(info.get("name", "unknown")),
             "InferenceDevice": str(info.get("device", "unknown")),
-            "ModelInputs": str(info.get("inputs", "zero-filled"))}
+            "ModelInputs": str(info.get("inputs", "zero-filled"))} | (
+        {"InferenceRuntime": str(info["runtime"])} if info.get("runtime", "torch") != "torch" else {})
 
 
 __all__ = ["InferenceError", "InProcessBackend", "backend_from_config", "cached_model", "model_meta", "set_cpu_threads"]

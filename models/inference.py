@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from .complex_channels import from_channels, to_channels
+from .runtimes import RUNTIMES, use_runtime
 from .weights import build_model, load_weights, shipped_path
 
 DEFAULT_WEIGHTS = {"kgmgt": "kgmgt_cine_vs", "sgfmri": "sgfmri_brain_small"}
@@ -80,13 +81,14 @@ class Reconstructor:
         self.architecture, self.name, self.version = architecture, name, version
         self.device, self.random_init, self.precision = device, random_init, precision
         self.dc = f"{getattr(model.dc, 'mode', '?')}-{getattr(model.dc, 'method', '?')}"
+        self.runtime = "torch"
 
     @property
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "architecture": self.architecture,
                 "parameters": sum(p.numel() for p in self.model.parameters()),
                 "random_init": self.random_init, "device": str(self.device), "dc": self.dc,
-                "inputs": self.inputs}
+                "inputs": self.inputs, "runtime": self.runtime}
 
     @property
     def inputs(self) -> str:
@@ -182,7 +184,7 @@ class Reconstructor:
 
 def load_model(name: str = "kgmgt", device: str = "cpu", weights: str | Path | None = None,
                allow_random: bool = False, precision: str = "fp32", dc_method: str = "auto",
-               dc_iterations: int = 5) -> Reconstructor:
+               dc_iterations: int = 5, runtime: str = "torch") -> Reconstructor:
     """Load a reconstructor.
 
     Args:
@@ -204,6 +206,12 @@ def load_model(name: str = "kgmgt", device: str = "cpu", weights: str | Path | N
             prox-5 31.9/29.0 dB, prox-10 32.6/25.5 dB -- more iterations amplify
             aliasing once the acceleration exceeds the coil count), not on the
             evaluation data.
+        runtime: ``"torch"`` (eager), or ``"onnxruntime"`` / ``"openvino"``:
+            KGMgT's generator exported and run by that runtime on the CPU with
+            ``torch.get_num_threads()`` threads, DC and the rest in torch
+            (:mod:`models.runtimes`); on a
+            CUDA device, and for SGF-MRI, the model stays on torch and
+            ``info["runtime"]`` says so.
     """
     if name not in DEFAULT_WEIGHTS:
         raise ValueError(f"unknown model {name!r}; one of {sorted(DEFAULT_WEIGHTS)}")
@@ -220,6 +228,10 @@ def load_model(name: str = "kgmgt", device: str = "cpu", weights: str | Path | N
     else:
         raise FileNotFoundError(f"no weights at {path}; train them (streamrecon train) or pass allow_random=True for tests")
     rec.dc = _set_dc(rec.model, dc_method, dc_iterations)
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
+    if runtime != "torch" and dev.type == "cpu":
+        rec.runtime = use_runtime(rec.model, runtime, torch.get_num_threads())
     return rec
 
 

@@ -25,6 +25,7 @@ from typing import Sequence
 from gadgets import host_settings
 
 from .pipeline_config import DEFAULT_GADGET_PACKAGES, PIPELINE_DIR, PipelineError, load_gadgets, parse_pipeline
+from .process_memory import release_free_memory
 from .protocol import CLOSE, TEXT, Limits
 from .session import Session, SessionOptions
 
@@ -182,6 +183,7 @@ class StreamHost(socketserver.ThreadingTCPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._release()
+            release_free_memory()  # the session's freed frames go back to the system (pipelines/process_memory.py)
 
     def _release(self) -> None:
         with self._active_lock:

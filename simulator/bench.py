@@ -16,7 +16,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "stream": ("simulator.benchmarks.streaming", "frame latency and throughput of the deep-learning pipelines"),
     "gpu": ("simulator.benchmarks.gpu", "real-time figures on one device in one run: model time, DC, precision, compile, latency"),
     "backends": ("simulator.benchmarks.backends", "1, 2, 4 concurrent scans through Triton vs the ZeroMQ service vs in-process"),
-    "soak": ("simulator.benchmarks.soak", "several scanners and hostile sessions for minutes; host RSS, threads, fds"),
+    "soak": ("simulator.benchmarks.soak", "several scanners and hostile sessions for minutes; host RSS, threads, fds "
+             "(--dl: the deep-learning pipelines, session by session)"),
+    "pi": ("simulator.benchmarks.parallel_imaging", "conventional series on Siemens-layout iPAT-2 files vs CG-SENSE and the folded image"),
+    "runtime": ("simulator.benchmarks.cpu_runtime", "KGMgT on the CPU: ONNX Runtime and OpenVINO as a ratio to torch eager"),
     "gadgetron": ("simulator.benchmarks.gadgetron_first_image", "first-image time under a real Gadgetron, execute vs connect vs embedded"),
 }
 

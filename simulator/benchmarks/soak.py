@@ -36,7 +36,12 @@ def _proc_sample(pid: int) -> tuple[float, int, int]:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="streamrecon bench soak", description=__doc__.splitlines()[0])
+    if "--dl" in argv:  # the deep-learning pipelines, session by session: simulator/benchmarks/soak_dl.py
+        from simulator.benchmarks import soak_dl
+
+        return soak_dl.main(argv)
+    p = argparse.ArgumentParser(prog="streamrecon bench soak", description=__doc__.splitlines()[0],
+                                epilog="--dl: the deep-learning pipelines session by session (streamrecon bench soak --dl --help)")
     p.add_argument("--scanners", type=int, default=4)
     p.add_argument("--minutes", type=float, default=3.0)
     p.add_argument("--pipeline", default="cine_conventional", help="shipped pipeline the good sessions run")
