@@ -175,10 +175,11 @@ def anchor_methods(a: Acquisition, bart_lambda: float | None) -> dict[str, Calla
         "CG-SENSE": lambda: cg_sense(a.kspace, a.masks, a.maps, lam=1e-3, iterations=15),
         "view sharing + SENSE DC (centred)": lambda: view_shared_dc_series(a),
         "TV temporal, 3-frame window": lambda: tv_window_series(a),
-        "TV temporal, whole series": lambda: tv_temporal(a.kspace, a.masks, a.maps, lam=0.03, iterations=100),
     }
     if bart_available() and bart_lambda is not None:
         methods["BART pics -R T, whole series"] = lambda: bart_pics(a.kspace, a.masks, a.maps, lam=bart_lambda)
+    else:  # the offline anchor without BART: the same regulariser in torch
+        methods["TV temporal, whole series"] = lambda: tv_temporal(a.kspace, a.masks, a.maps, lam=0.03, iterations=100)
     return methods
 
 

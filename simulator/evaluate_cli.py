@@ -275,7 +275,7 @@ def main(argv: list[str]) -> int:
                    help="cine mask family:acceleration pairs")
     p.add_argument("--sunnybrook-slices", type=int, nargs="+", default=[4, 6],
                    help="cine-ablation: slices of the held-out Sunnybrook patient")
-    p.add_argument("--slices-per-patient", type=int, default=3,
+    p.add_argument("--slices-per-patient", type=int, default=2,
                    help="cine: slices from base to apex of each held-out Sunnybrook patient (plus GIRAF)")
     p.add_argument("--no-unseen-conditions", action="store_true",
                    help="cine: leave out the cases played under conditions training never draws")
