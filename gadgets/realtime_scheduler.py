@@ -1,0 +1,351 @@
+"""Real-time model scheduling: which windows the model works on, and which fall back, so a live scan stays live.
+
+A model gadget hands every item it wants the model to reconstruct (a KGMgT
+window, an SGF-MRI target) to a :class:`RealtimeScheduler` and gets back,
+for each, exactly one call of either ``deliver(payload, result)`` (the model
+ran in time) or ``fallback(payload, reason)`` (it did not; the gadget sends
+its best classical image, flagged). The scheduler knows nothing of MRI: it
+runs the gadget's ``run(payloads) -> results`` on its own thread and
+decides, before every batch, what that batch is.
+
+With a real-time bound (``max_lag_s`` > 0) every item has a deadline,
+``released + max_lag_s``, counted from when the item was released by the
+gadget, *including* any time it then waits for something else (coil maps):
+the scanner sees an image of every frame within the bound, whatever the
+model does. Before each batch (:func:`plan`):
+
+- items that cannot be finished by their deadline, even if started now,
+  fall back now (not at their deadline: their image leaves earlier);
+- while the model keeps up (every queued item would be on time served in
+  release order), items run in release order, as many in one batch as end
+  before the oldest one's deadline (at most ``max_batch``);
+- when it does not keep up, the batch is the newest items that fit together
+  before the oldest deadline among them: the model works on what the
+  operator is looking at now, never on a queue that only grows, and older
+  items that could not wait for that batch fall back now;
+- when no item can make its deadline by the estimate, the newest runs
+  anyway (a probe): the estimate is a measurement, and only running the
+  model can correct it. There is no state in which the model is not tried.
+
+The estimate is the model's measured time per item, updated after every
+batch (:class:`ServiceTime`), so it follows a slow first call, a machine that
+gets busier or quieter, and other scans taking turns on the same model.
+A deadline watch sends the fallback of any item whose result is not out by
+its deadline (the model's result, if it comes later, is dropped).
+
+Without a bound (``max_lag_s`` = 0: gated cine, where every frame arrives
+at the end of the breath-hold and all should get the model) items run in
+release order, batched, and at most ``max_pending`` wait before
+:meth:`RealtimeScheduler.submit` blocks the caller.
+
+Deadlines start counting once the model is ready (``prepare`` returned):
+a process that loads its model per scan (Gadgetron's execute mode) would
+otherwise fall back on every window released during the load.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+# Feasibility margin on the estimate: a batch that misses its deadline wastes
+# all its work, one that is refused a little too early only loses that item.
+SAFETY = 1.25
+
+
+class ServiceTime:
+    """The model's time per item, re-measured after every batch (exponential smoothing)."""
+
+    def __init__(self, smoothing: float = 0.5) -> None:
+        self.smoothing = smoothing
+        self.per_item_s: float | None = None
+        self.samples = 0
+
+    def observe(self, items: int, seconds: float) -> None:
+        per = max(0.0, seconds) / max(1, items)
+        self.per_item_s = per if self.per_item_s is None else (1 - self.smoothing) * self.per_item_s + self.smoothing * per
+        self.samples += 1
+
+    def batch_s(self, items: int) -> float | None:
+        """Expected time of a batch of ``items``, with the :data:`SAFETY` margin; None before any measurement."""
+        return None if self.per_item_s is None else SAFETY * items * self.per_item_s
+
+
+@dataclass(eq=False)
+class Job:
+    """One item the gadget wants the model to reconstruct."""
+
+    payload: Any
+    released: float
+    deadline: float | None          # None: no real-time bound
+    seq: int
+    runnable: bool = True           # False while it waits for something the gadget must supply
+    state: str = "waiting"          # waiting -> queued -> running -> done
+    delivered: bool = False
+    waiting_for: str = "its inputs"  # what a non-runnable job waits for (fallback reasons name it)
+
+
+@dataclass
+class Plan:
+    batch: list[Job]
+    stale: list[Job] = field(default_factory=list)
+    probe: bool = False
+
+
+def plan(queued: Sequence[Job], now: float, estimate: ServiceTime, max_batch: int,
+         due: Callable[[Job], float | None] | None = None) -> Plan:
+    """What to run now among ``queued`` (runnable jobs not started), and which are stale.
+
+    Pure (no clock, no threads), so the policy is tested on its own; see
+    the module docstring. ``due(job)`` gives a job's effective deadline
+    (default ``job.deadline``; None = no bound).
+    """
+    due = due or (lambda j: j.deadline)
+    jobs = sorted(queued, key=lambda j: (j.released, j.seq))
+    timed = [j for j in jobs if due(j) is not None]
+    if not timed:  # no bound: release order, batched
+        return Plan(jobs[:max_batch])
+    untimed = [j for j in jobs if due(j) is None]
+    if untimed:  # never mixed in one scheduler; served first, in order, if it happens
+        return Plan(untimed[:max_batch])
+    one = estimate.batch_s(1)
+    if one is None:  # nothing measured yet: one item, the cheapest measurement
+        return Plan([timed[0]], probe=True)
+    feasible = [j for j in timed if now + one <= due(j)]
+    stale = [j for j in timed if now + one > due(j)]
+    if not feasible:  # the estimate says nothing can be on time: try the newest anyway, and re-measure
+        return Plan([timed[-1]], stale[:-1], probe=True)
+    if all(now + estimate.batch_s(i + 1) <= due(j) for i, j in enumerate(feasible)):
+        # keeping up: in release order, as many as end before the oldest's deadline
+        n = 1
+        while n < min(max_batch, len(feasible)) and now + estimate.batch_s(n + 1) <= due(feasible[0]):
+            n += 1
+        return Plan(feasible[:n], stale)
+    # not keeping up: the newest first, older ones with it while the batch still ends before their deadline
+    batch = [feasible[-1]]
+    for j in reversed(feasible[:-1]):
+        if len(batch) >= max_batch or now + estimate.batch_s(len(batch) + 1) > due(j):
+            break
+        batch.insert(0, j)
+    done_at = now + estimate.batch_s(len(batch))
+    left = [j for j in feasible if j not in batch]
+    stale += [j for j in left if done_at + one > due(j)]  # could not wait for this batch
+    return Plan(batch, sorted(stale, key=lambda j: (j.released, j.seq)))
+
+
+class RealtimeScheduler:
+    """Runs a gadget's model calls beside its frame path under a real-time bound (module docstring).
+
+    ``run(payloads) -> results`` (one result per payload, in order; it
+    should turn model failures into results itself), ``deliver(payload,
+    result)``, ``fallback(payload, reason)``: each payload gets exactly one
+    of the last two, possibly from another thread than the one that
+    submitted it. ``prepare()`` runs first on the scheduler's thread (model
+    load, model info), so the caller never waits for it.
+    """
+
+    def __init__(self, run: Callable[[list[Any]], list[Any]], deliver: Callable[[Any, Any], None],
+                 fallback: Callable[[Any, str], None], *, max_lag_s: float = 0.0, max_batch: int = 8,
+                 max_pending: int = 64, prepare: Callable[[], None] | None = None, clock: Clock = time.monotonic,
+                 name: str = "model", describe: Callable[[], str] | None = None) -> None:
+        self._run, self._deliver, self._fallback = run, deliver, fallback
+        self.max_lag_s = max(0.0, float(max_lag_s))
+        self.max_batch = max(1, int(max_batch))
+        self.max_pending = max(1, int(max_pending))
+        self.clock = clock
+        self.name = name
+        self._describe = describe or (lambda: name)
+        self.estimate = ServiceTime()
+        self.stats: Counter = Counter()  # batches, model, fallback, stale, deadline, late, probes, max_batch
+        self.error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._jobs: list[Job] = []            # not yet delivered, release order
+        self._deadlines: list[tuple[float, int, Job]] = []
+        self._seq = itertools.count()
+        self._ready_at: float | None = None
+        self._closing = False
+        self._prepare = prepare
+        self.thread = threading.Thread(target=self._work, name=f"{name}-model", daemon=True)
+        self.watcher = threading.Thread(target=self._watch, name=f"{name}-deadlines", daemon=True)
+        self.thread.start()
+        if self.max_lag_s:
+            self.watcher.start()
+
+    # ------------------------------------------------------------------ the gadget's side
+    def submit(self, payload: Any, *, released: float | None = None, runnable: bool = True,
+               waiting_for: str = "its inputs") -> Job:
+        """Hand over one item; its deadline counts from ``released`` (default now).
+
+        Without a bound, blocks while ``max_pending`` items wait (back-pressure
+        on a burst replayed as fast as possible).
+        """
+        now = self.clock()
+        released = now if released is None else released
+        with self._cond:
+            if not self.max_lag_s:
+                while len(self._jobs) >= self.max_pending and not self._closing:
+                    self._cond.wait()
+            job = Job(payload, released, released + self.max_lag_s if self.max_lag_s else None, next(self._seq),
+                      runnable=runnable, state="queued" if runnable else "waiting", waiting_for=waiting_for)
+            self._jobs.append(job)
+            if job.deadline is not None:
+                heapq.heappush(self._deadlines, (job.deadline, job.seq, job))
+            self._cond.notify_all()
+        return job
+
+    def make_runnable(self, job: Job) -> None:
+        """What ``job`` waited for has come: it may run now (if it is not already past its deadline)."""
+        with self._cond:
+            if job.delivered or job.runnable:
+                return
+            job.runnable, job.state = True, "queued"
+            self._cond.notify_all()
+
+    def give_up(self, job: Job, reason: str) -> None:
+        """The gadget knows this item cannot get the model (no coil maps, bad k-space): fall back now."""
+        self._settle(job, fallback=reason, counter="given_up")
+
+    def finish(self) -> None:
+        """No more items: let the queued ones run (or reach their deadlines), then stop the threads."""
+        with self._cond:
+            self._closing = True
+            stuck = [j for j in self._jobs if not j.runnable]
+            self._cond.notify_all()
+        for job in stuck:  # the gadget should have resolved these; it is the end of the stream either way
+            self._settle(job, fallback=f"stream ended while waiting for {job.waiting_for}", counter="given_up")
+        self.thread.join()
+        if self.watcher.is_alive():
+            with self._cond:
+                self._cond.notify_all()
+            self.watcher.join()
+        if self.error is not None:
+            raise RuntimeError(f"{self.name} model worker failed: {self.error}") from self.error
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._jobs)
+
+    # ------------------------------------------------------------------ delivery (exactly once)
+    def _settle(self, job: Job, *, result: Any = None, fallback: str | None = None, counter: str = "") -> bool:
+        with self._cond:
+            if job.delivered:
+                return False
+            job.delivered, job.state = True, "done"
+            try:
+                self._jobs.remove(job)
+            except ValueError:
+                pass
+            self.stats[counter or ("fallback" if fallback is not None else "model")] += 1
+            self._cond.notify_all()
+        if fallback is not None:
+            self._fallback(job.payload, fallback)
+        else:
+            self._deliver(job.payload, result)
+        return True
+
+    def _due(self, job: Job) -> float | None:
+        if job.deadline is None:
+            return None
+        # deadlines count once the model is ready (module docstring)
+        return max(job.deadline, (self._ready_at or 0.0) + self.max_lag_s)
+
+    # ------------------------------------------------------------------ the model thread
+    def _work(self) -> None:
+        try:
+            if self._prepare is not None:
+                self._prepare()
+        except Exception:
+            log.exception("%s model not ready", self.name)
+        finally:
+            with self._cond:
+                self._ready_at = self.clock()
+                self._cond.notify_all()
+        while True:
+            with self._cond:
+                while True:
+                    queued = [j for j in self._jobs if j.runnable and j.state == "queued"]
+                    if queued:
+                        break
+                    if self._closing and not self._jobs:
+                        return
+                    self._cond.wait()
+                now = self.clock()
+                p = plan(queued, now, self.estimate, self.max_batch, self._due)
+                for j in p.batch:
+                    j.state = "running"
+                stale = list(p.stale)
+                per = self.estimate.per_item_s
+            for j in stale:
+                self._settle(j, fallback=self._stale_reason(per), counter="stale")
+            if p.probe:
+                self.stats["probes"] += 1
+            self._execute(p.batch)
+
+    def _execute(self, batch: list[Job]) -> None:
+        started = self.clock()
+        try:
+            results = self._run([j.payload for j in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"run returned {len(results)} results for {len(batch)} items")
+        except BaseException as exc:  # never lose an item: each gets its flagged fallback
+            log.exception("%s batch failed", self.name)
+            self.error = self.error or exc
+            for j in batch:
+                self._settle(j, fallback=f"{type(exc).__name__}: {exc}", counter="failed")
+            return
+        took = self.clock() - started
+        self.estimate.observe(len(batch), took)
+        self.stats["batches"] += 1
+        self.stats["max_batch"] = max(self.stats["max_batch"], len(batch))
+        for j, r in zip(batch, results):
+            if not self._settle(j, result=r):
+                self.stats["late"] += 1  # its deadline passed while it ran: the fallback already left
+        log.debug("%s batch of %d in %.0f ms (estimate %.0f ms an item)", self.name, len(batch), took * 1000,
+                  (self.estimate.per_item_s or 0) * 1000)
+
+    def _stale_reason(self, per_item_s: float | None) -> str:
+        model = f"{per_item_s * 1000:.0f} ms an image" if per_item_s is not None else "not measured yet"
+        return (f"model busy with newer windows: this one could not be done within max_lag_ms "
+                f"({self.max_lag_s * 1000:.0f} ms; model {model})")
+
+    # ------------------------------------------------------------------ the deadline watch
+    def _watch(self) -> None:
+        while True:
+            with self._cond:
+                while self._ready_at is None and not self._closing:
+                    self._cond.wait()
+                while self._deadlines and self._deadlines[0][2].delivered:
+                    heapq.heappop(self._deadlines)
+                if not self._deadlines:
+                    if self._closing and not self._jobs:
+                        return
+                    self._cond.wait()
+                    continue
+                _, _, job = self._deadlines[0]
+                left = self._due(job) - self.clock()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                heapq.heappop(self._deadlines)
+                state = job.state
+            self._settle(job, fallback=self._deadline_reason(job, state), counter="deadline")
+
+    def _deadline_reason(self, job: Job, state: str) -> str:
+        lag = f"max_lag_ms ({self.max_lag_s * 1000:.0f} ms"
+        if state == "waiting":
+            return f"still waiting for {job.waiting_for} at {lag} after its window)"
+        if state == "running":
+            return f"model image late: not within {lag}; still running on {self._describe()})"
+        return f"model busy: no turn within {lag}; {self._describe()})"
+
+
+__all__ = ["RealtimeScheduler", "ServiceTime", "Job", "Plan", "plan", "SAFETY"]
