@@ -392,8 +392,7 @@ class KGMgTStream:
             for job in ready:
                 if job.reason is not None:
                     self.scheduler.give_up(job.handle, job.reason)
-                else:
-                    self.scheduler.make_runnable(job.handle)
+            self.scheduler.make_runnable(*[job.handle for job in ready if job.reason is None])
             return
         for i in range(0, len(ready), self.max_batch):
             yield from self.execute(ready[i:i + self.max_batch])

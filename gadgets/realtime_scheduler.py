@@ -21,8 +21,8 @@ model does. Before each batch (:func:`plan`):
   before the oldest one's deadline (at most ``max_batch``);
 - when it does not keep up, the batch is the newest items that fit together
   before the oldest deadline among them: the model works on what the
-  operator is looking at now, never on a queue that only grows, and older
-  items that could not wait for that batch fall back now;
+  operator is looking at now, never on a queue that only grows; older
+  items wait for a later batch while they still can be on time;
 - when no item can make its deadline by the estimate, the newest runs
   anyway (a probe): the estimate is a measurement, and only running the
   model can correct it. There is no state in which the model is not tried.
@@ -63,21 +63,49 @@ SAFETY = 1.25
 
 
 class ServiceTime:
-    """The model's time per item, re-measured after every batch (exponential smoothing)."""
+    """A batch's time as ``call_s + items * item_s``, re-fitted after every batch.
 
-    def __init__(self, smoothing: float = 0.5) -> None:
-        self.smoothing = smoothing
-        self.per_item_s: float | None = None
+    Exponentially weighted least squares over the recent batches (weight
+    ``forget`` per older batch), so it follows a slow first call, a machine
+    getting busier or quieter, and other scans' turns within a few batches.
+    A fixed part matters: through a service, on a GPU or with a small model a
+    call's overhead dwarfs its per-item cost, and a purely proportional
+    estimate would refuse batches that fit easily. Until batches of different
+    sizes have been seen the time is taken as proportional to the items
+    (the cautious reading for batches larger than those seen).
+    """
+
+    def __init__(self, forget: float = 0.5) -> None:
+        self.forget = forget
+        self._s = [0.0] * 5  # weighted sums of 1, n, t, n^2, n*t
+        self.call_s = 0.0
+        self.item_s: float | None = None
         self.samples = 0
 
     def observe(self, items: int, seconds: float) -> None:
-        per = max(0.0, seconds) / max(1, items)
-        self.per_item_s = per if self.per_item_s is None else (1 - self.smoothing) * self.per_item_s + self.smoothing * per
+        n, t = float(max(1, items)), max(0.0, float(seconds))
+        self._s = [self.forget * a + b for a, b in zip(self._s, (1.0, n, t, n * n, n * t))]
+        s0, sn, st, snn, snt = self._s
+        spread = s0 * snn - sn * sn
+        call, item = 0.0, st / sn
+        if spread > 1e-6 * s0 * s0:
+            slope = (s0 * snt - sn * st) / spread
+            icpt = (st - slope * sn) / s0
+            if slope >= 0 and icpt >= 0:
+                call, item = icpt, slope
+            elif slope < 0:  # bigger batches no slower: all overhead
+                call, item = st / s0, 0.0
+        self.call_s, self.item_s = call, item
         self.samples += 1
+
+    @property
+    def per_item_s(self) -> float | None:
+        """The time one item alone takes (one call)."""
+        return None if self.item_s is None else self.call_s + self.item_s
 
     def batch_s(self, items: int) -> float | None:
         """Expected time of a batch of ``items``, with the :data:`SAFETY` margin; None before any measurement."""
-        return None if self.per_item_s is None else SAFETY * items * self.per_item_s
+        return None if self.item_s is None else SAFETY * (self.call_s + items * self.item_s)
 
 
 @dataclass(eq=False)
@@ -118,28 +146,41 @@ def plan(queued: Sequence[Job], now: float, estimate: ServiceTime, max_batch: in
     if untimed:  # never mixed in one scheduler; served first, in order, if it happens
         return Plan(untimed[:max_batch])
     one = estimate.batch_s(1)
-    if one is None:  # nothing measured yet: one item, the cheapest measurement
-        return Plan([timed[0]], probe=True)
+    if one is None:
+        # nothing measured yet: one item, the cheapest measurement; the oldest that still has at least
+        # half the time the newest has (one about to expire would most likely be wasted)
+        most = max(due(j) - now for j in timed)
+        return Plan([next(j for j in timed if due(j) - now >= 0.5 * most)], probe=True)
     feasible = [j for j in timed if now + one <= due(j)]
     stale = [j for j in timed if now + one > due(j)]
     if not feasible:  # the estimate says nothing can be on time: try the newest anyway, and re-measure
         return Plan([timed[-1]], stale[:-1], probe=True)
-    if all(now + estimate.batch_s(i + 1) <= due(j) for i, j in enumerate(feasible)):
+    if _in_order_on_time(feasible, now, estimate, max_batch, due):
         # keeping up: in release order, as many as end before the oldest's deadline
         n = 1
         while n < min(max_batch, len(feasible)) and now + estimate.batch_s(n + 1) <= due(feasible[0]):
             n += 1
         return Plan(feasible[:n], stale)
-    # not keeping up: the newest first, older ones with it while the batch still ends before their deadline
+    # not keeping up: the newest first, older ones with it while the batch still ends before their deadline;
+    # the others wait for the next plan (dropped then if hopeless: a batch size never run is only a guess)
     batch = [feasible[-1]]
     for j in reversed(feasible[:-1]):
         if len(batch) >= max_batch or now + estimate.batch_s(len(batch) + 1) > due(j):
             break
         batch.insert(0, j)
-    done_at = now + estimate.batch_s(len(batch))
-    left = [j for j in feasible if j not in batch]
-    stale += [j for j in left if done_at + one > due(j)]  # could not wait for this batch
-    return Plan(batch, sorted(stale, key=lambda j: (j.released, j.seq)))
+    return Plan(batch, stale)
+
+
+def _in_order_on_time(jobs: list[Job], now: float, estimate: ServiceTime, max_batch: int,
+                      due: Callable[[Job], float | None]) -> bool:
+    """Would every job be on time served oldest first, in batches of ``max_batch``?"""
+    t = now
+    for i in range(0, len(jobs), max_batch):
+        chunk = jobs[i:i + max_batch]
+        t += estimate.batch_s(len(chunk))
+        if any(t > due(j) for j in chunk):
+            return False
+    return True
 
 
 class RealtimeScheduler:
@@ -202,12 +243,18 @@ class RealtimeScheduler:
             self._cond.notify_all()
         return job
 
-    def make_runnable(self, job: Job) -> None:
-        """What ``job`` waited for has come: it may run now (if it is not already past its deadline)."""
+    def make_runnable(self, *jobs: Job) -> None:
+        """What ``jobs`` waited for has come: they may run now (those not already past their deadline).
+
+        Several at once (a slice's coil maps arriving) are handed over together,
+        so the next plan sees all of them, not the first alone.
+        """
         with self._cond:
-            if job.delivered or job.runnable:
-                return
-            job.runnable, job.state = True, "queued"
+            for job in jobs:
+                if not (job.delivered or job.runnable):
+                    job.runnable, job.state = True, "queued"
+                    log.debug("%s job %d released %.3f runnable at %.3f", self.name, job.seq, job.released,
+                              self.clock())
             self._cond.notify_all()
 
     def give_up(self, job: Job, reason: str) -> None:
@@ -246,6 +293,9 @@ class RealtimeScheduler:
                 pass
             self.stats[counter or ("fallback" if fallback is not None else "model")] += 1
             self._cond.notify_all()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s job %d released %.3f: %s", self.name, job.seq, job.released,
+                      "model" if fallback is None else f"fallback ({counter}): {fallback}")
         if fallback is not None:
             self._fallback(job.payload, fallback)
         else:
