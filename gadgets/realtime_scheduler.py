@@ -155,12 +155,9 @@ def plan(queued: Sequence[Job], now: float, estimate: ServiceTime, max_batch: in
     stale = [j for j in timed if now + one > due(j)]
     if not feasible:  # the estimate says nothing can be on time: try the newest anyway, and re-measure
         return Plan([timed[-1]], stale[:-1], probe=True)
-    if _in_order_on_time(feasible, now, estimate, max_batch, due):
-        # keeping up: in release order, as many as end before the oldest's deadline
-        n = 1
-        while n < min(max_batch, len(feasible)) and now + estimate.batch_s(n + 1) <= due(feasible[0]):
-            n += 1
-        return Plan(feasible[:n], stale)
+    chunks = _in_order(feasible, now, estimate, max_batch, due)
+    if chunks is not None:  # keeping up: in release order, as many as end before the oldest's deadline
+        return Plan(feasible[:chunks[0]], stale)
     # not keeping up: the newest first, older ones with it while the batch still ends before their deadline;
     # the others wait for the next plan (dropped then if hopeless: a batch size never run is only a guess)
     batch = [feasible[-1]]
@@ -171,16 +168,21 @@ def plan(queued: Sequence[Job], now: float, estimate: ServiceTime, max_batch: in
     return Plan(batch, stale)
 
 
-def _in_order_on_time(jobs: list[Job], now: float, estimate: ServiceTime, max_batch: int,
-                      due: Callable[[Job], float | None]) -> bool:
-    """Would every job be on time served oldest first, in batches of ``max_batch``?"""
-    t = now
-    for i in range(0, len(jobs), max_batch):
-        chunk = jobs[i:i + max_batch]
-        t += estimate.batch_s(len(chunk))
-        if any(t > due(j) for j in chunk):
-            return False
-    return True
+def _in_order(jobs: list[Job], now: float, estimate: ServiceTime, max_batch: int,
+              due: Callable[[Job], float | None]) -> list[int] | None:
+    """Batch sizes that serve ``jobs`` oldest first, each batch as large as ends before its oldest's deadline,
+    if every job is then on time; else None."""
+    sizes, t, i = [], now, 0
+    while i < len(jobs):
+        n = 1
+        while n < max_batch and i + n < len(jobs) and t + estimate.batch_s(n + 1) <= due(jobs[i]):
+            n += 1
+        t += estimate.batch_s(n)
+        if any(t > due(j) for j in jobs[i:i + n]):
+            return None
+        sizes.append(n)
+        i += n
+    return sizes
 
 
 class RealtimeScheduler:

@@ -265,3 +265,29 @@ def test_gadgetron_external_processes_use_the_warm_service(weights, service, mon
     assert [im.repetition for im in model] == [0, 1, 2] and len(series(items, 0)) == 3
     assert all("Fallback" not in im.meta and im.meta["InferenceBackend"] == f"service {service}" for im in model)
     assert health(service)["counts"]["cine"] - before == 3
+
+
+def test_operator_points_execute_mode_gadgets_at_the_warm_service(stream_host, weights, service, tmp_path, monkeypatch):
+    """Gadgetron's execute mode loads the model per scan; the operator's inference_override sends the in-process
+    pipeline's model calls to the warm service instead. A pipeline can neither set nor undo it."""
+    from pipelines.pipeline_config import parse_pipeline
+    from simulator.gadgetron_parent import run_pipeline_as_externals
+
+    scan, mask = _scan(slices=1, frames=3)
+    before = health(service)["counts"].get("cine", 0)
+    # no usable local weights: an image that is not a fallback can only have come from the service
+    operate(monkeypatch, None, inference_endpoint=service, inference_override="service",
+            kgmgt_weights=tmp_path / "missing.safetensors")
+    xml = pipeline_text("kgmgt_cine", MODULE)  # the in-process pipeline
+    items, errors = run_pipeline_as_externals(parse_pipeline(xml).gadgets, make_header(scan).toXML().encode(),
+                                              acquisitions(scan, mask, calib_lines=CALIB))
+    assert errors == []
+    model = series(items, 1)
+    assert sorted(im.repetition for im in model) == [0, 1, 2]
+    assert all("Fallback" not in im.meta and im.meta["InferenceBackend"] == f"service {service}" for im in model)
+    assert health(service)["counts"]["cine"] - before == 3
+    # the override is the operator's: a client's pipeline naming it is refused before any data
+    refused = run_session("127.0.0.1", stream_host.port, header=make_header(scan),
+                          config_text=pipeline_text("kgmgt_cine", MODULE, inference_override="in-process"),
+                          items=acquisitions(scan, mask, calib_lines=CALIB))
+    assert refused.images == [] and any("inference_override" in t and "operator" in t for t in refused.texts)
