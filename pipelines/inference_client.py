@@ -181,7 +181,9 @@ class InferenceClient:
             self._reset()
             self._down_reason = f"{type(exc).__name__}: {exc}"
             self._down_until = time.monotonic() + self.retry_after_s
-            log.warning("%s %s: %s", self.kind, self.endpoint, self._down_reason)
+            # a health probe's failure is its answer (readiness loops poll it); a model call's is news
+            log.log(logging.DEBUG if header.get("op") == "health" else logging.WARNING, "%s %s: %s", self.kind,
+                    self.endpoint, self._down_reason)
             raise InferenceError(f"{self.kind} {self.endpoint}: {self._down_reason}") from exc
         if not reply.get("ok"):
             raise InferenceError(f"{self.kind} {self.endpoint}: {reply.get('error', 'unknown error')}")
