@@ -191,6 +191,22 @@ def test_a_killed_service_is_found_by_its_closed_connection_not_by_timeout(weigh
     nobody.close()
 
 
+def test_automatic_timeout_waits_for_a_live_service_that_is_busy(weights):
+    """Four scans queued at the service make a request wait longer than its derived timeout: that is not death."""
+    proc, endpoint = start_service(weights, models="kgmgt", extra=["--batch-window-ms", "3500"])
+    n, coils = 16, 2
+    client = InferenceClient(endpoint)  # automatic timeout: 2 s + 4 x the measured time of these pixels
+    try:
+        timeout, _ = client._timeout_for("kgmgt", n * n)
+        assert timeout < 3500  # the service holds the request longer than that
+        image = client.cine_batch(np.zeros((1, 3, n, n), np.complex64), np.zeros((1, coils, n, n), np.complex64),
+                                  np.ones((1, n), bool), np.full((1, coils, n, n), coils ** -0.5, np.complex64), False)
+        assert image.shape == (1, n, n)
+    finally:
+        client.close()
+        stop(proc)
+
+
 def _brain_exam():
     from tests.test_dl_multicontrast import MASK, brain
 
