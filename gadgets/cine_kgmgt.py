@@ -339,10 +339,12 @@ class KGMgTStream:
         for g in list(self.held):
             self._prune(g)
         out = list(self._release(jobs, final=True))
+        late = 0
         if self.scheduler is not None:
             self.scheduler.finish()
+            late = self.scheduler.stats["late"]  # computed, but its fallback had already left
             log.info("KGMgT scheduler: %s", dict(self.scheduler.stats))
-        log.info("KGMgT: %d model images, %d fallbacks%s", self.counts["model"], self.counts["fallback"],
+        log.info("KGMgT: %d model images, %d fallbacks%s", self.counts["model"] - late, self.counts["fallback"],
                  f" ({'; '.join(sorted(self._reasons))})" if self._reasons else "")
         return out
 
