@@ -525,6 +525,13 @@ class _Job:
     handle: ScheduledJob | None = None  # its place in the scheduler (deadline, delivered)
 
 
+def _turn_waits(backend: Any, model: str) -> dict:
+    """The waits for other scans' turns on a model shared in this process (in-process backends), if any."""
+    if not (hasattr(backend, "expected_wait_s") and hasattr(backend, "last_wait_s")):
+        return {}
+    return {"queue_wait": lambda: backend.expected_wait_s(model), "last_wait": lambda: backend.last_wait_s(model)}
+
+
 def attach_scheduler(stream: KGMgTStream, send: Callable[[ismrmrd.Image], None], max_pending: int = 64,
                      max_lag_ms: float = 0.0, clock: Callable[[], float] = time.monotonic) -> RealtimeScheduler:
     """Run ``stream``'s model beside its frame path (:mod:`gadgets.realtime_scheduler`); images go to ``send``.
@@ -537,7 +544,8 @@ def attach_scheduler(stream: KGMgTStream, send: Callable[[ismrmrd.Image], None],
         deliver=lambda job, image: send(image),
         fallback=lambda job, reason: send(stream._fallback(job, reason)),
         max_lag_s=max(0.0, max_lag_ms) / 1000.0, max_batch=stream.max_batch, max_pending=max_pending,
-        prepare=stream.model_ready, clock=clock, name="kgmgt", describe=lambda: stream.backend.label)
+        prepare=stream.model_ready, clock=clock, name="kgmgt", describe=lambda: stream.backend.label,
+        **_turn_waits(stream.backend, "kgmgt"))
     return stream.scheduler
 
 

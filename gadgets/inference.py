@@ -141,6 +141,14 @@ class InProcessBackend:
         except Exception as exc:
             raise InferenceError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
 
+    def expected_wait_s(self, name: str) -> float:
+        """How long a call of this session would wait now for the other sessions' turns on model ``name``."""
+        return self.turns(name).expected_wait_s(self)
+
+    def last_wait_s(self, name: str) -> float:
+        """How long this thread's last call of model ``name`` waited for its turn."""
+        return self.turns(name).last_wait_s()
+
     def cine_batch(self, frames, kspace, mask, maps, causal):
         return self._call("kgmgt", len(frames),
                           lambda rec: rec.reconstruct_cine_batch(frames, kspace, mask, maps, causal=causal))

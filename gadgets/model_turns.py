@@ -8,9 +8,11 @@ cores: 0.23 -> 0.85 s an image) while each call's deadline keeps running.
 So each loaded model gets one :class:`ModelTurns`: a single thread that runs
 its calls one after another, taking the sessions with work waiting in
 round-robin order, so a session with a deep queue cannot starve one that
-just started. The per-session real-time scheduler
-(:mod:`gadgets.realtime_scheduler`) sees its turn's wait as part of the
-model's time and sizes its batches by it.
+just started. The turns also say how long a call submitted now would
+wait (:meth:`ModelTurns.expected_wait_s`) and how long the calling thread's
+last call did wait (:meth:`ModelTurns.last_wait_s`), so the per-session
+real-time scheduler (:mod:`gadgets.realtime_scheduler`) plans with the wait
+for the other scans' turns and measures the model without it.
 
 Running every call on one long-lived thread also keeps torch's per-thread
 state (OpenMP teams, allocator caches) to one thread per model instead of
@@ -30,6 +32,8 @@ class _Call:
     fn: Callable[[], Any]
     session: Hashable
     items: int
+    queued: float = 0.0
+    started: float = 0.0
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
@@ -57,10 +61,13 @@ class ModelTurns:
         self.turns: deque[Turn] = deque(maxlen=history)
         self.running = 0      # calls running now (never above 1: tests check it)
         self.most_running = 0
+        self._current: _Call | None = None
+        self._item_s: float | None = None  # model time per item, smoothed over the calls of every session
+        self._local = threading.local()
 
     def call(self, session: Hashable, fn: Callable[[], Any], items: int = 1) -> Any:
         """Run ``fn()`` in ``session``'s next turn and return what it returns (or raise what it raises)."""
-        c = _Call(fn, session, items)
+        c = _Call(fn, session, items, queued=time.monotonic())
         with self._cond:
             self._queues.setdefault(session, deque()).append(c)
             if self._thread is None or not self._thread.is_alive():
@@ -68,9 +75,28 @@ class ModelTurns:
                 self._thread.start()
             self._cond.notify()
         c.done.wait()
+        self._local.waited = max(0.0, c.started - c.queued)
         if c.error is not None:
             raise c.error
         return c.result
+
+    def last_wait_s(self) -> float:
+        """How long this thread's last call waited for its turn."""
+        return getattr(self._local, "waited", 0.0)
+
+    def expected_wait_s(self, session: Hashable) -> float:
+        """How long a call of ``session`` submitted now would wait: the call running, then one turn of each other
+        session with calls waiting (round robin), by the model's measured time per item."""
+        with self._cond:
+            if self._item_s is None:
+                return 0.0
+            wait = 0.0
+            if self._current is not None:
+                wait += max(0.0, self._current.items * self._item_s - (time.monotonic() - self._current.started))
+            ahead = [q[0].items for s, q in self._queues.items() if s != session and q]
+            mine = self._queues.get(session)
+            wait += self._item_s * (sum(ahead) + sum(c.items for c in mine or ()))
+            return wait
 
     def waiting(self) -> int:
         with self._cond:
@@ -89,20 +115,25 @@ class ModelTurns:
                 del self._queues[session]
             self.running += 1
             self.most_running = max(self.most_running, self.running)
+            c.started = time.monotonic()
+            self._current = c
             return c, waiting
 
     def _serve(self) -> None:
         while True:
             c, waiting = self._next()
-            started = time.monotonic()
             try:
                 c.result = c.fn()
             except BaseException as exc:  # handed to the caller
                 c.error = exc
             finally:
+                ended = time.monotonic()
                 with self._cond:
                     self.running -= 1
-                self.turns.append(Turn(c.session, c.items, started, time.monotonic(), waiting))
+                    self._current = None
+                    per = (ended - c.started) / max(1, c.items)
+                    self._item_s = per if self._item_s is None else 0.7 * self._item_s + 0.3 * per
+                self.turns.append(Turn(c.session, c.items, c.started, ended, waiting))
                 c.done.set()
 
 

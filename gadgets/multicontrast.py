@@ -61,7 +61,7 @@ import numpy as np
 from models.fft import fft2c, ifft2c
 
 from . import host_settings, properties
-from .cine_kgmgt import recon_kspace
+from .cine_kgmgt import _turn_waits, recon_kspace
 from .conventional import CoilMapCache, conventional_image
 from .errors import reports_errors
 from .frames import Frame, frames_from
@@ -357,7 +357,7 @@ def attach_scheduler(stream: SGFMRIStream, send, max_lag_ms: float = 0.0, max_pe
         deliver=lambda job, image: send(image),
         fallback=lambda job, reason: send(stream._fallback(job[0], job[1], reason, {})),
         max_lag_s=max(0.0, max_lag_ms) / 1000.0, max_batch=1, max_pending=max_pending, name="sgfmri",
-        describe=lambda: stream.backend.label)
+        describe=lambda: stream.backend.label, **_turn_waits(stream.backend, "sgfmri"))
     return stream.scheduler
 
 

@@ -199,7 +199,8 @@ class RealtimeScheduler:
     def __init__(self, run: Callable[[list[Any]], list[Any]], deliver: Callable[[Any, Any], None],
                  fallback: Callable[[Any, str], None], *, max_lag_s: float = 0.0, max_batch: int = 8,
                  max_pending: int = 64, prepare: Callable[[], None] | None = None, clock: Clock = time.monotonic,
-                 name: str = "model", describe: Callable[[], str] | None = None) -> None:
+                 name: str = "model", describe: Callable[[], str] | None = None,
+                 queue_wait: Callable[[], float] | None = None, last_wait: Callable[[], float] | None = None) -> None:
         self._run, self._deliver, self._fallback = run, deliver, fallback
         self.max_lag_s = max(0.0, float(max_lag_s))
         self.max_batch = max(1, int(max_batch))
@@ -217,6 +218,10 @@ class RealtimeScheduler:
         self._ready_at: float | None = None
         self._closing = False
         self._prepare = prepare
+        # a model shared with other scans: how long a call would wait for their turns now, and how long the
+        # last one did (the estimate is of the model itself; the plan adds the wait)
+        self._queue_wait = queue_wait or (lambda: 0.0)
+        self._last_wait = last_wait or (lambda: 0.0)
         self.thread = threading.Thread(target=self._work, name=f"{name}-model", daemon=True)
         self.watcher = threading.Thread(target=self._watch, name=f"{name}-deadlines", daemon=True)
         self.thread.start()
@@ -331,7 +336,11 @@ class RealtimeScheduler:
                         return
                     self._cond.wait()
                 now = self.clock()
-                p = plan(queued, now, self.estimate, self.max_batch, self._due)
+                try:
+                    start = now + max(0.0, self._queue_wait())
+                except Exception:  # a diagnostic, never a reason to stop
+                    start = now
+                p = plan(queued, start, self.estimate, self.max_batch, self._due)
                 for j in p.batch:
                     j.state = "running"
                 stale = list(p.stale)
@@ -355,7 +364,11 @@ class RealtimeScheduler:
                 self._settle(j, fallback=f"{type(exc).__name__}: {exc}", counter="failed")
             return
         took = self.clock() - started
-        self.estimate.observe(len(batch), took)
+        try:
+            waited = min(took, max(0.0, self._last_wait()))
+        except Exception:
+            waited = 0.0
+        self.estimate.observe(len(batch), took - waited)
         self.stats["batches"] += 1
         self.stats["max_batch"] = max(self.stats["max_batch"], len(batch))
         for j, r in zip(batch, results):
@@ -373,7 +386,7 @@ class RealtimeScheduler:
     def _watch(self) -> None:
         while True:
             with self._cond:
-                while self._ready_at is None and not self._closing:
+                while self._ready_at is None:  # set once prepare() has returned or failed, even at the end of the stream
                     self._cond.wait()
                 while self._deadlines and self._deadlines[0][2].delivered:
                     heapq.heappop(self._deadlines)

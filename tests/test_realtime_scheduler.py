@@ -153,6 +153,17 @@ def test_waiting_for_inputs_counts_against_the_bound():
     assert rec.model == {} and s.stats["deadline"] == 1
 
 
+def test_deadlines_count_from_the_model_being_ready_even_when_the_stream_ends_first():
+    """A per-scan process (Gadgetron execute mode) loading its model: a short scan ends before the load does."""
+    rec = Recorder()
+    s = RealtimeScheduler(lambda ps: [f"model {p}" for p in ps], rec.deliver, rec.fall_back, max_lag_s=0.3,
+                          prepare=lambda: time.sleep(1.0))
+    for i in range(3):
+        s.submit(i)
+    s.finish()  # the stream is over while the model still loads
+    assert rec.model == {0: "model 0", 1: "model 1", 2: "model 2"} and rec.fallback == {}
+
+
 # ------------------------------------------------------------------------------------------ fair turns
 def test_sessions_take_turns_on_the_shared_model_one_call_at_a_time():
     turns = ModelTurns("test")
