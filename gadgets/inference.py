@@ -29,7 +29,7 @@ Calls (NumPy in, NumPy out, shapes as in :mod:`models.inference`)::
 
 Every failure (model error, timeout, service down) raises
 :class:`InferenceError`; the gadgets catch it and fall back to the
-conventional image, flagged in the image meta.
+best classical image they have, flagged in the image meta.
 """
 from __future__ import annotations
 

@@ -560,7 +560,7 @@ def _mask_label(args, target: Scan) -> str:
 
 
 def fallback_summary(images) -> dict:
-    """How many images of a series are fallbacks (the conventional image in the model's place) and why."""
+    """How many images of a series are fallbacks (a classical image in the model's place) and why."""
     reasons: Counter = Counter()
     n = 0
     for im in images:
