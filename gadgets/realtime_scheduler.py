@@ -81,6 +81,7 @@ class ServiceTime:
         self.call_s = 0.0
         self.item_s: float | None = None
         self.samples = 0
+        self.largest = 0  # the largest batch measured: plans never go beyond twice it (the fit is a guess there)
 
     def observe(self, items: int, seconds: float) -> None:
         n, t = float(max(1, items)), max(0.0, float(seconds))
@@ -91,12 +92,11 @@ class ServiceTime:
         if spread > 1e-6 * s0 * s0:
             slope = (s0 * snt - sn * st) / spread
             icpt = (st - slope * sn) / s0
-            if slope >= 0 and icpt >= 0:
+            if slope >= 0 and icpt >= 0:  # else noise: keep the proportional reading
                 call, item = icpt, slope
-            elif slope < 0:  # bigger batches no slower: all overhead
-                call, item = st / s0, 0.0
         self.call_s, self.item_s = call, item
         self.samples += 1
+        self.largest = max(self.largest, int(n))
 
     @property
     def per_item_s(self) -> float | None:
@@ -146,6 +146,7 @@ def plan(queued: Sequence[Job], now: float, estimate: ServiceTime, max_batch: in
     if untimed:  # never mixed in one scheduler; served first, in order, if it happens
         return Plan(untimed[:max_batch])
     one = estimate.batch_s(1)
+    max_batch = min(max_batch, max(2, 2 * estimate.largest))
     if one is None:
         # nothing measured yet: one item, the cheapest measurement; the oldest that still has at least
         # half the time the newest has (one about to expire would most likely be wasted)

@@ -15,8 +15,10 @@ def _jobs(releases, lag=2.0):
 
 
 def _measured(per_item: float) -> ServiceTime:
+    """An estimate that has seen batches of 1 and 4 items at ``per_item`` each."""
     e = ServiceTime()
     e.observe(1, per_item)
+    e.observe(4, 4 * per_item)
     return e
 
 
@@ -31,6 +33,9 @@ def test_keeping_up_runs_in_release_order_and_batches_what_fits_before_the_oldes
     assert SAFETY * 2 * 0.1 <= 0.3 < SAFETY * 3 * 0.1
     p = plan(jobs, now=0.5, estimate=_measured(0.1), max_batch=2)  # max_batch bounds it too
     assert [j.payload for j in p.batch] == [0, 1]
+    single = ServiceTime()
+    single.observe(1, 0.1)  # only single items measured: a batch of 5 would be a guess, at most 2 are tried
+    assert [j.payload for j in plan(jobs, now=0.5, estimate=single, max_batch=8).batch] == [0, 1]
 
 
 def test_not_keeping_up_serves_the_newest_and_drops_only_hopeless_windows():
