@@ -27,8 +27,12 @@ Every frame that received data yields, in this order of series:
   :mod:`gadgets.conventional` makes it;
 - when its window is ready, one KGMgT image (``series_index``, default 1)
   after data consistency with its own measured k-space (done by
-  :mod:`models.inference`), or, if inference fails or times out, or no coil
-  maps exist yet, the conventional image again with ``Fallback`` in its meta.
+  :mod:`models.inference`), or, if inference fails or is late, or no coil
+  maps exist yet, the best classical image the stream has at that moment:
+  the frame's view-sharing SENSE image (the network's own target input,
+  with frame t+1's lines in centred mode), view-sharing RSS before coil
+  maps exist, the zero-filled image when even that is missing, with
+  ``Fallback`` (why) and ``ReconMethod`` (which image) in its meta.
 
 The zero-filled window images are combined with the coil maps current when
 the window is reconstructed, so all three frames share the maps the model's
@@ -38,22 +42,22 @@ scan's length; per gated series: its phases until all are out.
 Properties: ``mode`` ("centered" | "causal", default centered),
 ``series_index`` (1), ``conventional_series_index`` (0), ``emit_conventional``
 (true), ``time_dimension`` (default from the header), ``max_calibration_lines``
-(32), ``max_batch`` (8: windows released together, or waiting while the
-model was busy, run as one batch), ``model_thread`` (true: the model runs on
-its own thread so conventional images never wait for it; false: inline),
+(32), ``max_batch`` (8: most windows run as one batch), ``model_thread``
+(true: the model runs on its own thread, :mod:`gadgets.realtime_scheduler`,
+so conventional images never wait for it; false: inline),
 ``inputs`` ("auto": what the model's weights take; "view-shared";
-"zero-filled"), ``max_pending`` (64 windows queued for the model before the frame path
-waits), ``max_lag_ms`` (real time 2000, gated 0 = off: how far the model
-series may fall behind before new windows fall back, see
-:class:`ModelWorker`), ``map_wait_frames`` (8: windows of a slice that may wait for its
-coil maps before falling back), and the inference properties of
+"zero-filled"), ``max_pending`` (64: without a real-time bound, windows
+queued for the model before the frame path waits), ``max_lag_ms`` (real
+time 2000, gated 0 = off: the latest a model-series image may leave after
+its window was released, waiting for coil maps included; the scheduler
+works on the newest windows and drops the ones it cannot finish in time),
+``map_wait_frames`` (8: windows of a slice that may wait for its coil maps
+before falling back), and the inference properties of
 :func:`gadgets.inference.backend_from_config`.
 """
 from __future__ import annotations
 
-import collections
 import logging
-import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -62,7 +66,7 @@ from typing import Any, Callable, Iterator
 import ismrmrd
 import numpy as np
 
-from models.coils import sense_combine
+from models.coils import rss, sense_combine
 from models.fft import fft1c, ifft1c, ifft2c
 from models.view_sharing import LineHistory, SharedFrame, add_lookahead
 
@@ -72,6 +76,8 @@ from .errors import reports_errors
 from .frames import Frame, frames_from, time_dimension
 from .image_headers import image_from_frame, recon_geometry
 from .inference import InferenceError, backend_from_config, model_meta
+from .realtime_scheduler import Job as ScheduledJob
+from .realtime_scheduler import RealtimeScheduler
 
 log = logging.getLogger(__name__)
 
@@ -271,11 +277,12 @@ class KGMgTStream:
         self.meta = {"Model": "KGMgT", "Mode": self.mode, "InferenceBackend": self.backend.label}
         self._model_meta_known = False
         self.held: dict[GroupKey, dict[int, _Held]] = {}
-        self.worker: ModelWorker | None = None  # set by the gadget: model beside the frame path
+        self.scheduler: RealtimeScheduler | None = None  # set by the gadget: model beside the frame path
         self.map_wait_frames = max(0, properties.get(config, "map_wait_frames", 8))
         self._waiting: dict[int, list[_Job]] = {}  # per slice: jobs waiting for coil maps
         self.counts = {"model": 0, "fallback": 0}
         self._reasons: set[str] = set()
+        self._count_lock = threading.Lock()  # fallbacks are made on the scheduler's threads too
         self.inputs = properties.get(config, "inputs", "auto").lower()
         if self.inputs not in ("auto", "zero-filled", "view-shared"):
             raise ValueError(f"property 'inputs' must be auto, zero-filled or view-shared, not {self.inputs!r}")
@@ -291,8 +298,8 @@ class KGMgTStream:
         """One completed frame in; the images it releases out, as they are made.
 
         A generator, so the frame's conventional image leaves before the
-        model runs. With a :class:`ModelWorker` attached (``self.worker``), the
-        model-series images leave from the worker instead and only the
+        model runs. With a scheduler attached (``self.scheduler``), the
+        model-series images leave from its threads instead and only the
         conventional image comes out here.
         """
         conv = conventional_image(frame, self.header, self.cache, "sense", self.conv_series)
@@ -305,14 +312,14 @@ class KGMgTStream:
             log.warning("frame %s %d: %s", g, t, exc)
             k, m = None, None
         shared = None
-        if k is not None and self.inputs != "zero-filled":
+        if k is not None:  # also for zero-filled models: the fallback image is view-shared
             shared = self.histories.setdefault(g, LineHistory()).share(k, m, t)
         self.held.setdefault(g, {})[t] = _Held(frame, k, m, _pixels(conv), dict(conv.meta), shared)
-        jobs = self._ready_for_maps([self._job(w) for w in self.windows.add(g, t)])
+        jobs = [self._job(w) for w in self.windows.add(g, t)]
         self._prune(g)
         while len(self.held) > self.max_groups:
             jobs += self._end_group(next(iter(self.held)))
-        yield from self._dispatch(jobs)
+        yield from self._release(jobs)
 
     def _end_group(self, g: GroupKey) -> list["_Job"]:
         """Release group ``g``'s frames now and forget it (see ``max_groups``)."""
@@ -321,31 +328,25 @@ class KGMgTStream:
         for job in jobs:  # its maps may never come: these cannot wait for them
             if job.reason is None and self.cache.get(g[0])[0] is None:
                 job.reason = "slice group ended early (too many slices at once) before its coil maps"
-        ready = self._ready_for_maps(jobs)
         self.held.pop(g, None)
         self.histories.pop(g, None)
         self.windows.forget(g)
-        return ready
+        return jobs
 
     def flush(self) -> list[ismrmrd.Image]:
         """The stream ended: the frames still waiting, with the best neighbours available."""
-        jobs = self._ready_for_maps([self._job(w) for w in self.windows.flush()], final=True)
+        jobs = [self._job(w) for w in self.windows.flush()]
         for g in list(self.held):
             self._prune(g)
-        out = list(self._dispatch(jobs))
-        if self.worker is not None:
-            self.worker.finish()
-        log.info("KGMgT: %d model images, %d fallbacks%s", self.counts["model"], self.counts["fallback"],
+        out = list(self._release(jobs, final=True))
+        late = 0
+        if self.scheduler is not None:
+            self.scheduler.finish()
+            late = self.scheduler.stats["late"]  # computed, but its fallback had already left
+            log.info("KGMgT scheduler: %s", dict(self.scheduler.stats))
+        log.info("KGMgT: %d model images, %d fallbacks%s", self.counts["model"] - late, self.counts["fallback"],
                  f" ({'; '.join(sorted(self._reasons))})" if self._reasons else "")
         return out
-
-    def _dispatch(self, jobs: list["_Job"]) -> Iterator[ismrmrd.Image]:
-        if self.worker is not None:
-            for job in jobs:
-                self.worker.put(job)
-            return
-        for i in range(0, len(jobs), self.max_batch):
-            yield from self.execute(jobs[i:i + self.max_batch])
 
     def _prune(self, g: GroupKey) -> None:
         gone = self.windows.droppable(g)
@@ -374,20 +375,36 @@ class KGMgTStream:
                 job.window_shared[1] = add_lookahead(target.shared, nxt.kspace, nxt.mask)
         return job
 
-    def _ready_for_maps(self, jobs: list["_Job"], final: bool = False) -> list["_Job"]:
-        """Jobs that can go now, in order; jobs of a slice with no coil maps yet wait for them.
+    def _release(self, jobs: list["_Job"], final: bool = False) -> Iterator[ismrmrd.Image]:
+        """Windows just released: to the scheduler now (their deadline runs from here), maps or not.
 
         Real-time cine often has no separate calibration scan: the maps come
         from the time-averaged centre of the first frames (TSENSE-like), so
-        the first windows of a slice wait (at most ``map_wait_frames`` of
-        them, and never past the end of the stream) instead of falling back
-        at once. A job that cannot wait any longer falls back, flagged.
+        the first windows of a slice wait for them (at most
+        ``map_wait_frames`` windows, never past the end of the stream, and
+        under a real-time bound never past their deadline) instead of
+        falling back at once.
         """
         for job in jobs:
+            if self.scheduler is not None:
+                job.handle = self.scheduler.submit(job, runnable=False, waiting_for="coil maps")
             self._waiting.setdefault(job.window.group[0], []).append(job)
+        ready = self._resolve_maps(final)
+        if self.scheduler is not None:
+            for job in ready:
+                if job.reason is not None:
+                    self.scheduler.give_up(job.handle, job.reason)
+            self.scheduler.make_runnable(*[job.handle for job in ready if job.reason is None])
+            return
+        for i in range(0, len(ready), self.max_batch):
+            yield from self.execute(ready[i:i + self.max_batch])
+
+    def _resolve_maps(self, final: bool = False) -> list["_Job"]:
+        """Waiting jobs that can go now, in order: with their slice's maps, or with the reason they cannot have them."""
         out = []
         for key in list(self._waiting):
-            queue_ = self._waiting[key]
+            # a job whose deadline passed while it waited has had its fallback: forget it (and its arrays)
+            queue_ = [j for j in self._waiting[key] if j.handle is None or not j.handle.delivered]
             maps, source = self.cache.get(key)
             while queue_:
                 job = queue_[0]
@@ -398,20 +415,42 @@ class KGMgTStream:
                 elif job.reason is None:
                     break  # wait for the maps
                 out.append(queue_.pop(0))
-            if not queue_:
+            if queue_:
+                self._waiting[key] = queue_
+            else:
                 del self._waiting[key]
         return out
 
+    def fallback_image(self, job: "_Job") -> tuple[np.ndarray, str, str]:
+        """The best classical image of ``job``'s frame the stream has now: ``(pixels, ReconMethod, CoilMaps)``.
+
+        View-sharing SENSE of the target (exactly the network's target
+        input: its own lines, the rest from the latest frames that measured
+        them, frame t+1's too when centred) is several dB above the
+        zero-filled image at high acceleration and costs one FFT per coil.
+        """
+        shared = job.window_shared
+        target = None if shared is None else shared[2 if self.windows.causal else 1]
+        if target is None:
+            return (job.conventional, job.conventional_meta.get("ReconMethod", "zero-filled"),
+                    job.conventional_meta.get("CoilMaps", "none"))
+        maps, source = (job.maps, job.coil_source) if job.maps is not None else self.cache.get(job.window.group[0])
+        coil_images = ifft2c(target)
+        if maps is None:
+            return rss(coil_images).astype(np.complex64), "view-sharing RSS", "none"
+        return sense_combine(coil_images, maps).astype(np.complex64), "view-sharing SENSE", source
+
     def _fallback(self, job: "_Job", reason: str) -> ismrmrd.Image:
         w = job.window
-        if reason not in self._reasons:
-            log.warning("KGMgT fallback to the conventional image (frame %s %d): %s", w.group, w.t, reason)
-            self._reasons.add(reason)
-        self.counts["fallback"] += 1
-        meta = {**self.meta, "ReconMethod": job.conventional_meta.get("ReconMethod", "zero-filled"),
-                "CoilMaps": job.conventional_meta.get("CoilMaps", "none"), "Fallback": reason,
+        with self._count_lock:
+            if reason not in self._reasons:
+                log.warning("KGMgT fallback to the classical image (frame %s %d): %s", w.group, w.t, reason)
+                self._reasons.add(reason)
+            self.counts["fallback"] += 1
+        pixels, method, coil_source = self.fallback_image(job)
+        meta = {**self.meta, "ReconMethod": method, "CoilMaps": coil_source, "Fallback": reason,
                 "Window": ",".join(map(str, w.times))}
-        return image_from_frame(job.frame, job.conventional, self.header, series_index=self.series, meta=meta)
+        return image_from_frame(job.frame, pixels, self.header, series_index=self.series, meta=meta)
 
     def model_ready(self) -> None:
         """Ask the backend for the model's name, version and inputs once (loading an in-process model)."""
@@ -461,7 +500,8 @@ class KGMgTStream:
                 if error is not None:
                     results[i] = self._fallback(job, error)
                     continue
-                self.counts["model"] += 1
+                with self._count_lock:
+                    self.counts["model"] += 1
                 meta = {**self.meta, "ReconMethod": "KGMgT + k-space DC", "CoilMaps": job.coil_source,
                         "Window": ",".join(map(str, job.window.times)), "InferenceMs": f"{ms:.1f}",
                         "Batch": str(len(todo))}
@@ -482,197 +522,31 @@ class _Job:
     kspace: np.ndarray | None = None   # (coils, ny, nx) frame t's measured k-space
     mask: np.ndarray | None = None     # (ny,)
     maps: np.ndarray | None = None     # (coils, ny, nx)
-    holds_slot: bool = False           # counted against ModelWorker.max_pending
-    deadline: float = 0.0              # real time: when its image must have left (ModelWorker)
-    delivered: bool = False            # its model-series image has left
+    handle: ScheduledJob | None = None  # its place in the scheduler (deadline, delivered)
 
 
-class ModelWorker:
-    """Runs the model beside the frame path, so conventional images never wait for the network.
+def _turn_waits(backend: Any, model: str) -> dict:
+    """The waits for other scans' turns on a model shared in this process (in-process backends), if any."""
+    if not (hasattr(backend, "expected_wait_s") and hasattr(backend, "last_wait_s")):
+        return {}
+    return {"queue_wait": lambda: backend.expected_wait_s(model), "last_wait": lambda: backend.last_wait_s(model)}
 
-    Jobs queue in release order. Two bounds keep a live scan live and its
-    memory flat, however long it runs:
 
-    - ``max_lag_ms`` (real time: 2000; gated: 0 = off): when the oldest
-      window still waiting for the model was queued longer ago than that,
-      a new window does not wait: it drops its k-space and becomes a
-      flagged fallback (its conventional image, ``Fallback: model behind``).
-      On a CPU slower than the frame rate, part of the frames then carry the
-      model's image and the others say so, and the model series stays
-      within about ``max_lag_ms`` of the scan instead of drifting further
-      behind every second. Gated cine delivers its frames in one burst at
-      the end of the breath-hold and every one should get the model.
-    - ``max_pending`` (64): at most that many windows holding k-space wait;
-      beyond it the frame path waits (a burst replayed as fast as possible).
+def attach_scheduler(stream: KGMgTStream, send: Callable[[ismrmrd.Image], None], max_pending: int = 64,
+                     max_lag_ms: float = 0.0, clock: Callable[[], float] = time.monotonic) -> RealtimeScheduler:
+    """Run ``stream``'s model beside its frame path (:mod:`gadgets.realtime_scheduler`); images go to ``send``.
 
-    The worker takes every job waiting (up to ``max_batch``) as one batch,
-    so a model slower than the frame rate catches up with bigger batches.
-
-    In real time (``max_lag_ms`` > 0) every window's image leaves within
-    ``max_lag_ms`` of its release: a fallback leaves at once (it never waits
-    behind model work), and a deadline watch sends the flagged fallback of
-    any window whose model image is not out by then (a late model result is
-    then dropped). Exactly one model-series image per frame either way; they
-    may leave out of release order. ``send`` is called from several threads.
+    ``send`` is called from the scheduler's threads (and the frame path's, for
+    fallbacks decided there): it must be thread-safe.
     """
-
-    _END = object()
-
-    def __init__(self, stream: KGMgTStream, send: Callable[[ismrmrd.Image], None], max_pending: int = 64,
-                 max_lag_ms: float = 0.0) -> None:
-        self.stream, self.send = stream, send
-        self.max_pending = max(1, max_pending)
-        self.max_lag_s = max(0.0, max_lag_ms) / 1000.0
-        # Heavy jobs (holding k-space) are counted by the semaphore and their
-        # queueing times kept oldest first; light fallback jobs only hold a
-        # conventional image and pass straight through.
-        self.slots = threading.BoundedSemaphore(self.max_pending)
-        self._waiting_since: collections.deque = collections.deque()
-        self._lock = threading.Lock()
-        self.queue: queue.Queue = queue.Queue()
-        self.error: BaseException | None = None
-        self._batch_s: float | None = None     # measured model time of one batch (moving average)
-        self._batch_started: float | None = None
-        self.ready = threading.Event()
-        self._cond = threading.Condition()
-        self._deadlines: collections.deque = collections.deque()  # real-time jobs, deadline order
-        self._closing = False
-        self.thread = threading.Thread(target=self._run, name="kgmgt-model", daemon=True)
-        self.thread.start()
-        self.watcher = threading.Thread(target=self._watch, name="kgmgt-deadlines", daemon=True)
-        self.watcher.start()
-
-    def expected_s(self) -> float:
-        """When a window queued now would have its image: the batch running, then one more (measured)."""
-        with self._lock:
-            if self._batch_s is None:
-                return 0.0
-            left = max(0.0, self._batch_started + self._batch_s - time.perf_counter()) if self._batch_started else 0.0
-            return left + self._batch_s
-
-    def lag_s(self) -> float:
-        """How long the oldest window still waiting for the model has waited."""
-        with self._lock:
-            return time.perf_counter() - self._waiting_since[0] if self._waiting_since else 0.0
-
-    def put(self, job: _Job) -> None:
-        if job.reason is None:
-            lag, expected = self.lag_s(), self.expected_s()
-            if self.max_lag_s and max(lag, expected) > self.max_lag_s:
-                job.reason = (f"model behind by {lag * 1000:.0f} ms (real time: not waiting)" if lag > self.max_lag_s
-                              else f"model busy: its image expected in {expected * 1000:.0f} ms > max_lag_ms")
-                job.window_kspace = job.window_shared = job.kspace = job.mask = job.maps = None
-            else:
-                self.slots.acquire()
-                job.holds_slot = True
-                now = time.perf_counter()
-                with self._lock:
-                    self._waiting_since.append(now)
-                if self.max_lag_s:
-                    job.deadline = now + self.max_lag_s
-                    with self._cond:
-                        self._deadlines.append(job)
-                        self._cond.notify()
-        if job.reason is not None:
-            # A fallback needs no model: it leaves now, never behind model work.
-            self._deliver(job, lambda: self.stream._fallback(job, job.reason))
-            return
-        self.queue.put(job)
-
-    def _deliver(self, job: _Job, make: Callable[[], ismrmrd.Image]) -> None:
-        """Send ``job``'s one model-series image, unless the deadline watch already sent its fallback."""
-        with self._cond:
-            if job.delivered:
-                return
-            job.delivered = True
-        self.send(make())
-
-    def _watch(self) -> None:
-        """Real time: a window still without its image at its deadline gets its flagged fallback now.
-
-        Deadlines count from when the model is ready (loaded on the worker
-        thread at session start; a long-lived host has preloaded it), so a
-        fresh Gadgetron process's model load does not fail every early window.
-        """
-        self.ready.wait()
-        ready_at = time.perf_counter()
-        while True:
-            with self._cond:
-                while not self._deadlines and not self._closing:
-                    self._cond.wait()
-                if not self._deadlines:
-                    return
-                job = self._deadlines[0]
-                left = max(job.deadline, ready_at + self.max_lag_s) - time.perf_counter()
-                if not job.delivered and left > 0:
-                    self._cond.wait(left)
-                    continue
-                self._deadlines.popleft()
-                if job.delivered:
-                    continue
-            self._deliver(job, lambda: self.stream._fallback(
-                job, f"no model image within max_lag_ms ({self.max_lag_s * 1000:.0f} ms; still waiting on "
-                     f"{self.stream.backend.label})"))
-
-    def finish(self) -> None:
-        self.queue.put(self._END)
-        self.thread.join()
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        self.watcher.join()
-        if self.error is not None:
-            raise RuntimeError(f"KGMgT model worker failed: {self.error}") from self.error
-
-    def _run(self) -> None:
-        try:
-            self.stream.model_ready()  # load / ask the model now, beside the frame path
-        except Exception:
-            log.exception("KGMgT model not ready")
-        finally:
-            self.ready.set()
-        done = False
-        while not done:
-            batch = [self.queue.get()]
-            while len(batch) < self.stream.max_batch:
-                try:
-                    batch.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            if batch[-1] is self._END:
-                batch.pop()
-                done = True
-            if not batch:
-                continue
-            live = [job for job in batch if not job.delivered]  # past their deadline: fallback already sent
-            try:
-                try:
-                    started = time.perf_counter()
-                    with self._lock:
-                        self._batch_started = started
-                    images = self.stream.execute(live) if live else []
-                    if live:
-                        took = time.perf_counter() - started
-                        with self._lock:
-                            self._batch_s = took if self._batch_s is None else 0.7 * self._batch_s + 0.3 * took
-                finally:
-                    with self._lock:
-                        self._batch_started = None
-                    for job in batch:
-                        if job.holds_slot:
-                            job.holds_slot = False
-                            with self._lock:
-                                self._waiting_since.popleft()
-                            self.slots.release()
-            except BaseException as exc:  # image building failed: still one (flagged) image per frame
-                log.exception("KGMgT batch failed")
-                self.error = self.error or exc
-                try:
-                    images = [self.stream._fallback(job, f"{type(exc).__name__}: {exc}") for job in live]
-                except BaseException:
-                    continue
-            for job, image in zip(live, images):
-                self._deliver(job, lambda image=image: image)
+    stream.scheduler = RealtimeScheduler(
+        run=stream.execute,
+        deliver=lambda job, image: send(image),
+        fallback=lambda job, reason: send(stream._fallback(job, reason)),
+        max_lag_s=max(0.0, max_lag_ms) / 1000.0, max_batch=stream.max_batch, max_pending=max_pending,
+        prepare=stream.model_ready, clock=clock, name="kgmgt", describe=lambda: stream.backend.label,
+        **_turn_waits(stream.backend, "kgmgt"))
+    return stream.scheduler
 
 
 @reports_errors
@@ -687,8 +561,8 @@ def reconstruct(connection: Any) -> None:
 
     if properties.get(connection.config, "model_thread", True):
         gated = stream.time_dim == "phase"
-        stream.worker = ModelWorker(stream, send, properties.get(connection.config, "max_pending", 64),
-                                    properties.get(connection.config, "max_lag_ms", 0.0 if gated else 2000.0))
+        attach_scheduler(stream, send, properties.get(connection.config, "max_pending", 64),
+                         properties.get(connection.config, "max_lag_ms", 0.0 if gated else 2000.0))
     try:
         for item in connection:
             if not hasattr(item, "bits"):

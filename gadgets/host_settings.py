@@ -69,6 +69,9 @@ def _cpu_runtime(text: Any) -> str:
 SETTINGS: tuple[Setting, ...] = (
     Setting("inference_endpoint", str, "tcp://127.0.0.1:5555",
             "inference service endpoint of the pipelines with inference=service"),
+    Setting("inference_override", str, "",
+            "in-process, service or triton: replaces every pipeline's inference choice (e.g. service under "
+            "Gadgetron's execute mode, so per-scan processes use the warm infer-server); empty: as each pipeline says"),
     Setting("inference_timeout_ms", float, 0.0,
             "service reply timeout; 0 derives it from the model time the service measured"),
     Setting("triton_endpoint", str, "127.0.0.1:8001",

@@ -43,7 +43,9 @@ def describe(meta: dict[str, Any]) -> str:
     if meta.get("Acceleration"):
         parts.append(f"R={float(meta['Acceleration']):.1f}")
     if meta.get("Fallback"):
-        parts.append(f"fallback: {meta['Fallback']}")
+        # say which image stands in, so a viewer (and DICOM ImageComments) can tell a fallback frame apart
+        shown = f" ({meta['ReconMethod']})" if meta.get("Model") and meta.get("ReconMethod") else ""
+        parts.append(f"fallback{shown}: {meta['Fallback']}")
     return " | ".join(parts)
 
 

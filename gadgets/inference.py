@@ -4,13 +4,19 @@ Two backends answer the same three calls:
 
 - :class:`InProcessBackend` (the default): ``models.inference.load_model`` in
   this process. Loaded models are cached per process, so every session of
-  the embedded host shares one copy; a fresh Gadgetron external process pays
-  the load once per scan.
+  the embedded host shares one copy, and its calls run one at a time on one
+  thread, sessions taking turns (:mod:`gadgets.model_turns`); a fresh
+  Gadgetron external process pays the load once per scan.
 - the inference service client (``pipelines.inference_client``), chosen by
   the pipeline property ``inference="service"``; the endpoint is the host
   operator's setting ``inference_endpoint`` (:mod:`gadgets.host_settings`).
 - the Triton client (``pipelines.triton_client``, ``inference="triton"``):
   NVIDIA Triton Inference Server over gRPC at the operator's ``triton_endpoint``.
+
+The operator setting ``inference_override`` replaces every pipeline's
+choice (e.g. ``service`` under Gadgetron's execute mode, where a per-scan
+process would otherwise load the model at the start of every scan); a
+pipeline never chooses an endpoint or overrides the operator.
 
 The clients are imported by name with :mod:`importlib`, so no gadget module
 imports socket code statically (gadgets know no sockets; ``pipelines`` does).
@@ -23,7 +29,7 @@ Calls (NumPy in, NumPy out, shapes as in :mod:`models.inference`)::
 
 Every failure (model error, timeout, service down) raises
 :class:`InferenceError`; the gadgets catch it and fall back to the
-conventional image, flagged in the image meta.
+best classical image they have, flagged in the image meta.
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import host_settings, properties
+from .model_turns import turns_for
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +90,16 @@ def set_cpu_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def model_key(name: str, device: str = "cpu", weights: str | None = None, allow_random: bool = False,
+              cpu_runtime: str = "torch") -> tuple:
+    """What identifies one loaded model in this process."""
+    return (name, device, str(Path(weights).resolve()) if weights else "", bool(allow_random), cpu_runtime)
+
+
 def cached_model(name: str, device: str = "cpu", weights: str | None = None, allow_random: bool = False,
                  cpu_threads: int = DEFAULT_CPU_THREADS, cpu_runtime: str = "torch"):
     """``models.inference.load_model`` once per (name, device, weights, CPU runtime) in this process."""
-    key = (name, device, str(Path(weights).resolve()) if weights else "", bool(allow_random), cpu_runtime)
+    key = model_key(name, device, weights, allow_random, cpu_runtime)
     with _MODELS_LOCK:
         rec = _MODELS.get(key)
         if rec is None:
@@ -105,7 +118,7 @@ def cached_model(name: str, device: str = "cpu", weights: str | None = None, all
 
 
 class InProcessBackend:
-    """Models in this process; one lock per model keeps concurrent sessions from oversubscribing the CPU."""
+    """Models in this process, shared by every session: one copy each, calls in turns (:mod:`gadgets.model_turns`)."""
 
     label = "in-process"
 
@@ -116,7 +129,6 @@ class InProcessBackend:
         self.allow_random = allow_random
         self.cpu_threads = cpu_threads
         self.cpu_runtime = cpu_runtime
-        self._locks: dict[str, threading.Lock] = {}
 
     def _model(self, name: str):
         try:
@@ -125,24 +137,33 @@ class InProcessBackend:
         except Exception as exc:
             raise InferenceError(f"cannot load {name}: {type(exc).__name__}: {exc}") from exc
 
-    def _lock(self, name: str) -> threading.Lock:
-        return self._locks.setdefault(name, threading.Lock())
+    def turns(self, name: str):
+        """The process-wide turns of model ``name`` as this backend loads it."""
+        return turns_for(model_key(name, self.device, self.weights.get(name), self.allow_random, self.cpu_runtime), name)
+
+    def _call(self, name: str, items: int, fn) -> np.ndarray:
+        rec = self._model(name)
+        try:
+            # this backend object is the session (each session builds its own)
+            return self.turns(name).call(self, lambda: fn(rec), items)
+        except Exception as exc:
+            raise InferenceError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
+
+    def expected_wait_s(self, name: str) -> float:
+        """How long a call of this session would wait now for the other sessions' turns on model ``name``."""
+        return self.turns(name).expected_wait_s(self)
+
+    def last_wait_s(self, name: str) -> float:
+        """How long this thread's last call of model ``name`` waited for its turn."""
+        return self.turns(name).last_wait_s()
 
     def cine_batch(self, frames, kspace, mask, maps, causal):
-        rec = self._model("kgmgt")
-        try:
-            with self._lock("kgmgt"):
-                return rec.reconstruct_cine_batch(frames, kspace, mask, maps, causal=causal)
-        except Exception as exc:
-            raise InferenceError(f"kgmgt failed: {type(exc).__name__}: {exc}") from exc
+        return self._call("kgmgt", len(frames),
+                          lambda rec: rec.reconstruct_cine_batch(frames, kspace, mask, maps, causal=causal))
 
     def pair_batch(self, reference, target, kspace, mask, maps):
-        rec = self._model("sgfmri")
-        try:
-            with self._lock("sgfmri"):
-                return rec.reconstruct_pair_batch(reference, target, kspace, mask, maps)
-        except Exception as exc:
-            raise InferenceError(f"sgfmri failed: {type(exc).__name__}: {exc}") from exc
+        return self._call("sgfmri", len(target),
+                          lambda rec: rec.reconstruct_pair_batch(reference, target, kspace, mask, maps))
 
     def model_info(self, model: str) -> dict[str, Any]:
         return dict(self._model(model).info)
@@ -155,7 +176,8 @@ def backend_from_config(config: Any, settings: host_settings.OperatorSettings | 
     """The backend a gadget's configuration chooses, set up from the host operator's settings.
 
     The pipeline chooses only ``inference`` ("in-process", the default,
-    "service" or "triton"); the endpoints, timeout, device, threads, weights and
+    "service" or "triton"), unless the operator's ``inference_override``
+    says otherwise; the endpoints, timeout, device, threads, weights and
     ``allow_random`` are operator settings (:mod:`gadgets.host_settings`), and a
     configuration that names one is refused.
     """
@@ -164,6 +186,15 @@ def backend_from_config(config: Any, settings: host_settings.OperatorSettings | 
     choice = properties.get(config, "inference", "in-process").strip().lower()
     if choice not in INFERENCE_CHOICES:
         raise ValueError(f"property 'inference' must be one of {INFERENCE_CHOICES}, not {choice!r}")
+    override = str(settings.inference_override or "").strip().lower()
+    if override:
+        if override not in INFERENCE_CHOICES:
+            raise ValueError(f"operator setting inference_override must be one of {INFERENCE_CHOICES} or empty, "
+                             f"not {override!r}")
+        if override != choice:
+            log.info("inference %s chosen by the operator (inference_override) instead of the pipeline's %s",
+                     override, choice)
+        choice = override
     if choice == "service":
         module = importlib.import_module(CLIENT_MODULE)
         return module.InferenceClient(settings.inference_endpoint, timeout_ms=settings.inference_timeout_ms)
@@ -206,4 +237,5 @@ def model_meta(backend: Backend, model: str) -> dict[str, str]:
         {"InferenceRuntime": str(info["runtime"])} if info.get("runtime", "torch") != "torch" else {})
 
 
-__all__ = ["InferenceError", "InProcessBackend", "backend_from_config", "cached_model", "model_meta", "set_cpu_threads"]
+__all__ = ["InferenceError", "InProcessBackend", "backend_from_config", "cached_model", "model_key", "model_meta",
+           "set_cpu_threads"]

@@ -28,8 +28,16 @@ every other contrast is a target).
   ``Fallback`` naming why; if the model fails or the inference service is
   away, the SGF-MRI series gets the conventional image, flagged in meta.
 
+The model runs beside the frame path (:mod:`gadgets.realtime_scheduler`),
+so reference and conventional images never wait for it; targets go to it
+in arrival order, and with ``max_lag_ms`` > 0 (default 0: every target gets
+the model however long it takes) a target whose image would come later than
+that after its frame gets its flagged fallback instead, as in the cine
+gadget.
+
 Properties: ``reference_contrast`` (0), ``series_index`` (1),
 ``conventional_series_index`` (0), ``use_reference_store`` (true),
+``model_thread`` (true; false: the model runs inline), ``max_lag_ms`` (0),
 ``reference_max_age_s`` (may only shorten the host's age limit),
 ``max_shift_px`` (2.0), ``max_correctable_shift_px`` (10.0),
 ``min_match_confidence`` (4.5), and the inference properties of
@@ -42,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -52,12 +61,13 @@ import numpy as np
 from models.fft import fft2c, ifft2c
 
 from . import host_settings, properties
-from .cine_kgmgt import recon_kspace
+from .cine_kgmgt import _turn_waits, recon_kspace
 from .conventional import CoilMapCache, conventional_image
 from .errors import reports_errors
 from .frames import Frame, frames_from
 from .image_headers import image_from_frame, recon_geometry
 from .inference import InferenceError, backend_from_config, model_meta
+from .realtime_scheduler import RealtimeScheduler
 from .reference_store import ReferenceStore, StoreSettings, identity_hash, position_text
 
 log = logging.getLogger(__name__)
@@ -190,6 +200,8 @@ class SGFMRIStream:
         self._model_meta_known = False
         self.references: dict[str, np.ndarray] = {}  # this stream's, by slice position text
         self.counts = {"model": 0, "single": 0, "fallback": 0}
+        self.scheduler: RealtimeScheduler | None = None  # set by the gadget: the model beside the frame path
+        self._count_lock = threading.Lock()
         log.info("SGF-MRI: reference contrast %d, store %s, inference %s", self.reference_contrast,
                  self.store.folder if self.store else "off", self.backend.label)
 
@@ -256,11 +268,15 @@ class SGFMRIStream:
             return
         conv.meta = {**conv.meta, "Role": "target"}
         yield conv
+        if self.scheduler is not None:  # its model image leaves from the scheduler's thread
+            self.scheduler.submit((frame, conv))
+            return
         yield self._target(frame, conv)
 
     def _fallback(self, frame: Frame, conv: ismrmrd.Image, reason: str, extra: dict) -> ismrmrd.Image:
         log.warning("SGF-MRI fallback to the conventional image: %s", reason)
-        self.counts["fallback"] += 1
+        with self._count_lock:
+            self.counts["fallback"] += 1
         meta = {**self.meta, **extra, "ReconMethod": conv.meta.get("ReconMethod", "zero-filled"), "Fallback": reason}
         return image_from_frame(frame, _pixels(conv), self.header, series_index=self.series, meta=meta)
 
@@ -295,12 +311,11 @@ class SGFMRIStream:
             return self._fallback(frame, conv, str(exc) if isinstance(exc, InferenceError) else f"{type(exc).__name__}: {exc}", extra)
         ms = (time.perf_counter() - start) * 1000.0
         meta = {**self.meta, **extra, "ReconMethod": "SGF-MRI + k-space DC", "InferenceMs": f"{ms:.1f}"}
+        with self._count_lock:
+            self.counts["single" if reference is None else "model"] += 1
         if reference is None:
-            self.counts["single"] += 1
             meta["Fallback"] = f"single-contrast (no usable reference: {why})"
             log.warning("SGF-MRI single-contrast reconstruction: %s", why)
-        else:
-            self.counts["model"] += 1
         return image_from_frame(frame, out[0], self.header, series_index=self.series, meta=meta)
 
 
@@ -308,18 +323,42 @@ class SGFMRIStream:
 def reconstruct(connection: Any) -> None:
     """Gadget: ``ReconData`` frames in; conventional and SGF-MRI images out (module docstring)."""
     stream = SGFMRIStream(connection.header, connection.config, settings=host_settings.for_connection(connection))
+    lock = threading.Lock()  # gadgetron.external.Connection.send is not thread-safe
+
+    def send(item: Any) -> None:
+        with lock:
+            connection.send(item)
+
+    if properties.get(connection.config, "model_thread", True):
+        attach_scheduler(stream, send, max_lag_ms=properties.get(connection.config, "max_lag_ms", 0.0),
+                         max_pending=properties.get(connection.config, "max_pending", 64))
     try:
         for item in connection:
             if not hasattr(item, "bits"):
-                connection.send(item)
+                send(item)
                 continue
             for frame in frames_from(item):
                 for image in stream.add(frame):
-                    connection.send(image)
+                    send(image)
     finally:
-        log.info("SGF-MRI: %d with reference, %d single-contrast, %d fallbacks", stream.counts["model"],
-                 stream.counts["single"], stream.counts["fallback"])
-        stream.backend.close()
+        try:
+            if stream.scheduler is not None:
+                stream.scheduler.finish()
+        finally:
+            log.info("SGF-MRI: %d with reference, %d single-contrast, %d fallbacks", stream.counts["model"],
+                     stream.counts["single"], stream.counts["fallback"])
+            stream.backend.close()
+
+
+def attach_scheduler(stream: SGFMRIStream, send, max_lag_ms: float = 0.0, max_pending: int = 64) -> RealtimeScheduler:
+    """Run ``stream``'s targets through the model on its own thread; their images go to ``send`` (thread-safe)."""
+    stream.scheduler = RealtimeScheduler(
+        run=lambda jobs: [stream._target(frame, conv) for frame, conv in jobs],  # one model call each, in order
+        deliver=lambda job, image: send(image),
+        fallback=lambda job, reason: send(stream._fallback(job[0], job[1], reason, {})),
+        max_lag_s=max(0.0, max_lag_ms) / 1000.0, max_batch=1, max_pending=max_pending, name="sgfmri",
+        describe=lambda: stream.backend.label, **_turn_waits(stream.backend, "sgfmri"))
+    return stream.scheduler
 
 
 def preload(config: Any, settings: Any = None) -> str:

@@ -10,12 +10,16 @@ Requests: ``{"op": "health"}``, ``{"op": "info", "model": ...}``,
 ``{"op": "pair"}`` with arrays [reference], target, kspace, mask, maps.
 Replies: ``{"ok": true, ...}`` with array ``image``, or ``{"ok": false, "error": text}``.
 
-The client is a DEALER socket with one request in flight. A request that
-gets no answer within ``timeout_ms`` raises :class:`~gadgets.inference.InferenceError`;
-the socket is then rebuilt (a late answer is discarded by request id) and,
-for ``retry_after_s``, further calls fail at once instead of each waiting
-out the timeout, so a dead service costs a scan one timeout, not one per
-frame.
+The client is a DEALER socket with one request in flight, watched by a
+ZeroMQ socket monitor: a service that dies (its connection closes) or is
+not there (connection refused) fails the request at once, whatever the
+timeout, instead of after it. A request that gets no answer within
+``timeout_ms`` raises :class:`~gadgets.inference.InferenceError`; the socket
+is then rebuilt (a late answer is discarded by request id) and, for
+``retry_after_s``, further calls fail at once. With the automatic timeout a
+model request to a service whose connection is up keeps waiting (up to
+``AUTO_MAX_MS``): a service busy with other scans' batches is slow, not
+dead, and the gadget's real-time scheduler decides what is too late.
 """
 from __future__ import annotations
 
@@ -28,12 +32,18 @@ from typing import Any
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from gadgets.inference import InferenceError
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"complex64", "float32", "float64", "bool", "int32", "int64", "uint8"}
+_MONITORED = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CLOSED
+
+
+class ConnectionLost(ConnectionError):
+    """The service's connection closed, or nothing accepts connections at the endpoint."""
 
 
 def encode(header: dict[str, Any], arrays: dict[str, np.ndarray | None]) -> list[bytes | memoryview]:
@@ -106,6 +116,8 @@ class InferenceClient:
         self._ctx = context
         self._ids = itertools.count(1)
         self._socket: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None
+        self._connected = self._was_connected = False
         self._down_until = 0.0
         self._down_reason = ""
         self._info: dict[str, dict] = {}
@@ -115,14 +127,40 @@ class InferenceClient:
         if self._socket is None:
             s = (self._ctx or zmq.Context.instance()).socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
+            self._monitor = s.get_monitor_socket(_MONITORED)
+            self._connected = self._was_connected = False
             s.connect(self.endpoint)
             self._socket = s
         return self._socket
 
     def _reset(self) -> None:
         if self._socket is not None:
+            try:
+                self._socket.disable_monitor()
+            except zmq.ZMQError:
+                pass
             self._socket.close(linger=0)
             self._socket = None
+        if self._monitor is not None:
+            self._monitor.close(linger=0)
+            self._monitor = None
+        self._connected = False
+
+    def _connection_events(self, waiting: bool) -> None:
+        """Read the socket monitor's events; while ``waiting`` for an answer, a lost connection raises."""
+        while self._monitor is not None:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                return
+            if event == zmq.EVENT_CONNECTED:
+                self._connected = self._was_connected = True
+                continue
+            self._connected = False
+            if waiting and (event != zmq.EVENT_CONNECT_RETRIED or not self._was_connected):
+                if self._was_connected:
+                    raise ConnectionLost("connection lost (the service closed it: stopped or killed?)")
+                raise ConnectionLost("connection refused: nothing listens there (is the service running?)")
 
     def request(self, header: dict[str, Any], arrays: dict[str, np.ndarray | None] | None = None,
                 timeout_ms: int | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -143,7 +181,9 @@ class InferenceClient:
             self._reset()
             self._down_reason = f"{type(exc).__name__}: {exc}"
             self._down_until = time.monotonic() + self.retry_after_s
-            log.warning("%s %s: %s", self.kind, self.endpoint, self._down_reason)
+            # a health probe's failure is its answer (readiness loops poll it); a model call's is news
+            log.log(logging.DEBUG if header.get("op") == "health" else logging.WARNING, "%s %s: %s", self.kind,
+                    self.endpoint, self._down_reason)
             raise InferenceError(f"{self.kind} {self.endpoint}: {self._down_reason}") from exc
         if not reply.get("ok"):
             raise InferenceError(f"{self.kind} {self.endpoint}: {reply.get('error', 'unknown error')}")
@@ -154,12 +194,29 @@ class InferenceClient:
         """Send one request and wait up to ``timeout`` ms for its answer (raises on any transport failure)."""
         rid = f"{self._tag}-{next(self._ids)}"
         sock = self._connect()
+        self._connection_events(waiting=False)  # what happened since the last request (a restart, say)
         sock.send_multipart(encode({**header, "id": rid}, arrays), copy=False)
-        deadline = time.monotonic() + timeout / 1000.0
+        start = time.monotonic()
+        deadline = start + timeout / 1000.0
+        # automatic timeout on model work: keep waiting while the connection is up (module docstring)
+        patience = self.AUTO_MAX_MS if self.timeout_ms <= 0 and header.get("op") in ("cine", "pair") else timeout
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not sock.poll(max(1, int(left * 1000))):
-                raise TimeoutError(f"no answer within {timeout} ms")
+            if left <= 0:
+                if self._connected and (time.monotonic() - start) * 1000.0 < patience:
+                    deadline += timeout / 1000.0
+                    log.info("%s %s: no answer within %d ms, connection up: still waiting", self.kind,
+                             self.endpoint, timeout)
+                    continue
+                raise TimeoutError(f"no answer within {(time.monotonic() - start) * 1000:.0f} ms")
+            ready = dict(poller.poll(max(1, int(left * 1000))))
+            if self._monitor in ready:
+                self._connection_events(waiting=True)
+            if sock not in ready:
+                continue
             reply, out = decode(sock.recv_multipart())
             if reply.get("id") == rid:
                 return reply, out
@@ -238,4 +295,4 @@ def health(endpoint: str, timeout_ms: int = 1000) -> dict[str, Any]:
         client.close()
 
 
-__all__ = ["InferenceClient", "encode", "decode", "health"]
+__all__ = ["InferenceClient", "ConnectionLost", "encode", "decode", "health"]

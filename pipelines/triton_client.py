@@ -6,7 +6,7 @@ setting ``triton_endpoint`` (``host:port`` of Triton's gRPC port, e.g. one
 ZeroMQ client it extends (:class:`pipelines.inference_client.InferenceClient`),
 with the same rules: every failure (server down, model error, no answer in
 time) is an :class:`~gadgets.inference.InferenceError`, so the gadget sends the
-flagged conventional image; after a transport failure further calls fail at
+flagged classical fallback image; after a transport failure further calls fail at
 once for ``retry_after_s``; the timeout is derived from the model time the
 server measured unless the operator fixes ``inference_timeout_ms``.
 

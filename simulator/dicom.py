@@ -136,6 +136,11 @@ def save_dicom(out_dir: Path, images: list[ismrmrd.Image], scans: list[Scan],
         comment = _meta(im, "ImageComment")
         if comment:
             ds.ImageComments = comment[:10240]
+        fallback = _meta(im, "Fallback")
+        if fallback:  # a classical image standing in for the model's: said where a PACS viewer shows it
+            model = _meta(im, "Model") or "the model"
+            ds.DerivationDescription = (f"FALLBACK: {_meta(im, 'ReconMethod') or 'classical image'} in place of "
+                                        f"{model}: {fallback}")[:1024]
         ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = scan.frame_of_reference_uid, ""
         ds.InstanceNumber = instance[series]
         ds.ContentDate, ds.ContentTime = who["StudyDate"], who["StudyTime"]

@@ -34,8 +34,9 @@ from .client import Pacing, StreamResult, run_session
 from .faults import StreamFault, drop_readouts, duplicate_readouts, reorder_readouts
 from .header import make_header
 from .readers import read_mask_file
-from .results import (by_series, format_table, frame_latencies_ms, image_array, percentiles, save_dicom, save_images_h5,
-                      save_pictures, score_frames, summarise, write_report, zero_filled_images)
+from .results import (by_series, fallback_of, format_table, frame_latencies_ms, image_array, percentiles, save_dicom,
+                      save_images_h5, save_pictures, score_frames, summarise, view_shared_images, write_report,
+                      zero_filled_images)
 from .scan import RawStream, Scan
 from .sources import load_source
 
@@ -430,6 +431,17 @@ def _report(args, scans, masks, merged: list[StreamResult], wall: float, notes: 
     series = by_series(first.images)
     for idx, imgs in sorted(series.items()):
         series_rows[idx] = score_frames({k: np.abs(image_array(im)) for k, im in imgs.items()}, scans)
+        for row in series_rows[idx]:  # which frames are the model's and which stand in for it
+            im = imgs.get((row["slice"], row["contrast"], row["frame"]))
+            row["fallback"] = fallback_of(im) if im is not None else None
+            row["recon"] = str(_meta(im, "ReconMethod") or "") if im is not None else ""
+    vs_rows, causal = [], False
+    if truth and args.order == "realtime" and target.frames > 1 and len(scans) == 1:
+        # the classical anchor a real-time model series should beat (and falls back to)
+        causal = any(str(_meta(im, "Mode") or "") == "causal" for imgs in series.values() for im in imgs.values())
+        vs = view_shared_images(target, masks[-1], causal=causal)
+        vs_rows = score_frames({(s, target.contrast, t): vs[s, t] for s in range(target.slices)
+                                for t in range(target.frames)}, [target])
     if not truth:
         # An undersampled source has no fully sampled truth: no scores, only what arrived.
         why = "no fully sampled reference: the source is undersampled"
@@ -477,6 +489,8 @@ def _report(args, scans, masks, merged: list[StreamResult], wall: float, notes: 
                             "late_readouts_dropped": late_readouts_dropped(series[k].values())}
                    for k, v in series_rows.items()},
         "zero_filled": {**summarise(zf_rows), "per_frame": zf_rows},
+        "view_sharing": ({**summarise(vs_rows), "causal": causal, "coil_maps": "true" if target.coil_maps is not None else "RSS",
+                          "per_frame": vs_rows} if vs_rows else None),
         "latency_ms": percentiles(lat_all),
         "frame_ms": frame_ms,
         "throughput": {
@@ -499,13 +513,16 @@ def _report(args, scans, masks, merged: list[StreamResult], wall: float, notes: 
     for s in range(target.slices):
         rows = {"reference": np.abs(target.reference[s]), "zero-filled": np.abs(zf[s])}
         titles = {"reference": "reference" if target.has_truth else "source (undersampled)", "zero-filled": "zero-filled"}
+        marks = {}
         for idx, imgs in sorted(series.items()):
-            frames = [np.abs(image_array(imgs[(s, ref_c, t)])) for t in range(target.frames) if (s, ref_c, t) in imgs]
+            present = [imgs[(s, ref_c, t)] for t in range(target.frames) if (s, ref_c, t) in imgs]
+            frames = [np.abs(image_array(im)) for im in present]
             if frames and frames[0].shape == rows["reference"].shape[-2:]:
                 rows[f"series{idx}"] = np.stack(frames)
+                marks[f"series{idx}"] = [fallback_of(im) is not None for im in present]
                 titles[f"series{idx}"] = f"series {idx} {_series_name(imgs)}".strip() + (
                     " [ALL FALLBACK]" if fallbacks[idx]["all"] else "")
-        written += save_pictures(out, rows, f"slice{s:02d}", titles=titles, errors=target.has_truth)
+        written += save_pictures(out, rows, f"slice{s:02d}", titles=titles, errors=target.has_truth, marks=marks)
     if args.dicom:
         try:
             report["dicom_files"] = save_dicom(out / "dicom", first.images, scans, _source_header(scans))
@@ -543,7 +560,7 @@ def _mask_label(args, target: Scan) -> str:
 
 
 def fallback_summary(images) -> dict:
-    """How many images of a series are fallbacks (the conventional image in the model's place) and why."""
+    """How many images of a series are fallbacks (a classical image in the model's place) and why."""
     reasons: Counter = Counter()
     n = 0
     for im in images:
@@ -589,8 +606,9 @@ def _warnings(report: dict) -> list[str]:
         label = f"series {k} {s['name']}".strip()
         if fb["count"]:
             why = "; ".join(f"{r['reason']} ({r['images']})" for r in fb["reasons"])
-            head = ("ALL its images are fallbacks: it shows the conventional image, not the model's"
-                    if fb["all"] else f"{fb['count']} of {fb['images']} images are fallbacks (the conventional image)")
+            head = ("ALL its images are fallbacks: it shows classical images, not the model's"
+                    if fb["all"] else f"{fb['count']} of {fb['images']} images are fallbacks (classical images in "
+                                      f"the model's place, marked FALLBACK in the pictures)")
             out.append(f"{label}: {head}; why: {why}")
         ms = s["model_ms_per_image"]
         frame_ms = report["frame_ms"]

@@ -6,7 +6,15 @@ frame, with no rescaling of the received image and the reference maximum
 as dynamic range; per frame, and the mean over frames. The zero-filled
 reconstruction of exactly the lines that were sent (coil-combined with the
 true maps when simulated, root-sum-of-squares otherwise) is scored the same
-way, side by side.
+way, side by side, and for real-time cine so is view-sharing SENSE of the
+same lines (:func:`view_shared_images`: each missing line from the nearest
+frame that measured it, up to ``t`` or ``t+1``), the best classical image a
+scanner can show during the scan and what a model series falls back to.
+
+Fallback images (meta ``Fallback``) are flagged per frame in
+``report.json`` and marked in the pictures: a white frame and ``FALLBACK``
+on their tiles, ``FALLBACK`` in their GIF titles, so a series that is partly
+the model's and partly classical cannot pass for one that "improves".
 
 Frame latency (DESIGN.md): from the moment the last readout a frame's
 output needs had been sent (frame ``t + lookahead`` of the same slice and
@@ -24,6 +32,7 @@ import ismrmrd
 import numpy as np
 
 from models.metrics import nmse, psnr, ssim
+from models.view_sharing import view_share
 
 from .acquire import frame_key, normalise_mask
 from .client import StreamResult
@@ -60,6 +69,38 @@ def zero_filled_images(scan: Scan, mask: np.ndarray | None) -> np.ndarray:
         y0 = img.shape[-2] // 2 - ny_r // 2
         out[s] = img[..., y0:y0 + ny_r, :]
     return out
+
+
+def view_shared_images(scan: Scan, mask: np.ndarray | None, causal: bool = False) -> np.ndarray:
+    """``(slices, frames, ny, nx)`` view-sharing images of the sent lines, as a stream has them.
+
+    Frame ``t`` takes each line it did not measure from the nearest frame
+    that did, looking no later than ``t`` (``causal``) or ``t+1`` (a centred
+    window); coil-combined like :func:`zero_filled_images` (true maps when
+    simulated, root-sum-of-squares otherwise).
+    """
+    m = normalise_mask(scan, mask)
+    out = np.empty(scan.reference.shape, dtype=np.complex64)
+    ny_r = scan.reference.shape[-2]
+    for s in range(scan.slices):
+        k = scan.kspace[s] * m[s][:, None, :, None]
+        maps = scan.coil_maps[s] if scan.coil_maps is not None else None
+        maps = maps if maps is not None and maps.shape[-2] == scan.ny else None
+        for t in range(scan.frames):
+            shared, _ = view_share(k, m[s], t, latest=t if causal else t + 1)
+            img = coil_images_to_recon(shared, scan.reference.shape[-1], maps)
+            y0 = img.shape[-2] // 2 - ny_r // 2
+            out[s, t] = img[..., y0:y0 + ny_r, :]
+    return out
+
+
+def fallback_of(image: ismrmrd.Image) -> str | None:
+    """Why an image is a fallback (its ``Fallback`` meta), or None for the model's own image."""
+    try:
+        why = image.meta.get("Fallback")
+    except Exception:
+        return None
+    return str(why) if why else None
 
 
 def score_frames(pred: dict[Key, np.ndarray], scans: list[Scan]) -> list[dict]:
@@ -226,6 +267,30 @@ def _titled(frame: np.ndarray, title: str) -> np.ndarray:
     return np.asarray(canvas)
 
 
+FALLBACK_MARK = "FALLBACK"
+
+
+def _marked(tile: np.ndarray) -> np.ndarray:
+    """A uint8 tile with a white frame and ``FALLBACK`` in its corner: not the model's image."""
+    from PIL import Image, ImageDraw
+
+    im = Image.fromarray(tile)
+    draw = ImageDraw.Draw(im)
+    h, w = tile.shape
+    draw.rectangle([0, 0, w - 1, h - 1], outline=255, width=2)
+    text = FALLBACK_MARK[: max(1, (w - 6) // 6)]
+    draw.rectangle([2, 2, 4 + 6 * len(text), 13], fill=0)
+    draw.text((3, 2), text, fill=255)
+    return np.asarray(im)
+
+
+def _tiles(frames: np.ndarray, scale: float, marks: list | None) -> list[np.ndarray]:
+    tiles = list(_to_uint8(frames, scale))
+    if marks:
+        tiles = [_marked(t) if i < len(marks) and marks[i] else t for i, t in enumerate(tiles)]
+    return tiles
+
+
 def _save_gif(path: Path, frames: list[np.ndarray]) -> None:
     from PIL import Image
 
@@ -234,7 +299,8 @@ def _save_gif(path: Path, frames: list[np.ndarray]) -> None:
 
 
 def save_pictures(out_dir: Path, rows: dict[str, np.ndarray], stem: str, *, max_frames: int = 12,
-                  titles: dict[str, str] | None = None, errors: bool = True) -> list[Path]:
+                  titles: dict[str, str] | None = None, errors: bool = True,
+                  marks: dict[str, list] | None = None) -> list[Path]:
     """Labelled pictures of one slice: a PNG strip, one GIF per row, one side-by-side GIF.
 
     ``rows`` maps a key (``reference``, ``zero-filled``, ``series0``...) to
@@ -244,16 +310,25 @@ def save_pictures(out_dir: Path, rows: dict[str, np.ndarray], stem: str, *, max_
     entry against the reference (:func:`picture_rows`). The side-by-side
     GIF (``<stem>_side_by_side.gif``) shows reference, the conventional
     series (series 0) and the last series (the model's) frame by frame,
-    each on its own row scale, titled.
+    each on its own row scale, titled. ``marks`` maps a row key to a per-frame
+    list, true where that frame is a fallback: its tiles (and its error
+    tiles) get a white frame and ``FALLBACK``, its GIF frames ``FALLBACK`` in
+    the title.
     """
     written = []
+    marks = marks or {}
     table = picture_rows(rows, titles, errors)
+    # picture_rows' order: every image row, then the error row of each row but the reference
+    row_marks = [marks.get(k) for k in rows] + ([marks.get(k) for k in rows if k != "reference"]
+                                                if errors and "reference" in rows else [])
     n_all = min(len(r) for r in rows.values())
     n = min(max_frames, n_all)
     picks = np.linspace(0, n_all - 1, n).round().astype(int)
     tile_w = next(iter(rows.values())).shape[-1]
     header = _labelled([_titled(np.zeros((0, tile_w), np.uint8), f"t={t}") for t in picks], "frame")
-    strip = [header] + [_labelled(list(_to_uint8(frames[picks], scale)), title) for title, frames, scale in table]
+    strip = [header] + [_labelled(_tiles(frames[picks], scale, [m[i] if i < len(m) else None for i in picks] if m else None),
+                                  title)
+                        for (title, frames, scale), m in zip(table, row_marks)]
     from PIL import Image
 
     p = out_dir / f"{stem}_strip.png"
@@ -263,15 +338,21 @@ def save_pictures(out_dir: Path, rows: dict[str, np.ndarray], stem: str, *, max_
         if len(r) < 2:
             continue
         g = out_dir / f"{stem}_{key}.gif"
-        _save_gif(g, [_titled(f, title) for f in _to_uint8(r, scale)])
+        m = marks.get(key) or []
+        _save_gif(g, [_titled(f, f"{FALLBACK_MARK} {title}" if i < len(m) and m[i] else title)
+                      for i, f in enumerate(_tiles(r, scale, m))])
         written.append(g)
     series = sorted(k for k in rows if k.startswith("series"))
     side = ["reference"] + ([series[0]] if series else []) + ([series[-1]] if len(series) > 1 else [])
     if len(side) > 1 and n_all > 1:
         scales = dict((k, sc) for (k, _), (_, _, sc) in zip(rows.items(), table))
         names = {k: t for k, (t, _, _) in zip(rows, table)}
-        frames = [np.concatenate([_titled(_to_uint8(rows[k][t], scales[k]), names[k]) for k in side], axis=1)
-                  for t in range(n_all)]
+        def tile(k: str, t: int) -> np.ndarray:
+            fell_back = t < len(marks.get(k) or []) and marks[k][t]
+            picture = _to_uint8(rows[k][t], scales[k])
+            return _titled(_marked(picture) if fell_back else picture, f"{FALLBACK_MARK} {names[k]}" if fell_back else names[k])
+
+        frames = [np.concatenate([tile(k, t) for k in side], axis=1) for t in range(n_all)]
         g = out_dir / f"{stem}_side_by_side.gif"
         _save_gif(g, frames)
         written.append(g)
@@ -312,6 +393,10 @@ def format_table(report: dict) -> str:
              f"{'series':<22}{'frames':>7}{'PSNR dB':>9}{'SSIM':>8}{'NMSE':>10}   latency ms p50 / p95 / max"]
     zf = report["zero_filled"]
     lines.append(f"{'zero-filled input':<22}{zf['frames']:>7}{f(zf['psnr'], '.2f'):>9}{f(zf['ssim'], '.4f'):>8}{f(zf['nmse'], '.2e'):>10}")
+    vs = report.get("view_sharing")
+    if vs and vs.get("frames"):
+        lines.append(f"{'view-sharing SENSE':<22}{vs['frames']:>7}{f(vs['psnr'], '.2f'):>9}{f(vs['ssim'], '.4f'):>8}"
+                     f"{f(vs['nmse'], '.2e'):>10}   (classical anchor, {'causal' if vs.get('causal') else 'centred'})")
     for name, s in report["series"].items():
         label = f"{name} {s.get('name', '')}".strip()
         lat = s.get("latency_ms") or {}
@@ -335,5 +420,5 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["image_array", "by_series", "zero_filled_images", "score_frames", "summarise", "frame_latencies_ms", "percentiles",
+__all__ = ["image_array", "by_series", "zero_filled_images", "view_shared_images", "fallback_of", "score_frames", "summarise", "frame_latencies_ms", "percentiles",
            "save_images_h5", "save_pictures", "save_dicom", "write_report", "format_table"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -99,12 +100,14 @@ def test_two_simultaneous_scans_through_the_service_match_in_process(stream_host
     for t in threads:
         t.join(120)
     counts = health(service)["counts"]
-    assert counts["cine"] - before == 10 + 6  # every frame of both scans went through the service
+    fb = [(im.slice, im.repetition, im.meta["Fallback"]) for r in results for im in series(r.images, 1) if "Fallback" in im.meta]
+    assert counts["cine"] - before == 10 + 6, fb  # every frame of both scans went through the service
     for (scan, mask), via_service in zip(scans, results):
         assert via_service.closed and not via_service.texts and not via_service.errors
         local = run_session("127.0.0.1", stream_host.port, header=make_header(scan), config_text=inproc_xml,
                             items=acquisitions(scan, mask, calib_lines=CALIB))
-        a, b = series(via_service.images, 1), series(local.images, 1)
+        # by frame: a scheduler that judges itself behind serves the newest windows first
+        a, b = (sorted(series(r.images, 1), key=lambda im: (im.slice, im.repetition)) for r in (via_service, local))
         assert len(a) == len(b) == scan.slices * scan.frames
         for x, y in zip(a, b):
             assert (x.slice, x.repetition) == (y.slice, y.repetition)
@@ -116,8 +119,8 @@ def test_two_simultaneous_scans_through_the_service_match_in_process(stream_host
 def test_killing_the_service_mid_scan_still_yields_every_image(stream_host, weights, monkeypatch):
     proc, endpoint = start_service(weights, models="kgmgt")
     scan, mask = _scan(slices=1, frames=10)
-    # generous: a loaded 2-core machine can take seconds for one call; after the kill one call waits
-    # this out, then the client fails fast for 2 s at a time (frames queue meanwhile and go as fallbacks)
+    # generous: a loaded 2-core machine can take seconds for one call; the kill itself is seen at once
+    # (the connection closes), then the client fails fast for 2 s at a time
     operate(monkeypatch, stream_host, inference_endpoint=endpoint, inference_timeout_ms=8000)
     xml = pipeline_text("kgmgt_cine_service", MODULE)
     killed = threading.Event()
@@ -142,8 +145,66 @@ def test_killing_the_service_mid_scan_still_yields_every_image(stream_host, weig
     assert served and fell_back and model[0] in served and model[-1] in fell_back
     for im in fell_back:
         assert endpoint in im.meta["Fallback"] and "fallback" in im.meta["ImageComment"]
-        c = next(x for x in conv if x.repetition == im.repetition)
-        np.testing.assert_allclose(pixels(im), pixels(c))
+        assert im.meta["ReconMethod"] == "view-sharing SENSE"  # the best classical image, not the zero-filled one
+
+
+def test_a_killed_service_is_found_by_its_closed_connection_not_by_timeout(weights):
+    """Killed while a request waits in it: the call fails at once, long before the service would have answered."""
+    from gadgets.inference import InferenceError
+    from tests.dl_support import free_port
+
+    # the service holds every request for its 5 s batching window before the model runs it
+    proc, endpoint = start_service(weights, models="kgmgt", extra=["--batch-window-ms", "5000"])
+    n, coils = 16, 2
+    args = (np.zeros((1, 3, n, n), np.complex64), np.zeros((1, coils, n, n), np.complex64), np.ones((1, n), bool),
+            np.full((1, coils, n, n), coils ** -0.5, np.complex64), False)
+    client = InferenceClient(endpoint, timeout_ms=60000)  # the timeout plays no part
+    outcome = {}
+
+    def call():
+        try:
+            client.cine_batch(*args)
+            outcome["result"] = "answered"
+        except InferenceError as exc:
+            outcome["result"] = str(exc)
+        outcome["at"] = time.monotonic()
+
+    try:
+        caller = threading.Thread(target=call)
+        caller.start()
+        time.sleep(0.5)  # the request is in the service's batching window now
+        killed_at = time.monotonic()
+        proc.kill()
+        caller.join(70)
+    finally:
+        stop(proc)
+        client.close()
+    assert "connection lost" in outcome["result"], outcome
+    # seen from the connection: well before the 5 s the service would have taken, let alone the 60 s timeout
+    assert outcome["at"] - killed_at < 4.0, outcome["at"] - killed_at
+    # and a service that is not there at all is refused at once
+    nobody = InferenceClient(f"tcp://127.0.0.1:{free_port()}", timeout_ms=60000)
+    started = time.monotonic()
+    with pytest.raises(InferenceError, match="connection refused"):
+        nobody.cine_batch(*args)
+    assert time.monotonic() - started < 4.0
+    nobody.close()
+
+
+def test_automatic_timeout_waits_for_a_live_service_that_is_busy(weights):
+    """Four scans queued at the service make a request wait longer than its derived timeout: that is not death."""
+    proc, endpoint = start_service(weights, models="kgmgt", extra=["--batch-window-ms", "3500"])
+    n, coils = 16, 2
+    client = InferenceClient(endpoint)  # automatic timeout: 2 s + 4 x the measured time of these pixels
+    try:
+        timeout, _ = client._timeout_for("kgmgt", n * n)
+        assert timeout < 3500  # the service holds the request longer than that
+        image = client.cine_batch(np.zeros((1, 3, n, n), np.complex64), np.zeros((1, coils, n, n), np.complex64),
+                                  np.ones((1, n), bool), np.full((1, coils, n, n), coils ** -0.5, np.complex64), False)
+        assert image.shape == (1, n, n)
+    finally:
+        client.close()
+        stop(proc)
 
 
 def _brain_exam():
@@ -201,7 +262,7 @@ def test_health_check_from_the_command_line(service):
     dead = subprocess.run([sys.executable, "-m", "pipelines.cli", "infer-server", "--check",
                            f"tcp://127.0.0.1:{free_port()}", "--log-level", "ERROR"],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert dead.returncode == 1 and "no answer" in dead.stderr
+    assert dead.returncode == 1 and "connection refused" in dead.stderr
 
 
 def test_gadgetron_external_processes_use_the_warm_service(weights, service, monkeypatch):
@@ -220,3 +281,29 @@ def test_gadgetron_external_processes_use_the_warm_service(weights, service, mon
     assert [im.repetition for im in model] == [0, 1, 2] and len(series(items, 0)) == 3
     assert all("Fallback" not in im.meta and im.meta["InferenceBackend"] == f"service {service}" for im in model)
     assert health(service)["counts"]["cine"] - before == 3
+
+
+def test_operator_points_execute_mode_gadgets_at_the_warm_service(stream_host, weights, service, tmp_path, monkeypatch):
+    """Gadgetron's execute mode loads the model per scan; the operator's inference_override sends the in-process
+    pipeline's model calls to the warm service instead. A pipeline can neither set nor undo it."""
+    from pipelines.pipeline_config import parse_pipeline
+    from simulator.gadgetron_parent import run_pipeline_as_externals
+
+    scan, mask = _scan(slices=1, frames=3)
+    before = health(service)["counts"].get("cine", 0)
+    # no usable local weights: an image that is not a fallback can only have come from the service
+    operate(monkeypatch, None, inference_endpoint=service, inference_override="service",
+            kgmgt_weights=tmp_path / "missing.safetensors")
+    xml = pipeline_text("kgmgt_cine", MODULE)  # the in-process pipeline
+    items, errors = run_pipeline_as_externals(parse_pipeline(xml).gadgets, make_header(scan).toXML().encode(),
+                                              acquisitions(scan, mask, calib_lines=CALIB))
+    assert errors == []
+    model = series(items, 1)
+    assert sorted(im.repetition for im in model) == [0, 1, 2]
+    assert all("Fallback" not in im.meta and im.meta["InferenceBackend"] == f"service {service}" for im in model)
+    assert health(service)["counts"]["cine"] - before == 3
+    # the override is the operator's: a client's pipeline naming it is refused before any data
+    refused = run_session("127.0.0.1", stream_host.port, header=make_header(scan),
+                          config_text=pipeline_text("kgmgt_cine", MODULE, inference_override="in-process"),
+                          items=acquisitions(scan, mask, calib_lines=CALIB))
+    assert refused.images == [] and any("inference_override" in t and "operator" in t for t in refused.texts)

@@ -342,6 +342,65 @@ def test_all_fallback_model_series_is_flagged_in_table_report_and_exit_code(stre
     assert code == 1
 
 
+def test_partial_fallbacks_are_marked_per_frame_in_report_pictures_and_dicom(stream_host, tmp_path, capsys, monkeypatch):
+    """A cine whose first frames are classical (no coil maps yet) and the rest the model's must say so frame by frame."""
+    from tests.dl_support import operate, pipeline_text, tiny_weights
+
+    w = tiny_weights(tmp_path / "w")
+    operate(monkeypatch, stream_host, kgmgt_weights=w["kgmgt"], device="cpu")
+    config = tmp_path / "kgmgt_no_map_wait.xml"  # windows without coil maps fall back at once
+    config.write_text(pipeline_text("kgmgt_cine", "gadgets.cine_kgmgt", map_wait_frames=0))
+    out_dir = tmp_path / "o"
+    code, out, err = _replay(["cine", "--port", str(stream_host.port), "--pipeline", "kgmgt_cine", "--config-text",
+                              str(config), "--matrix", "32", "--frames", "8", "--coils", "4", "--accel", "4",
+                              "--mask", "kt-uniform", "--acs", "4", "--slices", "1", "--dicom", "--out", str(out_dir)],
+                             capsys)
+    rep = json.loads((out_dir / "report.json").read_text())
+    rows = rep["series"]["1"]["per_frame"]
+    flagged = [r["frame"] for r in rows if r["fallback"]]
+    assert flagged and len(flagged) < len(rows), rows  # partly classical, partly the model's
+    for r in rows:
+        assert (r["recon"] == "KGMgT + k-space DC") == (r["fallback"] is None)
+        if r["fallback"]:
+            assert "no coil maps" in r["fallback"] and r["recon"] in ("view-sharing RSS", "view-sharing SENSE")
+    assert all(r["fallback"] is None for r in rep["series"]["0"]["per_frame"])
+    assert rep["view_sharing"]["frames"] == 8 and rep["view_sharing"]["psnr"] > rep["zero_filled"]["psnr"]
+    assert "view-sharing SENSE" in out and f"fallback {len(flagged)}/8" in out and code == 0
+    pydicom = pytest.importorskip("pydicom")
+    files = sorted((out_dir / "dicom").glob("s01_*.dcm"))
+    assert len(files) == 8
+    for f in files:
+        ds = pydicom.dcmread(f)
+        frame = int(f.stem.rsplit("_f", 1)[1])
+        said = str(ds.get("DerivationDescription", ""))
+        assert said.startswith("FALLBACK: view-sharing") == (frame in flagged), (f.name, said)
+        assert ("fallback (view-sharing" in str(ds.ImageComments)) == (frame in flagged)
+
+
+def test_fallback_frames_are_marked_in_strips_and_gifs(tmp_path):
+    from PIL import Image
+
+    from simulator.results import LABEL_WIDTH, TITLE_HEIGHT, save_pictures
+
+    n = 32
+    ref = np.ones((3, n, n), np.float32)
+    model = np.zeros((3, n, n), np.float32)
+    save_pictures(tmp_path, {"reference": ref, "series1": model}, "s", marks={"series1": [False, True, False]})
+    strip = np.asarray(Image.open(tmp_path / "s_strip.png"))
+    y0 = TITLE_HEIGHT + n  # the series1 row, under the frame numbers and the reference row
+    tiles = [strip[y0:y0 + n, LABEL_WIDTH + t * n:LABEL_WIDTH + (t + 1) * n] for t in range(3)]
+    assert tiles[1][0].min() == 255 and tiles[1][:, 0].min() == 255  # framed
+    assert tiles[0].max() == 0 and tiles[2].max() == 0                # the model's own frames untouched
+    error_row = strip[y0 + n:y0 + 2 * n, LABEL_WIDTH + n:LABEL_WIDTH + 2 * n]
+    assert error_row[:, 0].min() == 255  # its error tile is marked too
+    gif = Image.open(tmp_path / "s_series1.gif")
+    frames = []
+    for i in range(3):
+        gif.seek(i)
+        frames.append(np.asarray(gif.convert("L")))
+    assert frames[1][TITLE_HEIGHT:, 0].min() == 255 and frames[0][TITLE_HEIGHT:].max() == 0
+
+
 def _image(series: int, frame: int, **meta) -> ismrmrd.Image:
     im = ismrmrd.Image.from_array(np.ones((8, 8), np.float32))
     im.image_series_index, im.repetition = series, frame

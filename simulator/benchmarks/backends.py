@@ -29,7 +29,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def model_rate(row: dict[str, Any]) -> float:
-    """KGMgT images per second over the wall time (fallback images, which carry the conventional image, not counted)."""
+    """KGMgT images per second over the wall time (fallback images, which carry a classical image, not counted)."""
     return round((row["images"] - row["fallbacks"]) / row["wall_s"], 2)
 
 

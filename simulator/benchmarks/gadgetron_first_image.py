@@ -5,6 +5,10 @@ same small cine scan is sent, unpaced, ``--repeats`` times to each of:
 
 - Gadgetron 4.7.2 with the execute-mode pipeline (a fresh ``python -m
   gadgetron`` per node per scan: imports and model loading on every scan);
+- the same execute-mode pipeline on a Gadgetron whose environment carries
+  the operator setting ``inference_override=service``: still a fresh process
+  per scan, but its model calls go to a warm ``streamrecon infer-server``
+  (no torch import, no weight loading per scan);
 - Gadgetron with the connect-mode pipeline (``*_connect.xml``) attached to a
   ``streamrecon gadget-server`` process started once, models preloaded;
 - ``streamrecon serve`` (the embedded host, models preloaded).
@@ -66,6 +70,25 @@ def _spawn(args: list[str], port: int) -> subprocess.Popen:
     return proc
 
 
+def _service(endpoint: str) -> tuple[subprocess.Popen, str]:
+    """A warm ``streamrecon infer-server`` at ``endpoint``, once it answers its health check."""
+    from pipelines.inference_client import health
+
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "infer-server", "--bind", endpoint, "--log-level",
+                             "WARNING"], env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"infer-server exited with {proc.returncode}")
+        try:
+            health(endpoint, timeout_ms=500)
+            return proc, endpoint
+        except Exception:
+            time.sleep(0.3)
+    stop(proc)
+    raise RuntimeError("infer-server did not become ready")
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="streamrecon bench gadgetron", description=__doc__.splitlines()[0])
     p.add_argument("--pipelines", default="cine_conventional,kgmgt_cine")
@@ -85,16 +108,20 @@ def main(argv: list[str]) -> int:
     host_port = free_port()
     host = _spawn(["serve", "--port", str(host_port), "--log-level", "WARNING"], host_port)
     gadgets = _spawn(["gadget-server", "--log-level", "WARNING"], 18001)
+    service = _service(f"tcp://127.0.0.1:{free_port()}")
     gadgetron = start_gadgetron()
+    warm_gadgetron = start_gadgetron(env={"STREAMRECON_INFERENCE_OVERRIDE": "service",
+                                          "STREAMRECON_INFERENCE_ENDPOINT": service[1]})
     try:
         rows = []
         for name in args.pipelines.split(","):
             series = 1 if name.startswith(("kgmgt", "sgfmri")) else 0
             modes = {"Gadgetron, execute": (gadgetron.port, f"{name}.xml"),
+                     "execute + service": (warm_gadgetron.port, f"{name}.xml"),
                      "Gadgetron, connect": (gadgetron.port, f"{name}_connect.xml"),
                      "embedded host": (host_port, f"{name}.xml")}
             for mode, (port, pipeline) in modes.items():
-                if mode != "Gadgetron, execute":  # warm servers: one unmeasured scan first
+                if mode not in ("Gadgetron, execute", "execute + service"):  # warm servers: one unmeasured scan first
                     first_image_s(port, pipeline, header, items, series)
                 times = [first_image_s(port, pipeline, header, items, series)[0] for _ in range(args.repeats)]
                 rows.append((name, mode, times))
@@ -106,6 +133,8 @@ def main(argv: list[str]) -> int:
                   f"execute / embedded = {med['Gadgetron, execute'] / med['embedded host']:.2f}x")
     finally:
         gadgetron.stop()
+        warm_gadgetron.stop()
+        stop(service[0])
         stop(gadgets)
         stop(host)
     print(f"load average at end {os.getloadavg()[0]:.2f} (1 min)")
