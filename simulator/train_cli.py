@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--export", default=None, help="write the final weights as models/weights/NAME.safetensors + .json")
     p.add_argument("--export-dir", type=Path, default=None, help="folder for --export (default models/weights)")
+    p.add_argument("--export-only", choices=("best", "last"), default=None,
+                   help="with --export and the run's own arguments: export the best-validation (or last) weights "
+                        "of the run in --ckpt without training (a long run stopped by its session)")
     return p
 
 
@@ -358,7 +361,18 @@ def main(argv: list[str]) -> int:
     print(f"training {args.model} ({args.config}, {sum(p.numel() for p in model.parameters())} parameters) "
           f"on {args.data} data, {size}x{size}, batch {args.batch}, {args.steps} steps; checkpoints in {ckpt}")
     print(f"machine: {_machine()}")
-    if args.unsupervised:
+    if args.export_only:
+        # the weights a run kept (best validation, or its last checkpoint), exported without training
+        from safetensors.torch import load_file
+        state = json.loads((ckpt / "state.json").read_text())
+        weights = ckpt / ("best.safetensors" if args.export_only == "best" else "last.safetensors")
+        model.load_state_dict(load_file(str(weights)), strict=True)
+        history = state["history"]
+        key = "val_gain" if history and "val_gain" in history[-1] else "val_psnr"
+        step = int(state["step"]) if args.export_only == "last" else int(max(history, key=lambda h: h[key])["step"])
+        result = {"history": history, "seconds": float(state.get("seconds", 0.0)), "step": step}
+        print(f"exporting the {args.export_only} weights of {ckpt} (step {step} of {state['step']})")
+    elif args.unsupervised:
         if args.model != "kgmgt":
             print("--unsupervised is implemented for the cine model", file=sys.stderr)
             return 2
@@ -369,7 +383,8 @@ def main(argv: list[str]) -> int:
                        val_sampler=val_sampler, val_data=val_data)
     print(json.dumps(result["history"][-3:], indent=1))
     if args.export:
-        meta = {"command": "streamrecon train " + " ".join(argv), "machine": _machine(),
+        meta = {"command": "streamrecon train " + " ".join(a for a in argv if a not in ("--export-only", "best", "last")),
+                "machine": _machine(),
                 "train_seconds": round(result["seconds"], 1), "steps": result["step"],
                 "date": time.strftime("%Y-%m-%d"), "history": result["history"],
                 "training_size": [size, size], "accel_range": list(args.accel), "data": args.data,
