@@ -364,6 +364,9 @@ def replay(args) -> tuple[dict, int]:
     if args.frame_ms:
         for s in scans:
             s.frame_ms = args.frame_ms
+    for s in scans:
+        for note in s.notes:
+            print(f"source: {note}", file=sys.stderr)
     notes: list[str] = []
     masks = _masks(scans, args, notes)
     _wire_fault(args)  # an unknown fault is refused before anything is sent
@@ -462,6 +465,7 @@ def _report(args, scans, masks, merged: list[StreamResult], wall: float, notes: 
         "acceleration": accel,
         "acs_lines": acs_lines(normalise_mask(target, masks[-1])),
         "adjustments": notes,
+        "source_notes": [n for s in scans for n in s.notes],
         "scanners": args.scanners,
         "lookahead": args.lookahead,
         "frames": primary["frames"] if truth else received,
