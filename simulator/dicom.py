@@ -11,11 +11,12 @@ value wraps; BitsStored is 12, which every stored value fits.
 
 Geometry: PixelSpacing from the image header's field of view, else the
 source header's recon field of view, else square pixels (1 mm): a
-receiver never sees stretched anatomy. A cine (more than one frame) carries
-TriggerTime (the source's own trigger times when it had them, else the
-frame's start, frame x frame duration), CardiacNumberOfImages, and for
-gated cine the R-R interval (NominalInterval, HeartRate) with ScanOptions
-``CG``.
+receiver never sees stretched anatomy. A gated cine carries TriggerTime (the
+source's own trigger times when it had them, else frame x frame duration),
+CardiacNumberOfImages, the R-R interval (NominalInterval, HeartRate) and
+ScanOptions ``CG``; a real-time cine (no trigger: the IOD then forbids
+TriggerTime) carries TemporalPositionIdentifier, NumberOfTemporalPositions
+and TemporalResolution.
 """
 from __future__ import annotations
 
@@ -120,11 +121,14 @@ def cardiac_attributes(scan: Scan, frame: int) -> dict:
         return {}
     trig = getattr(scan, "trigger_times_ms", None)
     when = float(trig[frame]) if trig is not None and frame < len(trig) else frame * float(scan.frame_ms)
-    out = {"TriggerTime": round(when, 3), "CardiacNumberOfImages": scan.frames}
     if scan.time_dimension == "phase":
         rr = scan.frames * float(scan.frame_ms)
-        out.update(NominalInterval=round(rr), HeartRate=round(60000.0 / rr) if rr > 0 else 0)
-    return out
+        return {"TriggerTime": round(when, 3), "CardiacNumberOfImages": scan.frames, "NominalInterval": round(rr),
+                "HeartRate": round(60000.0 / rr) if rr > 0 else 0}
+    # Real time: no trigger (the MR Image IOD allows TriggerTime only with cardiac gating); the
+    # frame's place in time is its temporal position and the series' temporal resolution.
+    return {"TemporalPositionIdentifier": frame + 1, "NumberOfTemporalPositions": scan.frames,
+            "TemporalResolution": round(float(scan.frame_ms), 3)}
 
 
 def save_dicom(out_dir: Path, images: list[ismrmrd.Image], scans: list[Scan],

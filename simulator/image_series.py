@@ -270,6 +270,8 @@ def scan_from_series(series: ImageSeries, **kw) -> Scan:
     _, _, ny, nx = frames.shape
     if series.frame_ms is not None:
         kw.setdefault("frame_ms", series.frame_ms)
+    if series.trigger_times_ms is not None and not kw.get("time_dimension"):
+        kw["time_dimension"] = "phase"  # stored with trigger times: an ECG-gated cine
     kw.setdefault("name", series.name)
     kw.setdefault("frame_of_reference_uid", _uid(series.name, int(kw.get("seed", 0)), "for"))
     scan = scan_from_images(frames, fov_mm=square_fov_mm(ny, nx, series.pixel_mm, series.thickness_mm), **kw)
