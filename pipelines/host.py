@@ -28,6 +28,7 @@ from .pipeline_config import DEFAULT_GADGET_PACKAGES, PIPELINE_DIR, PipelineErro
 from .process_memory import release_free_memory
 from .protocol import CLOSE, TEXT, Limits
 from .session import Session, SessionOptions
+from .cli import HelpFormatter
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +250,7 @@ def run_stream(stdin=None, stdout=None, options: SessionOptions | None = None) -
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamrecon serve", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; 0.0.0.0 only if you mean it)")
     p.add_argument("--port", type=int, default=9002, help="port to listen on (Gadgetron's)")
     p.add_argument("--pipelines", type=Path, action="append", default=[],

@@ -34,10 +34,11 @@ from .client import Pacing, StreamResult, run_session
 from .faults import StreamFault, drop_readouts, duplicate_readouts, reorder_readouts
 from .header import make_header
 from .readers import read_mask_file
-from .results import (by_series, format_table, frame_latencies_ms, image_array, percentiles, save_dicom, save_images_h5,
+from .results import (by_series, format_table, frame_latencies_ms, image_array, intensity_ratio, percentiles, save_dicom, save_images_h5,
                       save_pictures, score_frames, summarise, write_report, zero_filled_images)
 from .scan import RawStream, Scan
 from .sources import load_source
+from pipelines.cli import HelpFormatter
 
 log = logging.getLogger("streamrecon.replay")
 
@@ -69,8 +70,10 @@ def _positive_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamrecon replay", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("source", help="phantom name (cine, brain), file, M4Raw folder, or ref+target image files")
+                                formatter_class=HelpFormatter)
+    p.add_argument("source", help="phantom name (cine, brain); a file (ISMRMRD, fastMRI, image .h5 such as Sunnybrook, "
+                                  ".mat, NIfTI, PNG, .npy); a DICOM series or M4Raw folder; REFERENCE+TARGET; a "
+                                  "selector picks inside: FILE.h5:DATASET[:SLICE], FOLDER:SERIES[:SLICE], FILE.mat:VARIABLE")
     p.add_argument("--host", default="127.0.0.1", help="address of the stream host (`streamrecon serve` or a Gadgetron)")
     p.add_argument("--port", type=int, default=9002, help="port of the stream host")
     names = _pipeline_names()
@@ -431,8 +434,11 @@ def _report(args, scans, masks, merged: list[StreamResult], wall: float, notes: 
     series_rows: dict[int, list[dict]] = {}
     first = merged[0]
     series = by_series(first.images)
+    ratios: dict[int, float | None] = {}
     for idx, imgs in sorted(series.items()):
-        series_rows[idx] = score_frames({k: np.abs(image_array(im)) for k, im in imgs.items()}, scans)
+        pictures = {k: np.abs(image_array(im)) for k, im in imgs.items()}
+        series_rows[idx] = score_frames(pictures, scans)
+        ratios[idx] = intensity_ratio(pictures, scans) if truth else None
     if not truth:
         # An undersampled source has no fully sampled truth: no scores, only what arrived.
         why = "no fully sampled reference: the source is undersampled"
@@ -461,27 +467,34 @@ def _report(args, scans, masks, merged: list[StreamResult], wall: float, notes: 
         "pipeline": args.pipeline,
         "source": args.source,
         "order": args.order,
+        "time_dimension": target.time_dimension,
+        "frames_per_slice": target.frames,
         "mask": _mask_label(args, target),
         "acceleration": accel,
-        "acs_lines": acs_lines(normalise_mask(target, masks[-1])),
+        # A file replayed as acquired says its own calibration block (separate calibration readouts
+        # are not in the imaging mask); otherwise the fully sampled centre block of the mask.
+        "acs_lines": (target.calibration_lines if target.calibration_lines and _raw_stream(scans, masks, [len(scans) - 1])
+                      else acs_lines(normalise_mask(target, masks[-1]))),
         "adjustments": notes,
         "source_notes": [n for s in scans for n in s.notes],
         "scanners": args.scanners,
         "lookahead": args.lookahead,
         "frames": primary["frames"] if truth else received,
         "frames_expected": expected,
-        "psnr": primary["psnr"],
-        "ssim": primary["ssim"],
-        "nmse": primary["nmse"],
+        # The headline names its series: a pipeline with a conventional series beside the model's
+        # has two sets of scores, and a bare top-level PSNR hid which one it was.
+        "headline": {"series": str(max(series)) if series else None,
+                     "name": _series_name(series[max(series)]) if series else "",
+                     "frames": primary["frames"] if truth else received, "psnr": primary["psnr"],
+                     "ssim": primary["ssim"], "nmse": primary["nmse"], "latency_ms": percentiles(lat_all)},
         "scoring": ("magnitude vs fully sampled reference, no rescaling, data range = reference max (fastMRI)" if truth
                     else "none: the source is undersampled and has no fully sampled reference"),
         "series": {str(k): {"name": _series_name(series[k]), **summarise(target_rows(v)),
                             "latency_ms": percentiles(lat_by_series.get(k, [])), "fallbacks": fallbacks[k],
-                            "model_ms_per_image": model_ms[k], "per_frame": v,
+                            "model_ms_per_image": model_ms[k], "intensity_ratio": ratios.get(k), "per_frame": v,
                             "late_readouts_dropped": late_readouts_dropped(series[k].values())}
                    for k, v in series_rows.items()},
         "zero_filled": {**summarise(zf_rows), "per_frame": zf_rows},
-        "latency_ms": percentiles(lat_all),
         "frame_ms": frame_ms,
         "throughput": {
             "wall_s": wall,
@@ -546,18 +559,34 @@ def _mask_label(args, target: Scan) -> str:
     return (args.mask or "uniform") if args.accel > 1 else "none"
 
 
+_NUMBER = re.compile(r"\d+(\.\d+)?")
+
+
+def fallback_kind(reason: str) -> str:
+    """A fallback reason with its figures replaced by N, so reasons that differ only in numbers
+    (``model busy: its image expected in 2114 ms``, ``... 2241 ms``) count as one kind."""
+    return _NUMBER.sub("N", reason)
+
+
 def fallback_summary(images) -> dict:
-    """How many images of a series are fallbacks (the conventional image in the model's place) and why."""
-    reasons: Counter = Counter()
+    """How many images of a series are fallbacks (the conventional image in the model's place) and why.
+
+    ``reasons``: every kind of reason (:func:`fallback_kind`), most frequent first, with its count and
+    the first full text; the counts add up to ``count``.
+    """
+    kinds: Counter = Counter()
+    examples: dict[str, str] = {}
     n = 0
     for im in images:
         n += 1
         why = _meta(im, "Fallback")
         if why:
-            reasons[str(why)] += 1
-    count = sum(reasons.values())
+            kind = fallback_kind(str(why))
+            kinds[kind] += 1
+            examples.setdefault(kind, str(why))
+    count = sum(kinds.values())
     return {"images": n, "count": count, "all": n > 0 and count == n,
-            "reasons": [{"reason": r, "images": c} for r, c in reasons.most_common(3)]}
+            "reasons": [{"reason": examples[k], "kind": k, "images": c} for k, c in kinds.most_common()]}
 
 
 def late_readouts_dropped(images) -> int:
@@ -592,17 +621,33 @@ def _warnings(report: dict) -> list[str]:
         fb = s["fallbacks"]
         label = f"series {k} {s['name']}".strip()
         if fb["count"]:
-            why = "; ".join(f"{r['reason']} ({r['images']})" for r in fb["reasons"])
+            shown = fb["reasons"][:3]
+            why = "; ".join(f"{r['reason']} ({r['images']})" for r in shown)
+            rest = fb["reasons"][3:]
+            if rest:
+                why += f"; {sum(r['images'] for r in rest)} more for {len(rest)} other reasons (report.json)"
             head = ("ALL its images are fallbacks: it shows the conventional image, not the model's"
                     if fb["all"] else f"{fb['count']} of {fb['images']} images are fallbacks (the conventional image)")
             out.append(f"{label}: {head}; why: {why}")
         ms = s["model_ms_per_image"]
         frame_ms = report["frame_ms"]
-        if ms.get("n") and frame_ms and ms["p50"] > frame_ms:
+        # Only a real-time cine has a frame rate to keep up with: a gated scan's frames complete
+        # together at the end of the breath-hold, a single image has no next frame.
+        real_time = (report.get("order") != "segmented" and report.get("time_dimension", "repetition") == "repetition"
+                     and report.get("frames_per_slice", 2) > 1)
+        if real_time and ms.get("n") and frame_ms and ms["p50"] > frame_ms:
             out.append(f"{label} lags: the model took {ms['p50']:.0f} ms an image here (median of {ms['n']}) against "
                        f"{frame_ms:.0f} ms a frame, so its images queue up behind the scan "
                        f"({ms['p50'] / frame_ms:.1f}x slower than real time on this machine; the conventional series "
                        f"does not wait for it)")
+    for k, s in report["series"].items():
+        ratio, score = s.get("intensity_ratio"), s.get("psnr")
+        if ratio is not None and (not 0.5 <= ratio <= 2.0 or (score is not None and score < 10)):
+            said = f"PSNR {score:.1f} dB" if score is not None else "its score"
+            out.append(f"series {k} {s['name']}".strip() + f": {said} is not a quality figure here: its "
+                       f"images are {ratio:.3g}x the reference's intensity (99th percentiles), and scores compare "
+                       "magnitudes without rescaling; a pipeline that scales its own output (integers 0..4095, "
+                       "inverted contrast) cannot be scored this way")
     for k, s in report["series"].items():
         if s.get("late_readouts_dropped"):
             out.append(f"series {k} {s['name']}".strip() + f": {s['late_readouts_dropped']} readouts arrived after their "

@@ -100,6 +100,9 @@ class Scan:
     # Trigger times of the frames (ms from the R wave) when the source stored them (a DICOM cine,
     # the Sunnybrook file); DICOM output uses them, else frame * frame_ms.
     trigger_times_ms: np.ndarray | None = None
+    # Distinct k-space lines a file flagged as parallel-imaging calibration (its ACS block, also when
+    # sent as separate calibration readouts the imaging mask does not show); None when not a file.
+    calibration_lines: int | None = None
     # What a reader chose for the user (a dataset, a slice of several), printed by replay.
     notes: list[str] = field(default_factory=list)
 

@@ -162,3 +162,20 @@ def test_every_shipped_pipeline_has_a_fire_module():
     modules = {p.stem.removeprefix("streamrecon_") for p in (ROOT / "pipelines" / "fire").glob("streamrecon_*.py")}
     wanted = {n for n in pipeline_names() if not n.endswith("_connect") and n not in ("ingest_sink", "passthrough")}
     assert modules == wanted
+
+
+def test_scores_against_a_third_party_pipeline_come_with_a_warning(fire_server, tmp_path, capsys):
+    """The reference server's own invertcontrast module sends inverted int16 0..4095 images: replay scores them
+    (PSNR far below 0 dB), and says the number is no quality figure."""
+    from simulator.replay import main as replay_main
+
+    port, _ = fire_server
+    out = tmp_path / "inv"
+    replay_main(["cine", "--port", str(port), "--pipeline", "invertcontrast", "--matrix", "32", "--frames", "3",
+                 "--coils", "2", "--out", str(out), "--no-progress"])
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["series"]["0"]["frames"] == 3 and report["series"]["0"]["psnr"] < 0
+    assert report["series"]["0"]["intensity_ratio"] > 100
+    assert any("is not a quality figure here" in w for w in report["warnings"])
+    assert "WARNING: series 0" in printed and "not a quality figure" in printed
