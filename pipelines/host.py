@@ -297,6 +297,28 @@ def options_from_args(args: argparse.Namespace) -> SessionOptions:
     )
 
 
+def operator_weights_problem(settings: host_settings.OperatorSettings) -> str | None:
+    """Why an operator-chosen weights file cannot serve (named), or None; shipped weights are not checked here.
+
+    Checked before the host listens: a damaged or mismatched file would otherwise let every scan of
+    its pipelines fall back to the conventional image."""
+    for setting, architecture in (("kgmgt_weights", "kgmgt"), ("sgfmri_weights", "sgfmri")):
+        path = getattr(settings, setting)
+        if not path:
+            continue
+        from models.weights import WeightsError, load_weights
+
+        if not Path(path).with_suffix(".safetensors").is_file():
+            return f"{setting} {path}: no such weights file"
+        try:
+            _, card = load_weights(path)
+        except WeightsError as exc:
+            return f"{setting}: {exc}"
+        if card.get("architecture") != architecture:
+            return f"{setting} {path}: holds a {card.get('architecture')!r} model, not {architecture}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -306,6 +328,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # see the same operator settings as the in-process gadgets.
     os.environ.update(options.operator.environment())
     configure_reference_store(args.reference_store)
+    problem = operator_weights_problem(options.operator)
+    if problem is not None:
+        print(f"streamrecon serve: {problem}", file=sys.stderr)
+        return 2
     if args.stream:
         return run_stream(options=options)
     try:
