@@ -72,6 +72,7 @@ from .errors import reports_errors
 from .frames import Frame, frames_from, time_dimension
 from .image_headers import image_from_frame, recon_geometry
 from .inference import InferenceError, backend_from_config, model_meta
+from .sent_counts import SentImages
 
 log = logging.getLogger(__name__)
 
@@ -335,8 +336,6 @@ class KGMgTStream:
         out = list(self._dispatch(jobs))
         if self.worker is not None:
             self.worker.finish()
-        log.info("KGMgT: %d model images, %d fallbacks%s", self.counts["model"], self.counts["fallback"],
-                 f" ({'; '.join(sorted(self._reasons))})" if self._reasons else "")
         return out
 
     def _dispatch(self, jobs: list["_Job"]) -> Iterator[ismrmrd.Image]:
@@ -681,9 +680,12 @@ def reconstruct(connection: Any) -> None:
     stream = KGMgTStream(connection.header, connection.config, settings=host_settings.for_connection(connection))
     lock = threading.Lock()  # gadgetron.external.Connection.send is not thread-safe
 
+    sent = SentImages(stream.series)  # the closing log counts what left, not what was computed
+
     def send(item: Any) -> None:
         with lock:
             connection.send(item)
+            sent.note(item)
 
     if properties.get(connection.config, "model_thread", True):
         gated = stream.time_dim == "phase"
@@ -704,6 +706,7 @@ def reconstruct(connection: Any) -> None:
                 send(image)
         finally:
             stream.backend.close()
+            log.info("KGMgT: %s", sent.summary())
 
 
 def preload(config: Any, settings: Any = None) -> str:
