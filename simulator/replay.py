@@ -30,7 +30,7 @@ import numpy as np
 from models.masks import FAMILIES, achieved_acceleration, acs_lines, line_mask
 
 from .acquire import ORDERS, acquisitions, exam_acquisitions, normalise_mask, schedule
-from .client import Pacing, StreamResult, run_session
+from .client import Interrupt, Pacing, StreamResult, run_session
 from .faults import StreamFault, drop_readouts, duplicate_readouts, reorder_readouts
 from .header import make_header
 from .readers import read_mask_file
@@ -311,7 +311,8 @@ class _Progress:
             self.bar.close()
 
 
-def _run_scanner(scans, masks, args, config_text, progress: _Progress, results: list, slot: int) -> None:
+def _run_scanner(scans, masks, args, config_text, progress: _Progress, results: list, slot: int,
+                 interrupt: Interrupt | None = None) -> None:
     pacing = Pacing("asap")
     mode = args.pacing or ("frame" if args.frame_ms else "asap")
     if mode == "frame":
@@ -321,15 +322,46 @@ def _run_scanner(scans, masks, args, config_text, progress: _Progress, results: 
     session_results = []
     try:
         for which in _sessions(scans, masks, args):
+            if interrupt is not None and interrupt.stopped.is_set():
+                break
             header, items = _session_stream(scans, masks, args, which)
             kw = {"config_text": config_text} if config_text else {"config_file": args.pipeline}
             res = run_session(args.host, args.port, header=header, items=items, pacing=pacing, timeout=args.timeout,
-                              fault=_wire_fault(args), on_sent=progress.sent, on_image=progress.image, **kw)
+                              fault=_wire_fault(args), on_sent=progress.sent, on_image=progress.image,
+                              interrupt=interrupt, **kw)
             session_results.append(res)
     except OSError as exc:  # no connection at all: nothing was sent
         results[slot] = exc
         return
     results[slot] = session_results
+
+
+def _wait(finished: list[threading.Event], interrupt: Interrupt) -> bool:
+    """Wait for every scanner; Ctrl-C stops the sending (the images of what was sent still come), a
+    second Ctrl-C stops the waiting. Returns whether it was interrupted. Nothing received is lost: the
+    report and images are written either way.
+
+    Waits on events, not ``Thread.join``: a join interrupted by Ctrl-C marks a running thread as
+    stopped (CPython's bpo-45274 handling), and the next join would return at once."""
+    def wait_all() -> None:
+        for event in finished:
+            while not event.wait(0.5):
+                pass
+
+    try:
+        wait_all()
+        return False
+    except KeyboardInterrupt:
+        interrupt.stop()
+        print("\nstreamrecon replay: interrupted; no more readouts are sent. Waiting for the images of those "
+              "already sent (Ctrl-C again to stop waiting); the report keeps what came back", file=sys.stderr)
+    try:
+        wait_all()
+    except KeyboardInterrupt:
+        interrupt.abort()
+        for event in finished:
+            event.wait(10.0)
+    return True
 
 
 def _merge(results: list[StreamResult]) -> StreamResult:
@@ -350,6 +382,7 @@ def _merge(results: list[StreamResult]) -> StreamResult:
     m.send_error = next((r.send_error for r in results if r.send_error), None)
     m.receive_error = next((r.receive_error for r in results if r.receive_error), None)
     m.timed_out = any(r.timed_out for r in results)
+    m.interrupted = any(r.interrupted for r in results)
     m.t_start, m.t_end = results[0].t_start, results[-1].t_end
     m.paced_block_ms = results[-1].paced_block_ms
     return m
@@ -380,20 +413,29 @@ def replay(args) -> tuple[dict, int]:
     progress = _Progress(_readouts_to_send(scans, masks, args) * args.scanners, target.slices * target.frames,
                          enabled=not args.no_progress)
     results: list = [None] * args.scanners
+    interrupt = Interrupt()
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=_run_scanner, args=(scans, masks, args, config_text, progress, results, i), daemon=True)
-               for i in range(args.scanners)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    finished = [threading.Event() for _ in range(args.scanners)]
+
+    def scanner(i: int) -> None:
+        try:
+            _run_scanner(scans, masks, args, config_text, progress, results, i, interrupt)
+        finally:
+            finished[i].set()
+
+    for i in range(args.scanners):
+        threading.Thread(target=scanner, args=(i,), name=f"scanner-{i}", daemon=True).start()
+    interrupted = _wait(finished, interrupt)
     wall = time.perf_counter() - t0
     progress.close()
+    results = [r if r is not None else [StreamResult(interrupted=True)] for r in results]
     failed = next((r for r in results if isinstance(r, BaseException)), None)
     if failed is not None:
         raise ReplayError(f"no host at {args.host}:{args.port}; is `streamrecon serve` running? ({_os_reason(failed)})")
     merged = [_merge(r) for r in results]
-    refusal = _refusal(merged)
+    for r in merged:
+        r.interrupted = r.interrupted or interrupted
+    refusal = None if interrupted else _refusal(merged)
     if refusal is not None:
         raise ReplayError(f"the host at {args.host}:{args.port} refused the scan: {refusal}")
     return _report(args, scans, masks, merged, wall, notes)
@@ -508,6 +550,7 @@ def _report(args, scans, masks, merged: list[StreamResult], wall: float, notes: 
         "host_errors": host_errors,
         "closed_by_host": [r.closed for r in merged],
         "session_end": [session_end(r) for r in merged],
+        "interrupted": any(r.interrupted for r in merged),
     }
     report["warnings"] = _warnings(report)
     written = [out / "report.json", out / "images.h5"]
@@ -534,6 +577,8 @@ def _report(args, scans, masks, merged: list[StreamResult], wall: float, notes: 
     complete = (primary["frames"] if truth else received) == expected
     all_fallback = any(f["all"] for f in fallbacks.values())
     ok = complete and not host_errors and not all_fallback
+    if report["interrupted"]:
+        return report, 130  # as a shell reports Ctrl-C, after the files are written
     return report, 0 if ok else 1
 
 
@@ -652,6 +697,9 @@ def _warnings(report: dict) -> list[str]:
         if s.get("late_readouts_dropped"):
             out.append(f"series {k} {s['name']}".strip() + f": {s['late_readouts_dropped']} readouts arrived after their "
                        "frame's image and were dropped (images flagged LateReadoutsDropped)")
+    if report.get("interrupted"):
+        out.append(f"interrupted (Ctrl-C): {report['frames']} of {report['frames_expected']} frames came back; "
+                   "this report and the files cover those")
     for i, why in enumerate(report.get("session_end", [])):
         if why:
             out.append(f"scanner {i}: {why}; {report['frames']} of {report['frames_expected']} frames came back")

@@ -90,3 +90,39 @@ def test_separate_calibration_block_is_reported(stream_host, tmp_path, capsys):
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     assert code == 0, capsys.readouterr()
     assert rep["acs_lines"] == 28
+
+
+def test_ctrl_c_keeps_the_images_already_received(stream_host, tmp_path, monkeypatch, capsys):
+    """A real SIGINT once the first image is back: sending stops, the host's images of the frames sent still
+    arrive, and report.json and images.h5 are written with them (exit status 130, as for Ctrl-C)."""
+    import os
+    import signal
+    import threading
+
+    from simulator import replay as replay_module
+
+    first_image = threading.Event()
+    original = replay_module._Progress.image
+
+    def image(self, im):
+        original(self, im)
+        first_image.set()
+
+    monkeypatch.setattr(replay_module._Progress, "image", image)
+
+    def press_ctrl_c():
+        if first_image.wait(60):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c, daemon=True)
+    presser.start()
+    out = tmp_path / "o"
+    code = replay_main(["cine", "--port", str(stream_host.port), "--pipeline", "cine_conventional", "--matrix", "32",
+                        "--frames", "40", "--coils", "2", "--frame-ms", "150", "--out", str(out), "--no-progress"])
+    presser.join(5)
+    printed = capsys.readouterr()
+    rep = json.loads((out / "report.json").read_text())
+    assert code == 130 and rep["interrupted"], printed
+    assert 1 <= rep["frames"] < 40 and rep["series"]["0"]["frames"] == rep["frames"]
+    assert (out / "images.h5").exists()
+    assert "interrupted" in printed.err and any("interrupted (Ctrl-C)" in w for w in rep["warnings"])
