@@ -189,7 +189,7 @@ def test_every_shipped_pipeline_gives_the_embedded_hosts_images_under_gadgetron(
     if embedded.other:  # passthrough: gadgetron_ismrmrd_client aborts on acquisitions coming back (id 1008)
         assert client.returncode != 0 and "Unknown Message ID" in client.stderr
     else:
-        assert client.returncode == 0, client.stdout[-2000:] + client.stderr[-2000:]
+        assert client.returncode == 0, f"{client.tries} tries: " + client.stdout[-2000:] + client.stderr[-2000:]
         assert_same(read_images_h5(tmp_path / "out.h5"), embedded.images, f"{pipeline} via gadgetron_ismrmrd_client")
     assert _wait_children_gone(gadgetron) == [], f"{pipeline}: processes outlived the sessions"
 
@@ -259,13 +259,11 @@ def test_a_failing_gadget_reaches_the_client_and_ends_the_session_every_time(pos
     header, items = make_header(scan), list(acquisitions(scan))
     xml = _failing_chain(position, count=40)
     for repeat in range(5):
-        start = time.perf_counter()
         result = run_session("127.0.0.1", gadgetron.port, header=header, items=items, config_text=xml, timeout=60)
-        seconds = time.perf_counter() - start
         reported = result.texts + result.errors
         assert any("deliberate failure after 40 items" in t for t in reported), (repeat, reported, gadgetron.log_tail())
+        # the host ended it (its CLOSE), not our 60 s socket timeout: no wall-clock figure is asserted
         assert result.closed and not result.timed_out, (repeat, result.receive_error)
-        assert seconds < 30, f"repeat {repeat}: the error took {seconds:.1f} s"
         assert _wait_children_gone(gadgetron) == [], f"repeat {repeat}: processes outlived the session"
 
 

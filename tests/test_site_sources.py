@@ -118,7 +118,7 @@ def test_dicom_cine_round_trip_and_dciodvfy(stream_host, tmp_path, capsys):
 
 
 def test_dicom_folder_with_two_series_asks_which(tmp_path):
-    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("pydicom")
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
