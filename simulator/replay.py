@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address of the stream host (`streamrecon serve` or a Gadgetron)")
     p.add_argument("--port", type=int, default=9002, help="port of the stream host")
     names = _pipeline_names()
-    p.add_argument("--pipeline", required=True, help=PIPELINE_HELP + (f" (shipped: {names})" if names else ""))
+    p.add_argument("--pipeline", help="(required unless --to-file) " + PIPELINE_HELP + (f" (shipped: {names})" if names else ""))
     p.add_argument("--config-text", type=Path, metavar="XML_FILE",
                    help="a pipeline XML file whose text is sent as CONFIG_TEXT instead of the --pipeline name")
     p.add_argument("--accel", type=float, default=1.0,
@@ -105,7 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_positive_float, default=120.0, help="seconds of host silence before a session is given up")
     p.add_argument("--dicom", action="store_true", help="also write DICOM into OUT/dicom (needs pydicom)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--out", type=Path, required=True, help="output folder (report.json, images.h5, pictures)")
+    p.add_argument("--out", type=Path, help="output folder (report.json, images.h5, pictures); required unless --to-file")
+    p.add_argument("--to-file", type=Path, metavar="FILE.h5",
+                   help="write the scan as an ISMRMRD raw file (header and the readouts that would be sent) instead "
+                        "of sending it: for Gadgetron's or python-ismrmrd-server's own clients")
     return p
 
 
@@ -135,6 +138,10 @@ def _check_args(args) -> None:
         raise ReplayError(f"--lookahead {args.lookahead}: cannot be negative")
     if args.mask is not None and args.mask != "file" and args.mask not in FAMILIES and Path(args.mask).suffix not in (".mat", ".npy"):
         raise ReplayError(f"--mask {args.mask!r}: not a family ({', '.join(FAMILIES)}), 'file', or a .mat/.npy mask file")
+    if args.pipeline is None and args.to_file is None:
+        raise ReplayError("--pipeline NAME is required (`streamrecon pipelines` lists them)")
+    if args.out is None and args.to_file is None:
+        raise ReplayError("--out OUT is required (or --to-file FILE.h5 to write the scan instead of sending it)")
     if args.config_text is not None and not args.config_text.is_file():
         raise ReplayError(f"--config-text {args.config_text}: no such file (it takes a pipeline XML file)")
 
@@ -408,6 +415,8 @@ def replay(args) -> tuple[dict, int]:
     _wire_fault(args)  # an unknown fault is refused before anything is sent
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
+    if args.to_file is not None:
+        return _write_scan_file(scans, masks, args), 0
     config_text = args.config_text.read_text() if args.config_text else None
     target = scans[-1]
     progress = _Progress(_readouts_to_send(scans, masks, args) * args.scanners, target.slices * target.frames,
@@ -439,6 +448,25 @@ def replay(args) -> tuple[dict, int]:
     if refusal is not None:
         raise ReplayError(f"the host at {args.host}:{args.port} refused the scan: {refusal}")
     return _report(args, scans, masks, merged, wall, notes)
+
+
+def _write_scan_file(scans: list[Scan], masks, args) -> dict:
+    """``--to-file``: the scan's first session (an exam in one stream) as an ISMRMRD dataset file."""
+    header, items = _session_stream(scans, masks, args, _sessions(scans, masks, args)[0])
+    path: Path = args.to_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    dset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=True)
+    n = 0
+    try:
+        dset.write_xml_header(header if isinstance(header, str) else header.toXML())
+        for item in items:
+            if isinstance(item, ismrmrd.Acquisition):
+                dset.append_acquisition(item)
+                n += 1
+    finally:
+        dset.close()
+    return {"to_file": str(path), "readouts": n}
 
 
 def _os_reason(exc: BaseException) -> str:
@@ -727,6 +755,9 @@ def main(argv: list[str]) -> int:
     except (OSError, ValueError, KeyError) as exc:
         print(f"streamrecon replay: {_one_line(exc)}", file=sys.stderr)
         return 2
+    if "to_file" in report:
+        print(f"wrote {report['readouts']} readouts and the header to {report['to_file']} (nothing sent)")
+        return code
     print(format_table(report))
     for w in report["warnings"]:
         print(f"WARNING: {w}")

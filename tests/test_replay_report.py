@@ -126,3 +126,17 @@ def test_ctrl_c_keeps_the_images_already_received(stream_host, tmp_path, monkeyp
     assert 1 <= rep["frames"] < 40 and rep["series"]["0"]["frames"] == rep["frames"]
     assert (out / "images.h5").exists()
     assert "interrupted" in printed.err and any("interrupted (Ctrl-C)" in w for w in rep["warnings"])
+
+
+def test_to_file_writes_the_scan_as_an_ismrmrd_file_without_a_host(tmp_path, capsys):
+    """`--to-file`: what replay would send, as a raw file for other clients (python-ismrmrd-server's, Gadgetron's)."""
+    from simulator.readers import read_ismrmrd
+
+    path = tmp_path / "scan.h5"
+    assert replay_main(["cine", "--matrix", "32", "--frames", "3", "--coils", "2", "--accel", "4", "--mask",
+                        "kt-gaussian", "--acs", "8", "--to-file", str(path), "--no-progress"]) == 0
+    assert "readouts and the header" in capsys.readouterr().out
+    back = read_ismrmrd(path)[0]
+    assert back.frames == 3 and back.coils == 2 and back.acquired is not None  # undersampled, as it would be sent
+    assert replay_main(["cine", "--no-progress"]) == 2
+    assert "--pipeline NAME is required" in capsys.readouterr().err
