@@ -80,3 +80,18 @@ def test_sunnybrook_slices_as_cases():
     assert len(cases) == 11 and all(c.cine.shape == (3, 256, 256) for c in cases)
     assert cases[4].name == "sunnybrook_sax_cine/SCD0000501/slice4"
     assert all(abs(float(c.cine.max()) - 1.0) < 1e-6 for c in cases)
+
+
+def test_ismrmrd_files_as_cases(tmp_path):
+    """A fully sampled ISMRMRD file is a case per slice (its RSS magnitude); an undersampled one has no truth."""
+    from models.masks import line_mask
+    from simulator.scan import phantom_scan
+    from simulator.writers import write_ismrmrd
+
+    scan = phantom_scan("cine", ny=32, nx=32, frames=4, slices=2, n_coils=2)
+    write_ismrmrd(tmp_path / "full.h5", scan)
+    cases = site_cine_cases(str(tmp_path / "full.h5"), frames=3)
+    assert [c.name for c in cases] == ["full/slice0", "full/slice1"] and cases[0].cine.shape == (3, 32, 32)
+    write_ismrmrd(tmp_path / "under.h5", scan, line_mask("kt-gaussian", 32, 4, accel=4, acs=8, seed=0))
+    with pytest.raises(SiteDataError, match="under.h5: undersampled"):
+        site_cine_cases(str(tmp_path / "under.h5"))
