@@ -150,7 +150,7 @@ def tagged_processes(tag: str, marker: str = "-m gadgetron") -> list[tuple[int, 
 
 
 def run_ismrmrd_client(server: GadgetronServer, data_h5: Path, out_h5: Path, *, config: str,
-                       timeout_s: float = 30.0) -> subprocess.CompletedProcess:
+                       timeout_s: float = 30.0, retry_race: bool = True) -> subprocess.CompletedProcess:
     """Gadgetron's own ``gadgetron_ismrmrd_client``: ``data_h5`` through the pipeline named ``config``.
 
     The 4.7.2 client now and then never sends its configuration, or loses its
@@ -161,7 +161,8 @@ def run_ismrmrd_client(server: GadgetronServer, data_h5: Path, out_h5: Path, *, 
     not an answer from the server: it is run again from scratch (the output
     file removed), at most ``MAX_CLIENT_TRIES`` times in all, each retry
     logged; the returned process says how many it took (``tries``). Any
-    other failure is returned at once.
+    other failure is returned at once, and so is every failure with
+    ``retry_race`` False (a scan whose answer makes the client abort anyway).
     """
     prefix = gadgetron_prefix()
     assert prefix is not None
@@ -171,7 +172,7 @@ def run_ismrmrd_client(server: GadgetronServer, data_h5: Path, out_h5: Path, *, 
     for attempt in range(1, MAX_CLIENT_TRIES + 1):
         Path(out_h5).unlink(missing_ok=True)  # a crashed try may have written part of the images
         run = subprocess.run(cmd, env=_env(prefix, ""), capture_output=True, text=True, timeout=timeout_s + 30)
-        if run.returncode == 0 or CLIENT_RACE not in run.stderr:
+        if run.returncode == 0 or CLIENT_RACE not in run.stderr or not retry_race:
             break
         log.warning("gadgetron_ismrmrd_client try %d of %d hit its socket race (%s); running it again", attempt,
                     MAX_CLIENT_TRIES, CLIENT_RACE)

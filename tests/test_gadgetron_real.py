@@ -28,7 +28,7 @@ from pipelines.gadget_server import GadgetServer, served_gadgets
 from pipelines.pipeline_config import shipped_pipeline_with
 from simulator.acquire import acquisitions, exam_acquisitions
 from simulator.client import run_session
-from simulator.gadgetron_server import (missing_reason, read_images_h5, run_ismrmrd_client, start_gadgetron,
+from simulator.gadgetron_server import (CLIENT_RACE, missing_reason, read_images_h5, run_ismrmrd_client, start_gadgetron,
                                         tagged_processes)
 from simulator.header import make_header
 from simulator.processes import free_port
@@ -180,14 +180,18 @@ def test_every_shipped_pipeline_gives_the_embedded_hosts_images_under_gadgetron(
     _write_h5(data, header, items)
     name = f"{pipeline}.xml"
     streamed = run_session("127.0.0.1", gadgetron.port, header=header, items=items, timeout=90, **how)
-    client = run_ismrmrd_client(gadgetron, data, tmp_path / "out.h5", config=name)
+    # passthrough sends acquisitions back, which makes the client abort: no retry can change that
+    client = run_ismrmrd_client(gadgetron, data, tmp_path / "out.h5", config=name, retry_race=not embedded.other)
 
     log = gadgetron.log_tail()
     assert streamed.closed and not streamed.errors and not streamed.texts and not streamed.timed_out, \
         (streamed.errors, streamed.texts, log)
     assert_same(_results(streamed), _results(embedded), f"{pipeline} via the stream client")
     if embedded.other:  # passthrough: gadgetron_ismrmrd_client aborts on acquisitions coming back (id 1008)
-        assert client.returncode != 0 and "Unknown Message ID" in client.stderr
+        # Its reader thread stops at the first acquisition (id 1008) and closes the socket; which message
+        # is printed first depends on whether its writer thread was still writing (then EBADF).
+        assert client.returncode != 0 and ("Unknown Message ID" in client.stderr or CLIENT_RACE in client.stderr), \
+            client.stderr
     else:
         assert client.returncode == 0, f"{client.tries} tries: " + client.stdout[-2000:] + client.stderr[-2000:]
         assert_same(read_images_h5(tmp_path / "out.h5"), embedded.images, f"{pipeline} via gadgetron_ismrmrd_client")
