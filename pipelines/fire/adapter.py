@@ -38,6 +38,9 @@ EMIT_MODULE = "gadgets.images"
 # messages starting with this level as errors.
 LOGGING_ERROR = "ERROR"
 LOGGING_INFO = "INFO"
+# How long the chain may take to finish after the scan's CLOSE (as the embedded host's
+# gadget_timeout_s): a hung gadget must not hold the scanner's connection for ever.
+FINISH_TIMEOUT_S = 600.0
 
 
 class FireRequestError(ValueError):
@@ -155,9 +158,9 @@ def _run(pipeline: str, connection: Any, config: Any, metadata: Any, counts: dic
         input_error = f"connection error: {exc}"
     finally:
         chain.close_input()
-    chain.join()
-    writer.join()
-    return ([input_error] if input_error else []) + chain.errors + failures
+    late = [] if chain.join(FINISH_TIMEOUT_S) else [f"the gadget chain did not finish within {FINISH_TIMEOUT_S:.0f} s"]
+    writer.join(FINISH_TIMEOUT_S)
+    return ([input_error] if input_error else []) + chain.errors + late + failures
 
 
 def process(connection: Any, config: Any, metadata: Any, *, pipeline: str) -> None:
