@@ -68,9 +68,11 @@ def test_frame_pacing_holds_over_the_run(small):
         rec = host.wait_sessions(1)[0]
     starts = _block_starts(rec)
     assert len(starts) == 6
-    measured = (starts[-1] - starts[1]) / 4 * 1000  # from block 1: the first waits behind header parsing
-    assert abs(measured - 30.0) < 3.0, measured  # at the host, over the run
-    assert abs(res.paced_block_ms - 30.0) < 3.0
+    # From block 1 (the first waits behind header parsing): never faster than the frame time, at the
+    # host or at the sender. How much slower a loaded machine makes it is not asserted (no wall clock).
+    measured = (starts[-1] - starts[1]) / 4 * 1000
+    assert measured > 30.0 - 3.0, measured  # 3 ms: block 1's own arrival may lag (the sender catches up)
+    assert res.paced_block_ms >= 30.0 - 0.5, res.paced_block_ms  # the sender follows its schedule
 
 
 def test_timestamp_pacing_is_real_time(small):
@@ -83,7 +85,8 @@ def test_timestamp_pacing_is_real_time(small):
     i0 = next(i for i, a in enumerate(rec.acquisitions) if a.idx.repetition == 1)
     span = (rec.arrival_times[-1] - rec.arrival_times[i0]) * 1000
     stamps = (rec.acquisitions[-1].acquisition_time_stamp - rec.acquisitions[i0].acquisition_time_stamp) * 2.5
-    assert stamps > 100 and abs(span - stamps) < 0.1 * stamps
+    # never faster than the scanner's own clock (how much slower a loaded machine makes it: not asserted)
+    assert stamps > 100 and span > 0.9 * stamps, (span, stamps)
 
 
 def test_several_scanners_and_separate_contrast_sessions(tmp_path):
