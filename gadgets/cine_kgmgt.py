@@ -78,6 +78,7 @@ from .image_headers import image_from_frame, recon_geometry
 from .inference import InferenceError, backend_from_config, model_meta
 from .realtime_scheduler import Job as ScheduledJob
 from .realtime_scheduler import RealtimeScheduler
+from .sent_counts import SentImages
 
 log = logging.getLogger(__name__)
 
@@ -339,13 +340,9 @@ class KGMgTStream:
         for g in list(self.held):
             self._prune(g)
         out = list(self._release(jobs, final=True))
-        late = 0
         if self.scheduler is not None:
             self.scheduler.finish()
-            late = self.scheduler.stats["late"]  # computed, but its fallback had already left
             log.info("KGMgT scheduler: %s", dict(self.scheduler.stats))
-        log.info("KGMgT: %d model images, %d fallbacks%s", self.counts["model"] - late, self.counts["fallback"],
-                 f" ({'; '.join(sorted(self._reasons))})" if self._reasons else "")
         return out
 
     def _prune(self, g: GroupKey) -> None:
@@ -555,9 +552,12 @@ def reconstruct(connection: Any) -> None:
     stream = KGMgTStream(connection.header, connection.config, settings=host_settings.for_connection(connection))
     lock = threading.Lock()  # gadgetron.external.Connection.send is not thread-safe
 
+    sent = SentImages(stream.series)  # the closing log counts what left, not what was computed
+
     def send(item: Any) -> None:
         with lock:
             connection.send(item)
+            sent.note(item)
 
     if properties.get(connection.config, "model_thread", True):
         gated = stream.time_dim == "phase"
@@ -578,6 +578,7 @@ def reconstruct(connection: Any) -> None:
                 send(image)
         finally:
             stream.backend.close()
+            log.info("KGMgT: %s", sent.summary())
 
 
 def preload(config: Any, settings: Any = None) -> str:

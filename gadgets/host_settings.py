@@ -186,7 +186,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if s.kind is _bool:
             group.add_argument(flag, dest=s.name, action="store_const", const=True, default=None, help=s.help)
         else:
-            group.add_argument(flag, dest=s.name, type=s.kind, default=None, help=f"{s.help} (default {s.default!r})")
+            said = "default" in s.help.lower()  # stated once, in words, where the help says it already
+            group.add_argument(flag, dest=s.name, type=s.kind, default=None,
+                               help=s.help if said else f"{s.help} (default {s.default!r})")
 
 
 def from_args(args: argparse.Namespace, base: OperatorSettings | None = None) -> OperatorSettings:

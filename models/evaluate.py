@@ -25,9 +25,10 @@ from .metrics import nmse, psnr, ssim
 
 def _rss_kib(field_name: str) -> int | None:
     try:
-        for line in open("/proc/self/status"):
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
     except OSError:
         return None
     return None

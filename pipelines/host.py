@@ -28,6 +28,7 @@ from .pipeline_config import DEFAULT_GADGET_PACKAGES, PIPELINE_DIR, PipelineErro
 from .process_memory import release_free_memory
 from .protocol import CLOSE, TEXT, Limits
 from .session import Session, SessionOptions
+from .cli import HelpFormatter
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +250,7 @@ def run_stream(stdin=None, stdout=None, options: SessionOptions | None = None) -
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamrecon serve", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; 0.0.0.0 only if you mean it)")
     p.add_argument("--port", type=int, default=9002, help="port to listen on (Gadgetron's)")
     p.add_argument("--pipelines", type=Path, action="append", default=[],
@@ -296,6 +297,28 @@ def options_from_args(args: argparse.Namespace) -> SessionOptions:
     )
 
 
+def operator_weights_problem(settings: host_settings.OperatorSettings) -> str | None:
+    """Why an operator-chosen weights file cannot serve (named), or None; shipped weights are not checked here.
+
+    Checked before the host listens: a damaged or mismatched file would otherwise let every scan of
+    its pipelines fall back to the conventional image."""
+    for setting, architecture in (("kgmgt_weights", "kgmgt"), ("sgfmri_weights", "sgfmri")):
+        path = getattr(settings, setting)
+        if not path:
+            continue
+        from models.weights import WeightsError, load_weights
+
+        if not Path(path).with_suffix(".safetensors").is_file():
+            return f"{setting} {path}: no such weights file"
+        try:
+            _, card = load_weights(path)
+        except WeightsError as exc:
+            return f"{setting}: {exc}"
+        if card.get("architecture") != architecture:
+            return f"{setting} {path}: holds a {card.get('architecture')!r} model, not {architecture}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -305,6 +328,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # see the same operator settings as the in-process gadgets.
     os.environ.update(options.operator.environment())
     configure_reference_store(args.reference_store)
+    problem = operator_weights_problem(options.operator)
+    if problem is not None:
+        print(f"streamrecon serve: {problem}", file=sys.stderr)
+        return 2
     if args.stream:
         return run_stream(options=options)
     try:

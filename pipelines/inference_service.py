@@ -39,6 +39,7 @@ import zmq
 from gadgets.inference import cached_model
 
 from .inference_client import decode, encode
+from .cli import HelpFormatter
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +354,7 @@ class InferenceService:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamrecon infer-server", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint to bind (port 0: any free port)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when present)")
     p.add_argument("--models", default="kgmgt,sgfmri", help="comma-separated models to load")

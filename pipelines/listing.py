@@ -5,11 +5,12 @@ import argparse
 from pathlib import Path
 
 from .pipeline_config import pipeline_names, pipeline_summary
+from .cli import HelpFormatter
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="streamrecon pipelines", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--pipelines", type=Path, action="append", default=[],
                    help="extra pipeline folder, as given to `streamrecon serve --pipelines`")
     args = p.parse_args(argv)

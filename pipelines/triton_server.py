@@ -38,6 +38,7 @@ import numpy as np
 
 from .inference_service import ModelSet, RequestLimits, validate
 from .triton_client import INFO_MODEL, MODELS, as_complex, as_real
+from .cli import HelpFormatter
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ def python_backend_library_path() -> dict[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamrecon triton-server", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--host", default="127.0.0.1", help="address Triton binds (0.0.0.0: every interface, for the "
                                                        "gadget hosts of a site; Triton has no authentication)")
     p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (what triton_endpoint names)")

@@ -138,6 +138,7 @@ class StreamResult:
     send_error: str | None = None
     receive_error: str | None = None
     timed_out: bool = False
+    interrupted: bool = False
     readouts_sent: int = 0
     bytes_sent: int = 0
     t_start: float = 0.0
@@ -203,6 +204,36 @@ def _receive(sock: socket.socket, result: StreamResult, on_image: Callable[[ismr
         result.receive_error = f"{type(exc).__name__}: {exc}"
 
 
+class Interrupt:
+    """A person's Ctrl-C, seen by every session of a replay.
+
+    ``stop()``: send no more readouts (each session then sends CLOSE and
+    keeps receiving the images of what it had sent). ``abort()``: stop
+    waiting too (the sockets are shut, each session returns what it has).
+    """
+
+    def __init__(self) -> None:
+        self.stopped = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def register(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def abort(self) -> None:
+        self.stopped.set()
+        with self._lock:
+            for sock in self._sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
 def _message_bytes(obj: object) -> bytes:
     buf = io.BytesIO()
     ProtocolSerializer(buf).serialize(obj)
@@ -235,6 +266,7 @@ def run_session(
     fault: StreamFault | None = None,
     on_image: Callable[[ismrmrd.Image], None] | None = None,
     on_sent: Callable[[object], None] | None = None,
+    interrupt: Interrupt | None = None,
 ) -> StreamResult:
     """Play one scan to a stream host and collect its answer.
 
@@ -246,6 +278,7 @@ def run_session(
     stream, or ``timeout`` seconds of silence. ``fault`` injects a wire
     fault (:class:`simulator.faults.StreamFault`). ``on_image`` is called
     (on the receiver thread) for every image, ``on_sent`` after each item.
+    ``interrupt`` (:class:`Interrupt`) stops the sending early (``result.interrupted``).
     """
     if (config_file is None) == (config_text is None):
         raise ValueError("give exactly one of config_file and config_text")
@@ -253,6 +286,8 @@ def run_session(
     pacer = _Pacer(pacing)
     sock = socket.create_connection((host, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if interrupt is not None:
+        interrupt.register(sock)
     receiver = threading.Thread(target=_receive, args=(sock, result, on_image), name="stream-receiver", daemon=True)
     result.t_start = time.perf_counter()
     receiver.start()
@@ -278,6 +313,9 @@ def run_session(
                 # The host has ended the session (a refused pipeline, a failed
                 # gadget): the rest of the scan would only fill a dead socket.
                 result.stopped_early = True
+                break
+            if interrupt is not None and interrupt.stopped.is_set():
+                result.interrupted = True
                 break
             if fault is not None and fault.kind == "cut" and i == fault.at:
                 cut = True
@@ -347,4 +385,4 @@ def run_sessions_at_once(host: str, port: int, scanners: int, **session) -> tupl
     return results, time.perf_counter() - t0
 
 
-__all__ = ["Pacing", "StreamResult", "run_session", "run_sessions_at_once", "config_text_bytes", "GADGETRON_ERROR_ID"]
+__all__ = ["Pacing", "StreamResult", "Interrupt", "run_session", "run_sessions_at_once", "config_text_bytes", "GADGETRON_ERROR_ID"]

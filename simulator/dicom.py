@@ -8,6 +8,15 @@ ISMRMRD header when the source had one; simulated sources say so.
 Pixel values: each series gets one scale from all its images (the largest
 magnitude maps to 4095), so a cine keeps its relative brightness and no
 value wraps; BitsStored is 12, which every stored value fits.
+
+Geometry: PixelSpacing from the image header's field of view, else the
+source header's recon field of view, else square pixels (1 mm): a
+receiver never sees stretched anatomy. A gated cine carries TriggerTime (the
+source's own trigger times when it had them, else frame x frame duration),
+CardiacNumberOfImages, the R-R interval (NominalInterval, HeartRate) and
+ScanOptions ``CG``; a real-time cine (no trigger: the IOD then forbids
+TriggerTime) carries TemporalPositionIdentifier, NumberOfTemporalPositions
+and TemporalResolution.
 """
 from __future__ import annotations
 
@@ -95,6 +104,33 @@ def series_scales(images: list[ismrmrd.Image]) -> dict[int, float]:
     return {s: MAX_STORED / v if v > 0 else 1.0 for s, v in peak.items()}
 
 
+def pixel_spacing(image: ismrmrd.Image, shape: tuple[int, int],
+                  header: ismrmrd.xsd.ismrmrdHeader | None = None) -> tuple[float, float, float]:
+    """``(row spacing dy, column spacing dx, slice thickness)`` in mm for an image of ``shape`` (module docstring)."""
+    fov = [float(v) for v in image.field_of_view]
+    if fov[0] <= 0 or fov[1] <= 0:
+        recon = header.encoding[0].reconSpace.fieldOfView_mm if header is not None and header.encoding else None
+        fov = [float(recon.x), float(recon.y), float(recon.z)] if recon is not None and recon.x > 0 and recon.y > 0 \
+            else [float(shape[1]), float(shape[0]), fov[2]]
+    return fov[1] / shape[0], fov[0] / shape[1], fov[2] if fov[2] > 0 else 1.0
+
+
+def cardiac_attributes(scan: Scan, frame: int) -> dict:
+    """TriggerTime and the cardiac fields of a cine frame (module docstring); {} for a single frame."""
+    if scan.frames < 2:
+        return {}
+    trig = getattr(scan, "trigger_times_ms", None)
+    when = float(trig[frame]) if trig is not None and frame < len(trig) else frame * float(scan.frame_ms)
+    if scan.time_dimension == "phase":
+        rr = scan.frames * float(scan.frame_ms)
+        return {"TriggerTime": round(when, 3), "CardiacNumberOfImages": scan.frames, "NominalInterval": round(rr),
+                "HeartRate": round(60000.0 / rr) if rr > 0 else 0}
+    # Real time: no trigger (the MR Image IOD allows TriggerTime only with cardiac gating); the
+    # frame's place in time is its temporal position and the series' temporal resolution.
+    return {"TemporalPositionIdentifier": frame + 1, "NumberOfTemporalPositions": scan.frames,
+            "TemporalResolution": round(float(scan.frame_ms), 3)}
+
+
 def save_dicom(out_dir: Path, images: list[ismrmrd.Image], scans: list[Scan],
                header: ismrmrd.xsd.ismrmrdHeader | None = None) -> int:
     """One MR DICOM file per image into ``out_dir``; returns the count written."""
@@ -146,15 +182,18 @@ def save_dicom(out_dir: Path, images: list[ismrmrd.Image], scans: list[Scan],
         ds.ContentDate, ds.ContentTime = who["StudyDate"], who["StudyTime"]
         ds.ImageType = ["DERIVED", "PRIMARY", "OTHER"]
         ds.Laterality = ""  # type 2C in General Series; a chest or brain is not a paired organ
-        ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "GR", "SS", "", "2D"
+        cardiac = cardiac_attributes(scan, frame_key(im)[2])
+        ds.ScanningSequence, ds.SequenceVariant, ds.MRAcquisitionType = "GR", "SS", "2D"
+        ds.ScanOptions = "CG" if "NominalInterval" in cardiac else ""
+        for key, value in cardiac.items():
+            setattr(ds, key, value)
         ds.RepetitionTime = who["RepetitionTime"] if who["RepetitionTime"] is not None else ""
         ds.EchoTime = who["EchoTime"] if who["EchoTime"] is not None else ""
         ds.EchoTrainLength = 1
         ds.Rows, ds.Columns = arr.shape
-        fov = im.field_of_view
-        dy, dx = float(fov[1]) / arr.shape[0], float(fov[0]) / arr.shape[1]
+        dy, dx, thickness = pixel_spacing(im, arr.shape, header)
         ds.PixelSpacing = [round(dy, 6), round(dx, 6)]
-        ds.SliceThickness = round(float(fov[2]), 6)
+        ds.SliceThickness = round(thickness, 6)
         # ISMRMRD's position is the image centre; DICOM's is the centre of
         # the first (top-left) pixel.
         centre, read, phase = (np.asarray(v, dtype=np.float64) for v in (im.position, im.read_dir, im.phase_dir))
@@ -171,4 +210,4 @@ def save_dicom(out_dir: Path, images: list[ismrmrd.Image], scans: list[Scan],
     return count
 
 
-__all__ = ["save_dicom", "identity", "series_scales", "BITS_STORED"]
+__all__ = ["save_dicom", "identity", "series_scales", "pixel_spacing", "cardiac_attributes", "BITS_STORED"]

@@ -17,6 +17,11 @@ with it. Strips (labelled columns): reference contrast, fully sampled
 target, zero-filled, SGF-MRI without and with the reference; below, their
 |error| x5.
 
+A site's own data (``--data SOURCE``, :mod:`simulator.site_evaluation`):
+a cine source becomes cine cases, ``REFERENCE+TARGET`` a pair case, each
+through the same anchors, network and headline figures as the built-in
+validation.
+
 Writes ``OUT/scores.json``, ``OUT/scores.md`` and ``OUT/strip_*.png``.
 """
 from __future__ import annotations
@@ -61,9 +66,14 @@ def evaluate_cine(args, out: Path) -> list:
     from models.inference import load_model
     from . import cine_evaluation as ce
 
-    cases = ce.evaluation_cases(args.slices_per_patient, unseen_conditions=not args.no_unseen_conditions)
-    configs = [(c.split(":")[0], float(c.split(":")[1])) for c in args.cine_configs]
-    cache = args.anchors_cache or (out / "cine_anchors")
+    if args.data:
+        from .site_evaluation import site_cine_cases
+        cases = site_cine_cases(args.data, args.frames)
+    else:
+        cases = ce.evaluation_cases(args.slices_per_patient, unseen_conditions=not args.no_unseen_conditions)
+    configs = parse_configs(args.cine_configs)
+    # A site's cases get their own cache: the BART lambda is chosen on the first case of a run.
+    cache = args.anchors_cache or (out / ("site_anchors" if args.data else "cine_anchors"))
     rows, images, extra = ([], {}, {})
     if cache.with_suffix(".json").exists() and not args.recompute_anchors:
         rows, images, extra = ce.load_cache(cache)
@@ -160,7 +170,11 @@ def evaluate_pairs(args, out: Path) -> list:
 
     rec = load_model("sgfmri", device=args.device, weights=args.sgfmri_weights, dc_method=args.dc_method)
     scores = []
-    evaluation = model_data.multicontrast_evaluation_pairs()
+    if args.data:
+        from .site_evaluation import site_pairs
+        evaluation = site_pairs(args.data)
+    else:
+        evaluation = model_data.multicontrast_evaluation_pairs()
     tcga = next((v for v in evaluation.values() if v[0].ndim == 3), None)
     for case, (ref_stack, tgt_stack) in evaluation.items():
         ref_stack, tgt_stack = (a.reshape(-1, *a.shape[-2:]) for a in (ref_stack, tgt_stack))  # (slices, ny, nx)
@@ -265,10 +279,32 @@ def pair_summary(scores: list) -> str:
 _CINE_CONFIGS = ("kt-gaussian:4", "vd-random:4", "kt-gaussian:8", "vd-random:8", "kt-gaussian:10", "vd-random:10")
 
 
+def parse_configs(texts: list[str]) -> list[tuple[str, float]]:
+    """``["kt-gaussian:8", ...]`` -> ``[("kt-gaussian", 8.0), ...]``; a malformed entry is named."""
+    from models.masks import FAMILIES
+
+    out = []
+    for text in texts:
+        family, _, accel = text.partition(":")
+        try:
+            value = float(accel)
+        except ValueError:
+            raise ValueError(f"--cine-configs {text!r}: expected FAMILY:ACCELERATION, e.g. kt-gaussian:8") from None
+        if family not in FAMILIES or not value >= 1:
+            raise ValueError(f"--cine-configs {text!r}: family one of {', '.join(FAMILIES)}, acceleration at least 1")
+        out.append((family, value))
+    return out
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="streamrecon evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--task", choices=("cine", "cine-ablation", "pair", "all"), default="all",
-                   help="cine-ablation: KGMgT variants at 8x kt-Gaussian on the cine validation cases")
+    p.add_argument("--task", choices=("cine", "cine-ablation", "pair", "all"), default=None,
+                   help="cine-ablation: KGMgT variants at 8x kt-Gaussian on the cine validation cases "
+                        "(default: all; with --data, pair for REFERENCE+TARGET, else cine)")
+    p.add_argument("--data", metavar="SOURCE",
+                   help="evaluate on your own data instead of the built-in validation: a cine SOURCE as replay "
+                        "reads it (DICOM folder, FILE.h5[:DATASET[:SLICE]], .mat, .npy, fully sampled ISMRMRD) or a "
+                        "pair REFERENCE+TARGET")
     p.add_argument("--previous-kgmgt-weights", type=Path, default=None,
                    help="cine-ablation: the earlier network to compare (default the shipped kgmgt_cine_small)")
     p.add_argument("--cine-configs", nargs="+", default=list(_CINE_CONFIGS),
@@ -296,13 +332,29 @@ def main(argv: list[str]) -> int:
                    help="override the networks' multi-coil DC solver (see models.inference.load_model)")
     p.add_argument("--out", type=Path, default=Path("out") / "evaluate")
     args = p.parse_args(argv)
+    if args.task is None:
+        args.task = ("pair" if "+" in args.data and not Path(args.data).exists() else "cine") if args.data else "all"
+    if args.data and args.task not in ("cine", "pair"):
+        p.error(f"--data takes --task cine or pair, not {args.task}")
+    try:
+        parse_configs(args.cine_configs)
+    except ValueError as exc:
+        p.error(str(exc))
     import torch
 
     from models.evaluate import markdown_table
     from . import model_data
     from .train_cli import _machine
 
-    if not model_data.have_data():
+    if args.data:
+        from .site_evaluation import SiteDataError, site_cine_cases, site_pairs
+        try:  # refuse unusable data in one line before any model is loaded
+            site_pairs(args.data) if args.task == "pair" else site_cine_cases(args.data, args.frames)
+        except (SiteDataError, OSError, ValueError, KeyError) as exc:
+            from .replay import _one_line
+            print(f"streamrecon evaluate: {_one_line(exc)}", file=sys.stderr)
+            return 2
+    elif not model_data.have_data():
         from .images import data_dir_problem
 
         print(f"streamrecon evaluate: {data_dir_problem() or f'no cine data in {model_data.data_dir()}'}", file=sys.stderr)

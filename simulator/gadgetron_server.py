@@ -12,6 +12,7 @@ found afterwards (:func:`tagged_processes`).
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .processes import ROOT, free_port, stop, wait_port
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = Path("/opt/gadgetron")
 TAG_VARIABLE = "STREAMRECON_GADGETRON_TAG"
@@ -147,25 +150,38 @@ def tagged_processes(tag: str, marker: str = "-m gadgetron") -> list[tuple[int, 
 
 
 def run_ismrmrd_client(server: GadgetronServer, data_h5: Path, out_h5: Path, *, config: str,
-                       timeout_s: float = 30.0) -> subprocess.CompletedProcess:
+                       timeout_s: float = 30.0, retry_race: bool = True) -> subprocess.CompletedProcess:
     """Gadgetron's own ``gadgetron_ismrmrd_client``: ``data_h5`` through the pipeline named ``config``.
 
-    The 4.7.2 client now and then never sends its configuration: Gadgetron's
-    log shows the connection waiting in [CONFIG] until the client gives up
-    with "write: Bad file descriptor" after ``timeout_s`` (seen with several
-    pipelines, up to 1 run in 6). Such a run, which wrote no images, is tried
-    once more.
+    The 4.7.2 client now and then never sends its configuration, or loses its
+    socket between its threads: Gadgetron's log shows the connection waiting
+    in [CONFIG] until the client gives up with "write: Bad file descriptor"
+    (seen with several pipelines, up to 1 run in 6, more on a loaded
+    machine). A run that fails with that message is a race in the client,
+    not an answer from the server: it is run again from scratch (the output
+    file removed), at most ``MAX_CLIENT_TRIES`` times in all, each retry
+    logged; the returned process says how many it took (``tries``). Any
+    other failure is returned at once, and so is every failure with
+    ``retry_race`` False (a scan whose answer makes the client abort anyway).
     """
     prefix = gadgetron_prefix()
     assert prefix is not None
     # "localhost", not "127.0.0.1": this client aborts on a numeric address (4.7.2).
     cmd = [str(prefix / "bin" / "gadgetron_ismrmrd_client"), "-a", "localhost", "-p", str(server.port),
            "-f", str(data_h5), "-o", str(out_h5), "-G", "images", "-t", str(int(timeout_s * 1000)), "-c", config]
-    for attempt in range(2):
+    for attempt in range(1, MAX_CLIENT_TRIES + 1):
+        Path(out_h5).unlink(missing_ok=True)  # a crashed try may have written part of the images
         run = subprocess.run(cmd, env=_env(prefix, ""), capture_output=True, text=True, timeout=timeout_s + 30)
-        if run.returncode == 0 or "Bad file descriptor" not in run.stderr or read_images_h5(out_h5):
+        if run.returncode == 0 or CLIENT_RACE not in run.stderr or not retry_race:
             break
+        log.warning("gadgetron_ismrmrd_client try %d of %d hit its socket race (%s); running it again", attempt,
+                    MAX_CLIENT_TRIES, CLIENT_RACE)
+    run.tries = attempt
     return run
+
+
+MAX_CLIENT_TRIES = 3
+CLIENT_RACE = "Bad file descriptor"
 
 
 def read_images_h5(path: Path, group: str = "images") -> list:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .scan import Scan, _uid, scan_from_images
+from .scan import Scan, _uid, scan_from_images, square_fov_mm
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".npy", ".mat")
 
@@ -134,14 +134,38 @@ def read_image_file(path: str | Path, *, variable: str | None = None, slice_inde
     return (arr / max(float(arr.max()), 1e-12)).astype(np.float32)
 
 
+def image_file_geometry(path: str | Path) -> tuple[tuple[float, float] | None, float | None]:
+    """``(pixel spacing (dy, dx), slice thickness)`` in mm of an image file as :func:`read_image_file`
+    shows it, when the file says (NIfTI); ``(None, None)`` for PNG, .mat, .npy."""
+    path = Path(path)
+    if _suffix(path) not in (".nii", ".nii.gz"):
+        return None, None
+    import nibabel
+
+    zooms = [float(z) for z in nibabel.load(str(path)).header.get_zooms()[:3]]
+    if len(zooms) < 2:
+        return None, None
+    # read_image_file shows np.rot90(vol[:, :, z]): rows run along the volume's second axis.
+    return (zooms[1], zooms[0]), (zooms[2] if len(zooms) > 2 else None)
+
+
 def scan_from_image_file(path: str | Path, *, variable: str | None = None, slice_index: int | None = None,
                          matrix: int | tuple[int, int] | None = None, max_frames: int | None = None, **kw) -> Scan:
     """An image file as a fully sampled multi-coil Scan; ``kw`` go to :func:`scan_from_images`.
 
-    A multi-frame file (a cine) is a real-time series by default.
+    A multi-frame file (a cine) is a real-time series by default. The field
+    of view comes from the file's pixel spacing when it has one (NIfTI),
+    else the pixels are square (:func:`simulator.scan.square_fov_mm`).
     """
     frames = read_image_file(path, variable=variable, slice_index=slice_index, matrix=matrix, max_frames=max_frames)
     kw.setdefault("name", Path(path).name.split(".")[0])
+    if "fov_mm" not in kw:
+        pixel, thickness = image_file_geometry(path)
+        if pixel is not None and matrix is not None:
+            # Resizing keeps the field of view: the pixels grow or shrink instead.
+            shown = read_image_file(path, variable=variable, slice_index=slice_index, max_frames=1).shape[-2:]
+            pixel = (pixel[0] * shown[0] / frames.shape[-2], pixel[1] * shown[1] / frames.shape[-1])
+        kw["fov_mm"] = square_fov_mm(*frames.shape[-2:], pixel, thickness)
     return scan_from_images(frames[None], **kw)
 
 

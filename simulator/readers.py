@@ -146,6 +146,8 @@ def read_ismrmrd(path: str | Path, *, dataset: str = "dataset") -> list[Scan]:
             if p.name == "frame_ms":
                 frame_ms = float(p.value)
     raw = RawStream(xml=xml, acquisitions=all_acqs)
+    calib_flags = (ismrmrd.ACQ_IS_PARALLEL_CALIBRATION, ismrmrd.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING)
+    calibration = {int(a.idx.kspace_encode_step_1) for a in all_acqs if any(a.is_flag_set(f) for f in calib_flags)}
     scans = []
     for c in contrasts:
         k = np.zeros((slices, frames, coils, ny, kx), dtype=np.complex64)
@@ -159,7 +161,8 @@ def read_ismrmrd(path: str | Path, *, dataset: str = "dataset") -> list[Scan]:
             kspace=k, reference=ref, coil_maps=None, readout_oversampling=os_, slice_positions_mm=positions,
             read_dir=tuple(first.read_dir), phase_dir=tuple(first.phase_dir), slice_dir=tuple(first.slice_dir),
             frame_ms=frame_ms, time_dimension=time_dim, contrast=int(c), name=Path(path).stem,
-            ky_center=int(lim.center) if lim is not None else None, acquired=None if got.all() else got, raw=raw, **geo,
+            ky_center=int(lim.center) if lim is not None else None, acquired=None if got.all() else got, raw=raw,
+            calibration_lines=len(calibration) or None, **geo,
         ))
     return scans
 

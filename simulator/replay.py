@@ -30,15 +30,16 @@ import numpy as np
 from models.masks import FAMILIES, achieved_acceleration, acs_lines, line_mask
 
 from .acquire import ORDERS, acquisitions, exam_acquisitions, normalise_mask, schedule
-from .client import Pacing, StreamResult, run_session
+from .client import Interrupt, Pacing, StreamResult, run_session
 from .faults import StreamFault, drop_readouts, duplicate_readouts, reorder_readouts
 from .header import make_header
 from .readers import read_mask_file
-from .results import (by_series, fallback_of, format_table, frame_latencies_ms, image_array, percentiles, save_dicom,
-                      save_images_h5, save_pictures, score_frames, summarise, view_shared_images, write_report,
-                      zero_filled_images)
+from .results import (by_series, fallback_of, format_table, frame_latencies_ms, image_array, intensity_ratio,
+                      percentiles, save_dicom, save_images_h5, save_pictures, score_frames, summarise,
+                      view_shared_images, write_report, zero_filled_images)
 from .scan import RawStream, Scan
 from .sources import load_source
+from pipelines.cli import HelpFormatter
 
 log = logging.getLogger("streamrecon.replay")
 
@@ -70,12 +71,14 @@ def _positive_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamrecon replay", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("source", help="phantom name (cine, brain), file, M4Raw folder, or ref+target image files")
+                                formatter_class=HelpFormatter)
+    p.add_argument("source", help="phantom name (cine, brain); a file (ISMRMRD, fastMRI, image .h5 such as Sunnybrook, "
+                                  ".mat, NIfTI, PNG, .npy); a DICOM series or M4Raw folder; REFERENCE+TARGET; a "
+                                  "selector picks inside: FILE.h5:DATASET[:SLICE], FOLDER:SERIES[:SLICE], FILE.mat:VARIABLE")
     p.add_argument("--host", default="127.0.0.1", help="address of the stream host (`streamrecon serve` or a Gadgetron)")
     p.add_argument("--port", type=int, default=9002, help="port of the stream host")
     names = _pipeline_names()
-    p.add_argument("--pipeline", required=True, help=PIPELINE_HELP + (f" (shipped: {names})" if names else ""))
+    p.add_argument("--pipeline", help="(required unless --to-file) " + PIPELINE_HELP + (f" (shipped: {names})" if names else ""))
     p.add_argument("--config-text", type=Path, metavar="XML_FILE",
                    help="a pipeline XML file whose text is sent as CONFIG_TEXT instead of the --pipeline name")
     p.add_argument("--accel", type=float, default=1.0,
@@ -103,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_positive_float, default=120.0, help="seconds of host silence before a session is given up")
     p.add_argument("--dicom", action="store_true", help="also write DICOM into OUT/dicom (needs pydicom)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--out", type=Path, required=True, help="output folder (report.json, images.h5, pictures)")
+    p.add_argument("--out", type=Path, help="output folder (report.json, images.h5, pictures); required unless --to-file")
+    p.add_argument("--to-file", type=Path, metavar="FILE.h5",
+                   help="write the scan as an ISMRMRD raw file (header and the readouts that would be sent) instead "
+                        "of sending it: for Gadgetron's or python-ismrmrd-server's own clients")
     return p
 
 
@@ -133,6 +139,10 @@ def _check_args(args) -> None:
         raise ReplayError(f"--lookahead {args.lookahead}: cannot be negative")
     if args.mask is not None and args.mask != "file" and args.mask not in FAMILIES and Path(args.mask).suffix not in (".mat", ".npy"):
         raise ReplayError(f"--mask {args.mask!r}: not a family ({', '.join(FAMILIES)}), 'file', or a .mat/.npy mask file")
+    if args.pipeline is None and args.to_file is None:
+        raise ReplayError("--pipeline NAME is required (`streamrecon pipelines` lists them)")
+    if args.out is None and args.to_file is None:
+        raise ReplayError("--out OUT is required (or --to-file FILE.h5 to write the scan instead of sending it)")
     if args.config_text is not None and not args.config_text.is_file():
         raise ReplayError(f"--config-text {args.config_text}: no such file (it takes a pipeline XML file)")
 
@@ -309,7 +319,8 @@ class _Progress:
             self.bar.close()
 
 
-def _run_scanner(scans, masks, args, config_text, progress: _Progress, results: list, slot: int) -> None:
+def _run_scanner(scans, masks, args, config_text, progress: _Progress, results: list, slot: int,
+                 interrupt: Interrupt | None = None) -> None:
     pacing = Pacing("asap")
     mode = args.pacing or ("frame" if args.frame_ms else "asap")
     if mode == "frame":
@@ -319,15 +330,46 @@ def _run_scanner(scans, masks, args, config_text, progress: _Progress, results: 
     session_results = []
     try:
         for which in _sessions(scans, masks, args):
+            if interrupt is not None and interrupt.stopped.is_set():
+                break
             header, items = _session_stream(scans, masks, args, which)
             kw = {"config_text": config_text} if config_text else {"config_file": args.pipeline}
             res = run_session(args.host, args.port, header=header, items=items, pacing=pacing, timeout=args.timeout,
-                              fault=_wire_fault(args), on_sent=progress.sent, on_image=progress.image, **kw)
+                              fault=_wire_fault(args), on_sent=progress.sent, on_image=progress.image,
+                              interrupt=interrupt, **kw)
             session_results.append(res)
     except OSError as exc:  # no connection at all: nothing was sent
         results[slot] = exc
         return
     results[slot] = session_results
+
+
+def _wait(finished: list[threading.Event], interrupt: Interrupt) -> bool:
+    """Wait for every scanner; Ctrl-C stops the sending (the images of what was sent still come), a
+    second Ctrl-C stops the waiting. Returns whether it was interrupted. Nothing received is lost: the
+    report and images are written either way.
+
+    Waits on events, not ``Thread.join``: a join interrupted by Ctrl-C marks a running thread as
+    stopped (CPython's bpo-45274 handling), and the next join would return at once."""
+    def wait_all() -> None:
+        for event in finished:
+            while not event.wait(0.5):
+                pass
+
+    try:
+        wait_all()
+        return False
+    except KeyboardInterrupt:
+        interrupt.stop()
+        print("\nstreamrecon replay: interrupted; no more readouts are sent. Waiting for the images of those "
+              "already sent (Ctrl-C again to stop waiting); the report keeps what came back", file=sys.stderr)
+    try:
+        wait_all()
+    except KeyboardInterrupt:
+        interrupt.abort()
+        for event in finished:
+            event.wait(10.0)
+    return True
 
 
 def _merge(results: list[StreamResult]) -> StreamResult:
@@ -348,6 +390,7 @@ def _merge(results: list[StreamResult]) -> StreamResult:
     m.send_error = next((r.send_error for r in results if r.send_error), None)
     m.receive_error = next((r.receive_error for r in results if r.receive_error), None)
     m.timed_out = any(r.timed_out for r in results)
+    m.interrupted = any(r.interrupted for r in results)
     m.t_start, m.t_end = results[0].t_start, results[-1].t_end
     m.paced_block_ms = results[-1].paced_block_ms
     return m
@@ -365,33 +408,66 @@ def replay(args) -> tuple[dict, int]:
     if args.frame_ms:
         for s in scans:
             s.frame_ms = args.frame_ms
+    for s in scans:
+        for note in s.notes:
+            print(f"source: {note}", file=sys.stderr)
     notes: list[str] = []
     masks = _masks(scans, args, notes)
     _wire_fault(args)  # an unknown fault is refused before anything is sent
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
+    if args.to_file is not None:
+        return _write_scan_file(scans, masks, args), 0
     config_text = args.config_text.read_text() if args.config_text else None
     target = scans[-1]
     progress = _Progress(_readouts_to_send(scans, masks, args) * args.scanners, target.slices * target.frames,
                          enabled=not args.no_progress)
     results: list = [None] * args.scanners
+    interrupt = Interrupt()
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=_run_scanner, args=(scans, masks, args, config_text, progress, results, i), daemon=True)
-               for i in range(args.scanners)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    finished = [threading.Event() for _ in range(args.scanners)]
+
+    def scanner(i: int) -> None:
+        try:
+            _run_scanner(scans, masks, args, config_text, progress, results, i, interrupt)
+        finally:
+            finished[i].set()
+
+    for i in range(args.scanners):
+        threading.Thread(target=scanner, args=(i,), name=f"scanner-{i}", daemon=True).start()
+    interrupted = _wait(finished, interrupt)
     wall = time.perf_counter() - t0
     progress.close()
+    results = [r if r is not None else [StreamResult(interrupted=True)] for r in results]
     failed = next((r for r in results if isinstance(r, BaseException)), None)
     if failed is not None:
         raise ReplayError(f"no host at {args.host}:{args.port}; is `streamrecon serve` running? ({_os_reason(failed)})")
     merged = [_merge(r) for r in results]
-    refusal = _refusal(merged)
+    for r in merged:
+        r.interrupted = r.interrupted or interrupted
+    refusal = None if interrupted else _refusal(merged)
     if refusal is not None:
         raise ReplayError(f"the host at {args.host}:{args.port} refused the scan: {refusal}")
     return _report(args, scans, masks, merged, wall, notes)
+
+
+def _write_scan_file(scans: list[Scan], masks, args) -> dict:
+    """``--to-file``: the scan's first session (an exam in one stream) as an ISMRMRD dataset file."""
+    header, items = _session_stream(scans, masks, args, _sessions(scans, masks, args)[0])
+    path: Path = args.to_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    dset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=True)
+    n = 0
+    try:
+        dset.write_xml_header(header if isinstance(header, str) else header.toXML())
+        for item in items:
+            if isinstance(item, ismrmrd.Acquisition):
+                dset.append_acquisition(item)
+                n += 1
+    finally:
+        dset.close()
+    return {"to_file": str(path), "readouts": n}
 
 
 def _os_reason(exc: BaseException) -> str:
@@ -429,8 +505,11 @@ def _report(args, scans, masks, merged: list[StreamResult], wall: float, notes: 
     series_rows: dict[int, list[dict]] = {}
     first = merged[0]
     series = by_series(first.images)
+    ratios: dict[int, float | None] = {}
     for idx, imgs in sorted(series.items()):
-        series_rows[idx] = score_frames({k: np.abs(image_array(im)) for k, im in imgs.items()}, scans)
+        pictures = {k: np.abs(image_array(im)) for k, im in imgs.items()}
+        series_rows[idx] = score_frames(pictures, scans)
+        ratios[idx] = intensity_ratio(pictures, scans) if truth else None
         for row in series_rows[idx]:  # which frames are the model's and which stand in for it
             im = imgs.get((row["slice"], row["contrast"], row["frame"]))
             row["fallback"] = fallback_of(im) if im is not None else None
@@ -470,28 +549,36 @@ def _report(args, scans, masks, merged: list[StreamResult], wall: float, notes: 
         "pipeline": args.pipeline,
         "source": args.source,
         "order": args.order,
+        "time_dimension": target.time_dimension,
+        "frames_per_slice": target.frames,
         "mask": _mask_label(args, target),
         "acceleration": accel,
-        "acs_lines": acs_lines(normalise_mask(target, masks[-1])),
+        # A file replayed as acquired says its own calibration block (separate calibration readouts
+        # are not in the imaging mask); otherwise the fully sampled centre block of the mask.
+        "acs_lines": (target.calibration_lines if target.calibration_lines and _raw_stream(scans, masks, [len(scans) - 1])
+                      else acs_lines(normalise_mask(target, masks[-1]))),
         "adjustments": notes,
+        "source_notes": [n for s in scans for n in s.notes],
         "scanners": args.scanners,
         "lookahead": args.lookahead,
         "frames": primary["frames"] if truth else received,
         "frames_expected": expected,
-        "psnr": primary["psnr"],
-        "ssim": primary["ssim"],
-        "nmse": primary["nmse"],
+        # The headline names its series: a pipeline with a conventional series beside the model's
+        # has two sets of scores, and a bare top-level PSNR hid which one it was.
+        "headline": {"series": str(max(series)) if series else None,
+                     "name": _series_name(series[max(series)]) if series else "",
+                     "frames": primary["frames"] if truth else received, "psnr": primary["psnr"],
+                     "ssim": primary["ssim"], "nmse": primary["nmse"], "latency_ms": percentiles(lat_all)},
         "scoring": ("magnitude vs fully sampled reference, no rescaling, data range = reference max (fastMRI)" if truth
                     else "none: the source is undersampled and has no fully sampled reference"),
         "series": {str(k): {"name": _series_name(series[k]), **summarise(target_rows(v)),
                             "latency_ms": percentiles(lat_by_series.get(k, [])), "fallbacks": fallbacks[k],
-                            "model_ms_per_image": model_ms[k], "per_frame": v,
+                            "model_ms_per_image": model_ms[k], "intensity_ratio": ratios.get(k), "per_frame": v,
                             "late_readouts_dropped": late_readouts_dropped(series[k].values())}
                    for k, v in series_rows.items()},
         "zero_filled": {**summarise(zf_rows), "per_frame": zf_rows},
         "view_sharing": ({**summarise(vs_rows), "causal": causal, "coil_maps": "true" if target.coil_maps is not None else "RSS",
                           "per_frame": vs_rows} if vs_rows else None),
-        "latency_ms": percentiles(lat_all),
         "frame_ms": frame_ms,
         "throughput": {
             "wall_s": wall,
@@ -505,6 +592,7 @@ def _report(args, scans, masks, merged: list[StreamResult], wall: float, notes: 
         "host_errors": host_errors,
         "closed_by_host": [r.closed for r in merged],
         "session_end": [session_end(r) for r in merged],
+        "interrupted": any(r.interrupted for r in merged),
     }
     report["warnings"] = _warnings(report)
     written = [out / "report.json", out / "images.h5"]
@@ -534,6 +622,8 @@ def _report(args, scans, masks, merged: list[StreamResult], wall: float, notes: 
     complete = (primary["frames"] if truth else received) == expected
     all_fallback = any(f["all"] for f in fallbacks.values())
     ok = complete and not host_errors and not all_fallback
+    if report["interrupted"]:
+        return report, 130  # as a shell reports Ctrl-C, after the files are written
     return report, 0 if ok else 1
 
 
@@ -559,18 +649,34 @@ def _mask_label(args, target: Scan) -> str:
     return (args.mask or "uniform") if args.accel > 1 else "none"
 
 
+_NUMBER = re.compile(r"\d+(\.\d+)?")
+
+
+def fallback_kind(reason: str) -> str:
+    """A fallback reason with its figures replaced by N, so reasons that differ only in numbers
+    (``model busy: its image expected in 2114 ms``, ``... 2241 ms``) count as one kind."""
+    return _NUMBER.sub("N", reason)
+
+
 def fallback_summary(images) -> dict:
-    """How many images of a series are fallbacks (a classical image in the model's place) and why."""
-    reasons: Counter = Counter()
+    """How many images of a series are fallbacks (a classical image in the model's place) and why.
+
+    ``reasons``: every kind of reason (:func:`fallback_kind`), most frequent first, with its count and
+    the first full text; the counts add up to ``count``.
+    """
+    kinds: Counter = Counter()
+    examples: dict[str, str] = {}
     n = 0
     for im in images:
         n += 1
         why = _meta(im, "Fallback")
         if why:
-            reasons[str(why)] += 1
-    count = sum(reasons.values())
+            kind = fallback_kind(str(why))
+            kinds[kind] += 1
+            examples.setdefault(kind, str(why))
+    count = sum(kinds.values())
     return {"images": n, "count": count, "all": n > 0 and count == n,
-            "reasons": [{"reason": r, "images": c} for r, c in reasons.most_common(3)]}
+            "reasons": [{"reason": examples[k], "kind": k, "images": c} for k, c in kinds.most_common()]}
 
 
 def late_readouts_dropped(images) -> int:
@@ -605,22 +711,41 @@ def _warnings(report: dict) -> list[str]:
         fb = s["fallbacks"]
         label = f"series {k} {s['name']}".strip()
         if fb["count"]:
-            why = "; ".join(f"{r['reason']} ({r['images']})" for r in fb["reasons"])
+            shown = fb["reasons"][:3]
+            why = "; ".join(f"{r['reason']} ({r['images']})" for r in shown)
+            rest = fb["reasons"][3:]
+            if rest:
+                why += f"; {sum(r['images'] for r in rest)} more for {len(rest)} other reasons (report.json)"
             head = ("ALL its images are fallbacks: it shows classical images, not the model's"
                     if fb["all"] else f"{fb['count']} of {fb['images']} images are fallbacks (classical images in "
                                       f"the model's place, marked FALLBACK in the pictures)")
             out.append(f"{label}: {head}; why: {why}")
         ms = s["model_ms_per_image"]
         frame_ms = report["frame_ms"]
-        if ms.get("n") and frame_ms and ms["p50"] > frame_ms:
+        # Only a real-time cine has a frame rate to keep up with: a gated scan's frames complete
+        # together at the end of the breath-hold, a single image has no next frame.
+        real_time = (report.get("order") != "segmented" and report.get("time_dimension", "repetition") == "repetition"
+                     and report.get("frames_per_slice", 2) > 1)
+        if real_time and ms.get("n") and frame_ms and ms["p50"] > frame_ms:
             out.append(f"{label} lags: the model took {ms['p50']:.0f} ms an image here (median of {ms['n']}) against "
                        f"{frame_ms:.0f} ms a frame, so its images queue up behind the scan "
                        f"({ms['p50'] / frame_ms:.1f}x slower than real time on this machine; the conventional series "
                        f"does not wait for it)")
     for k, s in report["series"].items():
+        ratio, score = s.get("intensity_ratio"), s.get("psnr")
+        if ratio is not None and (not 0.5 <= ratio <= 2.0 or (score is not None and score < 10)):
+            said = f"PSNR {score:.1f} dB" if score is not None else "its score"
+            out.append(f"series {k} {s['name']}".strip() + f": {said} is not a quality figure here: its "
+                       f"images are {ratio:.3g}x the reference's intensity (99th percentiles), and scores compare "
+                       "magnitudes without rescaling; a pipeline that scales its own output (integers 0..4095, "
+                       "inverted contrast) cannot be scored this way")
+    for k, s in report["series"].items():
         if s.get("late_readouts_dropped"):
             out.append(f"series {k} {s['name']}".strip() + f": {s['late_readouts_dropped']} readouts arrived after their "
                        "frame's image and were dropped (images flagged LateReadoutsDropped)")
+    if report.get("interrupted"):
+        out.append(f"interrupted (Ctrl-C): {report['frames']} of {report['frames_expected']} frames came back; "
+                   "this report and the files cover those")
     for i, why in enumerate(report.get("session_end", [])):
         if why:
             out.append(f"scanner {i}: {why}; {report['frames']} of {report['frames_expected']} frames came back")
@@ -648,6 +773,9 @@ def main(argv: list[str]) -> int:
     except (OSError, ValueError, KeyError) as exc:
         print(f"streamrecon replay: {_one_line(exc)}", file=sys.stderr)
         return 2
+    if "to_file" in report:
+        print(f"wrote {report['readouts']} readouts and the header to {report['to_file']} (nothing sent)")
+        return code
     print(format_table(report))
     for w in report["warnings"]:
         print(f"WARNING: {w}")

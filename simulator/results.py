@@ -19,8 +19,8 @@ the model's and partly classical cannot pass for one that "improves".
 Frame latency (DESIGN.md): from the moment the last readout a frame's
 output needs had been sent (frame ``t + lookahead`` of the same slice and
 contrast, clamped to the last frame; ``lookahead = 1`` for a centred
-3-frame window, 0 for conventional pipelines) to the arrival of that
-frame's image.
+3-frame window, 0 for conventional pipelines; never a readout sent after
+the image arrived) to the arrival of that frame's image.
 """
 from __future__ import annotations
 
@@ -122,12 +122,31 @@ def score_frames(pred: dict[Key, np.ndarray], scans: list[Scan]) -> list[dict]:
     return rows
 
 
+def intensity_ratio(pred: dict[Key, np.ndarray], scans: list[Scan]) -> float | None:
+    """Median over frames of (image 99th percentile / reference 99th percentile): about 1 when a series is on
+    the reference's intensity scale, as every streamrecon series is; far from 1 for a pipeline that scales
+    its own way (python-ismrmrd-server's modules send 0..4095 integers), whose unrescaled scores mislead."""
+    by_contrast = {s.contrast: s for s in scans}
+    ratios = []
+    for (s_idx, c, t), img in pred.items():
+        scan = by_contrast.get(c)
+        if scan is None or s_idx >= scan.slices or t >= scan.frames or img.shape != scan.reference.shape[-2:]:
+            continue
+        ref = float(np.percentile(np.abs(scan.reference[s_idx, t]), 99))
+        if ref > 0:
+            ratios.append(float(np.percentile(np.abs(img), 99)) / ref)
+    return float(np.median(ratios)) if ratios else None
+
+
 def summarise(rows: list[dict]) -> dict:
-    """Mean PSNR/SSIM/NMSE over the scored frames (inf PSNR of exact frames is kept out of the mean)."""
+    """Frames received and scored, mean PSNR/SSIM/NMSE over the scored ones (inf PSNR of exact frames kept out of the mean)."""
     ok = [r for r in rows if "psnr" in r]
     finite = [r["psnr"] for r in ok if np.isfinite(r["psnr"])]
+    # "frames" counts every image that came back, scored or not (an undersampled source's images
+    # cannot be scored but did arrive); "scored" the ones with scores.
     return {
-        "frames": len(ok),
+        "frames": len(rows),
+        "scored": len(ok),
         "psnr": float(np.mean(finite)) if finite else (float("inf") if ok else None),
         "ssim": float(np.mean([r["ssim"] for r in ok])) if ok else None,
         "nmse": float(np.mean([r["nmse"] for r in ok])) if ok else None,
@@ -167,14 +186,13 @@ def frame_latencies_ms(result: StreamResult, *, series: int | None = None, looka
         if series is not None and int(im.image_series_index) != series:
             continue
         s, c, t = frame_key(im)
-        window = _window_frames(im)
-        if window:
-            sends = [result.send_times.get((s, c, f)) for f in window]
-            sent = max(x for x in sends if x is not None) if any(x is not None for x in sends) else None
-        else:
-            sent = result.send_times.get((s, c, min(t + lookahead, last_frame.get((s, c), t))))
-        if sent is not None:
-            out.append((t_arr - sent) * 1000.0)
+        needs = _window_frames(im) or range(t, min(t + lookahead, last_frame.get((s, c), t)) + 1)
+        # A readout sent after the image arrived was evidently not needed for it (a pipeline that
+        # does not look ahead, timed with --lookahead 1): the latest one sent before counts, so a
+        # latency is never negative.
+        sends = [x for x in (result.send_times.get((s, c, f)) for f in needs) if x is not None and x <= t_arr]
+        if sends:
+            out.append((t_arr - max(sends)) * 1000.0)
     return out
 
 
@@ -420,5 +438,6 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["image_array", "by_series", "zero_filled_images", "view_shared_images", "fallback_of", "score_frames", "summarise", "frame_latencies_ms", "percentiles",
+__all__ = ["image_array", "by_series", "intensity_ratio", "zero_filled_images", "view_shared_images", "fallback_of",
+           "score_frames", "summarise", "frame_latencies_ms", "percentiles",
            "save_images_h5", "save_pictures", "save_dicom", "write_report", "format_table"]

@@ -97,6 +97,14 @@ class Scan:
     # truth: ``reference`` is then only its zero-filled picture, never a score's.
     acquired: np.ndarray | None = None
     raw: RawStream | None = None
+    # Trigger times of the frames (ms from the R wave) when the source stored them (a DICOM cine,
+    # the Sunnybrook file); DICOM output uses them, else frame * frame_ms.
+    trigger_times_ms: np.ndarray | None = None
+    # Distinct k-space lines a file flagged as parallel-imaging calibration (its ACS block, also when
+    # sent as separate calibration readouts the imaging mask does not show); None when not a file.
+    calibration_lines: int | None = None
+    # What a reader chose for the user (a dataset, a slice of several), printed by replay.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def has_truth(self) -> bool:
@@ -176,13 +184,23 @@ def coil_images_to_recon(kspace: np.ndarray, nx: int, maps: np.ndarray | None = 
     return out.reshape(imgs.shape[:-3] + imgs.shape[-2:])
 
 
+def square_fov_mm(ny: int, nx: int, pixel_mm: tuple[float, float] | None = None, thickness_mm: float | None = None,
+                  longest_side_mm: float = 300.0) -> tuple[float, float, float]:
+    """The field of view ``(x, y, z)`` of an ``ny`` x ``nx`` image: from its pixel spacing ``(dy, dx)`` when
+    known, else square pixels with the longer side ``longest_side_mm`` (a 192 x 156 heart is not stretched)."""
+    if pixel_mm is None:
+        step = longest_side_mm / max(ny, nx)
+        pixel_mm = (step, step)
+    return (nx * float(pixel_mm[1]), ny * float(pixel_mm[0]), float(thickness_mm or 8.0))
+
+
 def scan_from_images(
     images: np.ndarray,
     *,
     n_coils: int = 8,
     readout_oversampling: int = 2,
     noise_std: float = 0.0,
-    fov_mm: tuple[float, float, float] = (300.0, 300.0, 8.0),
+    fov_mm: tuple[float, float, float] | None = None,
     slice_gap_mm: float = 10.0,
     time_dimension: str = "repetition",
     frame_ms: float = 36.0,
@@ -207,6 +225,8 @@ def scan_from_images(
     ``noise_std`` is the standard deviation of complex white Gaussian noise
     added to k-space (``noise_std / sqrt(2)`` per real and imaginary part),
     independent per coil; the reference stays noise-free.
+    ``fov_mm`` (x readout, y phase encode, z thickness) defaults to square
+    pixels, 300 mm along the longer side (:func:`square_fov_mm`).
     ``slice_gap_mm`` is the distance between neighbouring slice centres
     along the slice direction, centred on 0.
     Because the maps satisfy ``sum |S|^2 = 1``, the reference equals the
@@ -250,7 +270,7 @@ def scan_from_images(
         kspace=kspace,
         reference=ref,
         coil_maps=np.repeat(recon_maps[None], n_sl, axis=0),
-        fov_mm=tuple(float(v) for v in fov_mm),
+        fov_mm=tuple(float(v) for v in (fov_mm or square_fov_mm(ny, nx))),
         readout_oversampling=readout_oversampling,
         slice_positions_mm=positions,
         frame_ms=float(frame_ms),
@@ -305,4 +325,4 @@ def phantom_scan(
     raise ValueError(f"unknown phantom {name!r}; known: cine, brain")
 
 
-__all__ = ["Scan", "RawStream", "scan_from_images", "phantom_scan", "crop_readout", "pad_readout", "coil_images_to_recon"]
+__all__ = ["Scan", "RawStream", "scan_from_images", "square_fov_mm", "phantom_scan", "crop_readout", "pad_readout", "coil_images_to_recon"]

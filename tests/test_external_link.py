@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import threading
-import time
 
 import pytest
 
@@ -14,11 +12,11 @@ from gadgets.external_link import PeerClosed, PeerGone, PeerStalled, SafeLink, d
 def test_a_peer_that_stops_reading_stalls_the_writer_within_the_bound_and_nothing_more_is_written():
     a, b = socket.socketpair()
     link = SafeLink(a, stall_s=0.3)
-    start = time.monotonic()
+    # A writer that blocked instead would hang here until pytest's timeout fails the test: no seconds
+    # are asserted (they depend on the machine's load), only that the stall is raised.
     with pytest.raises(PeerStalled):
         for _ in range(4096):  # 256 MB: far more than the socket buffers hold
             link.write(b"\0" * (1 << 16))
-    assert time.monotonic() - start < 5
     with pytest.raises(PeerGone):
         link.write(b"more")
     link.close()  # no CLOSE after a cut message; must not block either
@@ -30,10 +28,8 @@ def test_end_of_file_raises_instead_of_spinning():
     link = SafeLink(a, stall_s=1)
     b.sendall(b"\x01")
     b.close()
-    start = time.monotonic()
-    with pytest.raises(PeerClosed):
+    with pytest.raises(PeerClosed):  # spinning instead would hang until pytest's timeout
         link.read(2)
-    assert time.monotonic() - start < 1
     link.close()
 
 
@@ -56,8 +52,8 @@ def test_drain_reads_to_the_peers_close_and_gives_up_on_silence():
     conn = _Conn(SafeLink(a, stall_s=1))
     b.sendall(b"".join(struct.pack("<H", 1008) + b"data" for _ in range(100)) + struct.pack("<H", 4))
     assert drain(conn) == 100 and conn.filters == []
-    start = time.monotonic()
-    threading.Timer(5, b.close).start()
-    assert drain(conn, idle_s=0.3) == 0  # silence: gives up after idle_s, not at the peer's close
-    assert time.monotonic() - start < 3
+    # Silence with the peer still connected: drain gives up after idle_s by itself (the peer closes
+    # only after drain returned; waiting for that close would hang until pytest's timeout).
+    assert drain(conn, idle_s=0.3) == 0
+    b.close()
     a.close()

@@ -75,10 +75,9 @@ def test_operator_settings_from_file_environment_and_command_line(tmp_path):
 def test_recon_matrix_beyond_the_limit_refused_before_allocating(stream_host, scan):
     header = make_header(scan)
     header.encoding[0].reconSpace.matrixSize.x = header.encoding[0].reconSpace.matrixSize.y = 2048
-    start = time.perf_counter()
     texts, closed, images = _exchange(stream_host.port, _bytes(ConfigText(
         shipped_pipeline_with("kgmgt_cine", "gadgets.cine_kgmgt")), header, *acquisitions(scan)))
-    assert closed and not images and time.perf_counter() - start < 10
+    assert closed and not images  # the host's CLOSE, before any data was used
     assert any("reconSpace matrix 2048x2048x1 exceeds this host's limit of 512" in t for t in texts), texts
 
 
@@ -251,7 +250,6 @@ def test_a_trickling_client_is_ended_by_the_message_deadline(small_host, scan):
     payload = _prefix(scan) + _bytes(*acquisitions(scan))
     per_frame = len(_bytes(*list(acquisitions(scan))[:16]))
     sock = socket.create_connection(("127.0.0.1", small_host.port), timeout=20)
-    start = time.perf_counter()
     try:
         sock.sendall(payload[:len(_prefix(scan)) + per_frame + 10])  # one whole frame, then 10 bytes of the next
         f = sock.makefile("rb")
@@ -285,8 +283,7 @@ def test_a_trickling_client_is_ended_by_the_message_deadline(small_host, scan):
         stop.set()
     finally:
         sock.close()
-    assert time.perf_counter() - start < 10
-    assert any("message deadline" in t for t in texts), texts
+    assert any("message deadline" in t for t in texts), texts  # ended by the host's deadline, not ours
     assert images >= 1  # the frame that did arrive is still imaged
 
 

@@ -103,7 +103,7 @@ def test_undersampled_file_through_the_embedded_host_reaches_the_gadgets_as_acqu
     assert len(got) == len(readouts) and all(_same_readout(a, b) for a, b in zip(got, readouts))
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     assert code == 0, (out, err)
-    assert rep["frames"] == rep["frames_expected"] == 4 and rep["psnr"] is None
+    assert rep["frames"] == rep["frames_expected"] == 4 and rep["headline"]["psnr"] is None
     assert "acceleration 1.60" in out and "scores: none" in out
 
 
@@ -277,12 +277,30 @@ def test_every_option_has_help_and_no_missing_document_is_cited():
     from simulator.replay import build_parser as replay_parser
 
     for parser in (serve_parser(), infer_parser(), replay_parser()):
-        assert parser.formatter_class is argparse.ArgumentDefaultsHelpFormatter
+        assert issubclass(parser.formatter_class, argparse.ArgumentDefaultsHelpFormatter)
         for action in parser._actions:
             assert action.help, (parser.prog, action.option_strings)
         assert "DESIGN.md" not in parser.format_help()
     config_text = next(a for a in replay_parser()._actions if "--config-text" in a.option_strings)
     assert "file" in config_text.help
+
+
+@pytest.mark.parametrize("command", ["serve", "demo", "replay", "infer-server", "triton-server", "pipelines",
+                                     "evaluate", "train", "gadget-server"])
+def test_help_states_each_default_at_most_once(command, capsys):
+    """Issue 18: `--help` printed "default 24 ... (default: None)": every option's block says it once at most."""
+    import re
+
+    from pipelines.cli import main as cli_main
+
+    with pytest.raises(SystemExit):
+        cli_main([command, "--help"])
+    text = capsys.readouterr().out
+    blocks = re.split(r"\n(?=  -)", text.split("options:", 1)[-1])
+    assert len(blocks) > 1, text
+    for block in blocks:
+        assert block.lower().count("default") <= 1, block
+        assert "(default: None)" not in block and "(default: False)" not in block, block
 
 
 def test_informational_host_texts_do_not_fail_the_replay(tmp_path, capsys):
@@ -414,7 +432,7 @@ def test_partial_fallbacks_and_a_slow_model_are_explained():
     images = ([_image(1, t, InferenceMs=600.0, Batch=2) for t in range(6)]
               + [_image(1, 6 + t, Fallback="model behind", InferenceMs=1.0) for t in range(3)])
     fb, ms = fallback_summary(images), model_time_ms(images)
-    assert fb == {"images": 9, "count": 3, "all": False, "reasons": [{"reason": "model behind", "images": 3}]}
+    assert fb == {"images": 9, "count": 3, "all": False, "reasons": [{"reason": "model behind", "kind": "model behind", "images": 3}]}
     assert ms["p50"] == 300.0 and ms["n"] == 6  # a batch's time shared by its images; fallbacks are not model time
     report = {"frame_ms": 36.0, "series": {"1": {"name": "KGMgT", "fallbacks": fb, "model_ms_per_image": ms}}}
     text = "\n".join(_warnings(report))

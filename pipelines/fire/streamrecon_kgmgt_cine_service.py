@@ -1,0 +1,6 @@
+"""python-ismrmrd-server module (FIRE/OpenRecon config `streamrecon_kgmgt_cine_service`): pipelines/kgmgt_cine_service.xml through the project's gadgets."""
+from pipelines.fire.adapter import run
+
+
+def process(connection, config, metadata) -> None:
+    run("kgmgt_cine_service", connection, config, metadata)

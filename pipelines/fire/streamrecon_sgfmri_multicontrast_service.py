@@ -1,0 +1,6 @@
+"""python-ismrmrd-server module (FIRE/OpenRecon config `streamrecon_sgfmri_multicontrast_service`): pipelines/sgfmri_multicontrast_service.xml through the project's gadgets."""
+from pipelines.fire.adapter import run
+
+
+def process(connection, config, metadata) -> None:
+    run("sgfmri_multicontrast_service", connection, config, metadata)
