@@ -77,7 +77,7 @@ from .frames import Frame, frames_from, time_dimension
 from .image_headers import image_from_frame, recon_geometry
 from .inference import InferenceError, backend_from_config, model_meta
 from .realtime_scheduler import Job as ScheduledJob
-from .realtime_scheduler import RealtimeScheduler
+from .realtime_scheduler import WALL_CLOCK, RealtimeScheduler, Timebase
 from .sent_counts import SentImages
 
 log = logging.getLogger(__name__)
@@ -530,7 +530,7 @@ def _turn_waits(backend: Any, model: str) -> dict:
 
 
 def attach_scheduler(stream: KGMgTStream, send: Callable[[ismrmrd.Image], None], max_pending: int = 64,
-                     max_lag_ms: float = 0.0, clock: Callable[[], float] = time.monotonic) -> RealtimeScheduler:
+                     max_lag_ms: float = 0.0, clock: Timebase = WALL_CLOCK) -> RealtimeScheduler:
     """Run ``stream``'s model beside its frame path (:mod:`gadgets.realtime_scheduler`); images go to ``send``.
 
     ``send`` is called from the scheduler's threads (and the frame path's, for

@@ -41,6 +41,11 @@ release order, batched, and at most ``max_pending`` wait before
 Deadlines start counting once the model is ready (``prepare`` returned):
 a process that loads its model per scan (Gadgetron's execute mode) would
 otherwise fall back on every window released during the load.
+
+Time and waiting come from a :class:`Timebase` (the clock, the condition the
+threads wait on, the threads themselves): the wall clock and real threads in
+production (:data:`WALL_CLOCK`); a virtual clock in the tests, so that the
+same sequence of events happens whatever the machine's load.
 """
 from __future__ import annotations
 
@@ -51,11 +56,44 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+
+
+class Timebase(Protocol):
+    """Where the scheduler's time and waiting come from.
+
+    Every wait of the scheduler is ``condition.wait([seconds])`` on a
+    condition made here (seconds of this timebase), and its threads, which
+    it starts and joins, are made here: so a test can run the real scheduler
+    on a virtual clock that moves only when every thread waits
+    (``tests/virtual_clock.py``) and see the same events whatever the load.
+    """
+
+    def now(self) -> float: ...
+
+    def condition(self) -> threading.Condition: ...
+
+    def thread(self, target: Callable[[], None], name: str) -> threading.Thread: ...
+
+
+class WallClock:
+    """The production timebase: ``time.monotonic``, ``threading`` conditions, daemon threads."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def condition(self) -> threading.Condition:
+        return threading.Condition()
+
+    def thread(self, target: Callable[[], None], name: str) -> threading.Thread:
+        return threading.Thread(target=target, name=name, daemon=True)
+
+
+WALL_CLOCK = WallClock()
 
 # Feasibility margin on the estimate: a batch that misses its deadline wastes
 # all its work, one that is refused a little too early only loses that item.
@@ -194,25 +232,26 @@ class RealtimeScheduler:
     result)``, ``fallback(payload, reason)``: each payload gets exactly one
     of the last two, possibly from another thread than the one that
     submitted it. ``prepare()`` runs first on the scheduler's thread (model
-    load, model info), so the caller never waits for it.
+    load, model info), so the caller never waits for it. ``clock`` is the
+    :class:`Timebase` (the wall clock unless a test gives a virtual one).
     """
 
     def __init__(self, run: Callable[[list[Any]], list[Any]], deliver: Callable[[Any, Any], None],
                  fallback: Callable[[Any, str], None], *, max_lag_s: float = 0.0, max_batch: int = 8,
-                 max_pending: int = 64, prepare: Callable[[], None] | None = None, clock: Clock = time.monotonic,
+                 max_pending: int = 64, prepare: Callable[[], None] | None = None, clock: Timebase = WALL_CLOCK,
                  name: str = "model", describe: Callable[[], str] | None = None,
                  queue_wait: Callable[[], float] | None = None, last_wait: Callable[[], float] | None = None) -> None:
         self._run, self._deliver, self._fallback = run, deliver, fallback
         self.max_lag_s = max(0.0, float(max_lag_s))
         self.max_batch = max(1, int(max_batch))
         self.max_pending = max(1, int(max_pending))
-        self.clock = clock
+        self.clock: Clock = clock.now
         self.name = name
         self._describe = describe or (lambda: name)
         self.estimate = ServiceTime()
         self.stats: Counter = Counter()  # batches, model, fallback, stale, deadline, late, probes, max_batch
         self.error: BaseException | None = None
-        self._cond = threading.Condition()
+        self._cond = clock.condition()
         self._jobs: list[Job] = []            # not yet delivered, release order
         self._deadlines: list[tuple[float, int, Job]] = []
         self._seq = itertools.count()
@@ -223,8 +262,8 @@ class RealtimeScheduler:
         # last one did (the estimate is of the model itself; the plan adds the wait)
         self._queue_wait = queue_wait or (lambda: 0.0)
         self._last_wait = last_wait or (lambda: 0.0)
-        self.thread = threading.Thread(target=self._work, name=f"{name}-model", daemon=True)
-        self.watcher = threading.Thread(target=self._watch, name=f"{name}-deadlines", daemon=True)
+        self.thread = clock.thread(self._work, f"{name}-model")
+        self.watcher = clock.thread(self._watch, f"{name}-deadlines")
         self.thread.start()
         if self.max_lag_s:
             self.watcher.start()
@@ -414,4 +453,4 @@ class RealtimeScheduler:
         return f"model busy: no turn within {lag}; {self._describe()})"
 
 
-__all__ = ["RealtimeScheduler", "ServiceTime", "Job", "Plan", "plan", "SAFETY"]
+__all__ = ["RealtimeScheduler", "ServiceTime", "Job", "Plan", "plan", "SAFETY", "Timebase", "WallClock", "WALL_CLOCK"]

@@ -190,9 +190,12 @@ def frame_latencies_ms(result: StreamResult, *, series: int | None = None, looka
         # A readout sent after the image arrived was evidently not needed for it (a pipeline that
         # does not look ahead, timed with --lookahead 1): the latest one sent before counts, so a
         # latency is never negative.
-        sends = [x for x in (result.send_times.get((s, c, f)) for f in needs) if x is not None and x <= t_arr]
-        if sends:
-            out.append((t_arr - max(sends)) * 1000.0)
+        sent = [x for x in (result.send_times.get((s, c, f)) for f in needs) if x is not None]
+        before = [x for x in sent if x <= t_arr]
+        if before:
+            out.append((t_arr - max(before)) * 1000.0)
+        elif sent:  # the image came back before the client had noted its readout as sent: no latency to speak of
+            out.append(0.0)
     return out
 
 

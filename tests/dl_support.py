@@ -15,6 +15,12 @@ from simulator.processes import (free_port, python_env, start_triton_server, sto
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = ROOT / "pipelines"
 
+# A real-time bound (``max_lag_ms``) no test run reaches: 10 minutes, beyond every hang guard. For tests of
+# what the images are, through real sockets and threads, where the machine's load must not decide which
+# windows get the model or in which order. The real-time path still runs (deadlines, plans); the bound
+# itself is tested on a virtual clock (tests/test_dl_realtime.py, tests/test_realtime_scheduler.py).
+UNREACHED_LAG_MS = 600_000
+
 
 def tiny_weights(folder: Path) -> dict[str, Path]:
     """Small untrained KGMgT and SGF-MRI weight files (safetensors + JSON card), fixed seeds.
@@ -36,6 +42,44 @@ def tiny_weights(folder: Path) -> dict[str, Path]:
     return {"kgmgt": k, "sgfmri": s}
 
 
+
+
+class SimulatedTimeBackend:
+    """The real in-process KGMgT, whose duration is simulated on a virtual clock (``tests/virtual_clock.py``).
+
+    The images are the real tiny network's; the time a call takes is not the
+    machine's (which a loaded 2-core CPU makes anything) but ``first_s`` more
+    on the first call, plus ``call_s`` per call and ``per_item_s`` per window,
+    of virtual time, so a scheduler test sees the same model speed on every
+    run. ``sizes`` records each call's batch size.
+
+    It is one session's backend and does not offer the shared model's turn
+    waits (``expected_wait_s``): those are measured on the turns thread in
+    real seconds, which must not leak into the virtual clock's plans.
+    """
+
+    label = "in-process"
+
+    def __init__(self, clock, weights: Path, *, first_s: float = 0.0, call_s: float = 0.0,
+                 per_item_s: float = 0.0) -> None:
+        from gadgets.inference import InProcessBackend
+
+        self.model = InProcessBackend(device="cpu", weights={"kgmgt": str(weights)})
+        self.clock = clock
+        self.first_s, self.call_s, self.per_item_s = first_s, call_s, per_item_s
+        self.sizes: list[int] = []
+
+    def cine_batch(self, frames, kspace, mask, maps, causal):
+        images = self.model.cine_batch(frames, kspace, mask, maps, causal)  # real work: no virtual time
+        self.clock.sleep((self.first_s if not self.sizes else 0.0) + self.call_s + self.per_item_s * len(frames))
+        self.sizes.append(len(frames))
+        return images
+
+    def model_info(self, model: str) -> dict:
+        return self.model.model_info(model)
+
+    def close(self) -> None:
+        self.model.close()
 
 
 def series(images, index: int) -> list:

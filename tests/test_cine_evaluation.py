@@ -18,7 +18,10 @@ def acquisition():
 def test_every_anchor_and_the_network_score_and_tabulate(acquisition, tmp_path):
     a = acquisition
     methods = ce.anchor_methods(a, bart_lambda=0.01 if bart_available() else None)
-    assert set(ce.ONLINE_ANCHORS) <= set(methods) and "TV temporal, whole series" in methods
+    assert set(ce.ONLINE_ANCHORS) <= set(methods)
+    # one offline anchor: BART when installed, else the same regulariser in torch
+    assert ("BART pics -R T, whole series" in methods) == bart_available()
+    assert ("TV temporal, whole series" in methods) != bart_available()
     rec = load_model("kgmgt")
     methods["KGMgT centred"] = lambda: ce.kgmgt_series(rec, a, causal=False)
     rows, columns = [], {}

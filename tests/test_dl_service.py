@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -13,7 +12,8 @@ from pipelines.inference_client import InferenceClient, decode, encode, health
 from simulator.acquire import acquisitions, exam_acquisitions
 from simulator.client import Pacing, run_session
 from simulator.header import make_header
-from tests.dl_support import operate, pipeline_text, pixels, series, start_service, stop, tiny_weights
+from tests.dl_support import (UNREACHED_LAG_MS, operate, pipeline_text, pixels, series, start_service, stop,
+                              tiny_weights)
 from tests.streams import small_cine
 
 MODULE = "gadgets.cine_kgmgt"
@@ -84,8 +84,9 @@ def test_two_simultaneous_scans_through_the_service_match_in_process(stream_host
     scans = [_scan(seed=0), _scan(slices=1, frames=6, seed=1)]
     operate(monkeypatch, stream_host, kgmgt_weights=weights["kgmgt"], device="cpu", inference_endpoint=service,
             inference_timeout_ms=30000)
-    inproc_xml = pipeline_text("kgmgt_cine", MODULE)
-    service_xml = pipeline_text("kgmgt_cine_service", MODULE)
+    # the bound is not under test: every window must reach the model, however loaded the machine (dl_support)
+    inproc_xml = pipeline_text("kgmgt_cine", MODULE, max_lag_ms=UNREACHED_LAG_MS)
+    service_xml = pipeline_text("kgmgt_cine_service", MODULE, max_lag_ms=UNREACHED_LAG_MS)
     before = health(service)["counts"].get("cine", 0)
     results: list = [None, None]
 
@@ -119,10 +120,10 @@ def test_two_simultaneous_scans_through_the_service_match_in_process(stream_host
 def test_killing_the_service_mid_scan_still_yields_every_image(stream_host, weights, monkeypatch):
     proc, endpoint = start_service(weights, models="kgmgt")
     scan, mask = _scan(slices=1, frames=10)
-    # generous: a loaded 2-core machine can take seconds for one call; the kill itself is seen at once
-    # (the connection closes), then the client fails fast for 2 s at a time
-    operate(monkeypatch, stream_host, inference_endpoint=endpoint, inference_timeout_ms=8000)
-    xml = pipeline_text("kgmgt_cine_service", MODULE)
+    # a hang guard: the kill itself is seen at once (the connection closes), then the client fails fast for 2 s at
+    # a time; the bound is not under test (dl_support): before the kill every window reaches the service
+    operate(monkeypatch, stream_host, inference_endpoint=endpoint, inference_timeout_ms=60000)
+    xml = pipeline_text("kgmgt_cine_service", MODULE, max_lag_ms=UNREACHED_LAG_MS)
     killed = threading.Event()
 
     def on_image(image):
@@ -130,10 +131,15 @@ def test_killing_the_service_mid_scan_still_yields_every_image(stream_host, weig
             proc.kill()  # the first model image is back: the service dies now
             killed.set()
 
+    def items():  # the second half of the scan is sent once the service is dead, however slow the machine
+        for acq in acquisitions(scan, mask, calib_lines=CALIB):
+            if acq.idx.repetition >= 5:
+                assert killed.wait(120), "hang guard: no model image from the live service"
+            yield acq
+
     try:
         result = run_session("127.0.0.1", stream_host.port, header=make_header(scan), config_text=xml,
-                             items=acquisitions(scan, mask, calib_lines=CALIB), pacing=Pacing.per_frame(60),
-                             on_image=on_image)
+                             items=items(), pacing=Pacing.per_frame(60), on_image=on_image)
     finally:
         stop(proc)
     assert killed.is_set()
@@ -149,17 +155,28 @@ def test_killing_the_service_mid_scan_still_yields_every_image(stream_host, weig
 
 
 def test_a_killed_service_is_found_by_its_closed_connection_not_by_timeout(weights):
-    """Killed while a request waits in it: the call fails at once, long before the service would have answered."""
+    """Killed while a request waits in it: the call fails on the closed connection, not on a timeout.
+
+    Neither the service (its batching window) nor the client's timeout would end the call within the test:
+    only the closed connection can, and the error must say so. No wall-clock figure is asserted (a loaded
+    machine makes any of them wrong); the joins are hang guards."""
     from gadgets.inference import InferenceError
     from tests.dl_support import free_port
 
-    # the service holds every request for its 5 s batching window before the model runs it
-    proc, endpoint = start_service(weights, models="kgmgt", extra=["--batch-window-ms", "5000"])
+    # the service holds every request for its batching window (10 minutes) before the model runs it
+    proc, endpoint = start_service(weights, models="kgmgt", extra=["--batch-window-ms", "600000"])
     n, coils = 16, 2
     args = (np.zeros((1, 3, n, n), np.complex64), np.zeros((1, coils, n, n), np.complex64), np.ones((1, n), bool),
             np.full((1, coils, n, n), coils ** -0.5, np.complex64), False)
-    client = InferenceClient(endpoint, timeout_ms=60000)  # the timeout plays no part
+    client = InferenceClient(endpoint, timeout_ms=600000)  # the timeout plays no part
     outcome = {}
+    sent = threading.Event()
+    drain = client._connection_events
+
+    def events(waiting):  # a call reads the old connection events, sends, then waits for its answer: once past
+        drain(waiting)    # this read, a closed connection can only be news to the waiting call
+        if not waiting:
+            sent.set()
 
     def call():
         try:
@@ -167,28 +184,27 @@ def test_a_killed_service_is_found_by_its_closed_connection_not_by_timeout(weigh
             outcome["result"] = "answered"
         except InferenceError as exc:
             outcome["result"] = str(exc)
-        outcome["at"] = time.monotonic()
 
     try:
+        client.model_info("kgmgt", timeout_ms=60000)  # connected: a closed connection is then "lost", not "refused"
+        client._connection_events = events
         caller = threading.Thread(target=call)
         caller.start()
-        time.sleep(0.5)  # the request is in the service's batching window now
-        killed_at = time.monotonic()
+        assert sent.wait(60)  # hang guard
         proc.kill()
-        caller.join(70)
+        caller.join(120)  # hang guard: the closed connection ends the call, neither side would
+        assert not caller.is_alive(), "the call did not notice the service was gone"
     finally:
         stop(proc)
         client.close()
-    assert "connection lost" in outcome["result"], outcome
-    # seen from the connection: well before the 5 s the service would have taken, let alone the 60 s timeout
-    assert outcome["at"] - killed_at < 4.0, outcome["at"] - killed_at
-    # and a service that is not there at all is refused at once
-    nobody = InferenceClient(f"tcp://127.0.0.1:{free_port()}", timeout_ms=60000)
-    started = time.monotonic()
-    with pytest.raises(InferenceError, match="connection refused"):
-        nobody.cine_batch(*args)
-    assert time.monotonic() - started < 4.0
-    nobody.close()
+    assert "connection lost" in outcome["result"] and "no answer" not in outcome["result"], outcome
+    # and a service that is not there at all is refused, not waited for
+    nobody = InferenceClient(f"tcp://127.0.0.1:{free_port()}", timeout_ms=60000)  # a hang guard, as above
+    try:
+        with pytest.raises(InferenceError, match="connection refused"):
+            nobody.cine_batch(*args)
+    finally:
+        nobody.close()
 
 
 def test_automatic_timeout_waits_for_a_live_service_that_is_busy(weights):
@@ -273,7 +289,7 @@ def test_gadgetron_external_processes_use_the_warm_service(weights, service, mon
     scan, mask = _scan(slices=1, frames=3)
     before = health(service)["counts"].get("cine", 0)
     operate(monkeypatch, None, inference_endpoint=service, inference_timeout_ms=30000)
-    xml = pipeline_text("kgmgt_cine_service", MODULE)
+    xml = pipeline_text("kgmgt_cine_service", MODULE, max_lag_ms=UNREACHED_LAG_MS)  # bound not under test
     items, errors = run_pipeline_as_externals(parse_pipeline(xml).gadgets, make_header(scan).toXML().encode(),
                                               acquisitions(scan, mask, calib_lines=CALIB))
     assert errors == []
@@ -294,7 +310,7 @@ def test_operator_points_execute_mode_gadgets_at_the_warm_service(stream_host, w
     # no usable local weights: an image that is not a fallback can only have come from the service
     operate(monkeypatch, None, inference_endpoint=service, inference_override="service",
             kgmgt_weights=tmp_path / "missing.safetensors")
-    xml = pipeline_text("kgmgt_cine", MODULE)  # the in-process pipeline
+    xml = pipeline_text("kgmgt_cine", MODULE, max_lag_ms=UNREACHED_LAG_MS)  # the in-process pipeline
     items, errors = run_pipeline_as_externals(parse_pipeline(xml).gadgets, make_header(scan).toXML().encode(),
                                               acquisitions(scan, mask, calib_lines=CALIB))
     assert errors == []

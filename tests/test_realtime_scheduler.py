@@ -8,6 +8,7 @@ import pytest
 
 from gadgets.model_turns import ModelTurns
 from gadgets.realtime_scheduler import SAFETY, Job, RealtimeScheduler, ServiceTime, plan
+from tests.virtual_clock import VirtualClock
 
 
 def _jobs(releases, lag=2.0):
@@ -85,60 +86,70 @@ def test_service_time_follows_the_model_and_separates_call_overhead():
 
 
 # ------------------------------------------------------------------------------------------ the threads
+# The scheduler's real threads on a virtual clock (tests/virtual_clock.py): the model's time is simulated with
+# clock.sleep, so every run sees the same sequence of events however loaded the machine is.
 class Recorder:
-    def __init__(self):
+    """Each item's outcome and the (virtual) time it left; an item given two outcomes fails the test."""
+
+    def __init__(self, clock):
+        self.clock = clock
         self.lock = threading.Lock()
         self.model: dict = {}
         self.fallback: dict = {}
-        self.batches: list = []
+        self.at: dict = {}
 
     def deliver(self, payload, result):
         with self.lock:
             assert payload not in self.model and payload not in self.fallback
-            self.model[payload] = result
+            self.model[payload], self.at[payload] = result, self.clock.now()
 
     def fall_back(self, payload, reason):
         with self.lock:
             assert payload not in self.model and payload not in self.fallback
-            self.fallback[payload] = reason
+            self.fallback[payload], self.at[payload] = reason, self.clock.now()
 
 
 def test_a_slow_first_batch_then_recovery():
     """First call 1.5 s against a 0.6 s bound, then 10 ms: the scheduler must come back to the model."""
-    rec = Recorder()
+    clock = VirtualClock()
+    rec = Recorder(clock)
     calls = []
 
     def run(payloads):
         calls.append(list(payloads))
-        time.sleep(1.5 if len(calls) == 1 else 0.01)
+        clock.sleep(1.5 if len(calls) == 1 else 0.01)
         return [f"model {p}" for p in payloads]
 
-    s = RealtimeScheduler(run, rec.deliver, rec.fall_back, max_lag_s=0.6, max_batch=4)
+    s = RealtimeScheduler(run, rec.deliver, rec.fall_back, max_lag_s=0.6, max_batch=4, clock=clock)
     released = {}
     for i in range(50):  # a window every 60 ms, 3 s in all
-        released[i] = time.monotonic()
+        released[i] = clock.now()
         s.submit(i)
-        time.sleep(0.06)
+        clock.sleep(0.06)
     s.finish()
     assert set(rec.model) | set(rec.fallback) == set(range(50))
-    slow_done = released[calls[0][0]] + 1.5
-    after = [i for i in range(50) if released[i] > slow_done + 0.3]
-    assert len(after) >= 10
-    served_after = [i for i in after if i in rec.model]
-    # recovered: (nearly) every window after the slow call gets the model again
-    assert len(served_after) >= 0.8 * len(after), (served_after, after, rec.fallback)
+    # every outcome within the bound: the slow call's windows fell back at their deadlines, not after it
+    assert all(rec.at[i] - released[i] <= 0.6 + 1e-9 for i in range(50)), rec.at
+    assert calls[0] == [0] and rec.fallback[0].startswith("model image late")  # the slow call's own window
+    assert s.stats["late"] == 1  # its result came past the deadline and was dropped
+    slow_done = released[0] + 1.5
+    after = [i for i in range(50) if released[i] > slow_done]
+    assert len(after) >= 20
+    # recovered: every window released after the slow call gets the model again (the latch gave none)
+    assert all(i in rec.model for i in after), ([i for i in after if i not in rec.model], rec.fallback)
     assert s.estimate.per_item_s < 0.6 and s.stats["probes"] >= 1
 
 
 def test_every_item_gets_exactly_one_outcome_even_when_run_raises():
-    rec = Recorder()
+    clock = VirtualClock()
+    rec = Recorder(clock)
 
     def run(payloads):
         if 3 in payloads:
             raise RuntimeError("boom")
         return [p * 10 for p in payloads]
 
-    s = RealtimeScheduler(run, rec.deliver, rec.fall_back, max_lag_s=0.0, max_batch=1)
+    s = RealtimeScheduler(run, rec.deliver, rec.fall_back, max_lag_s=0.0, max_batch=1, clock=clock)
     for i in range(6):
         s.submit(i)
     with pytest.raises(RuntimeError, match="boom"):
@@ -148,28 +159,59 @@ def test_every_item_gets_exactly_one_outcome_even_when_run_raises():
 
 def test_waiting_for_inputs_counts_against_the_bound():
     """An item that waits (coil maps) past its deadline falls back then, not when its inputs come."""
-    rec = Recorder()
-    s = RealtimeScheduler(lambda ps: ps, rec.deliver, rec.fall_back, max_lag_s=0.3)
+    clock = VirtualClock()
+    rec = Recorder(clock)
+    s = RealtimeScheduler(lambda ps: ps, rec.deliver, rec.fall_back, max_lag_s=0.3, clock=clock)
     job = s.submit("window", runnable=False, waiting_for="coil maps")
-    time.sleep(0.8)
-    assert "coil maps" in rec.fallback.get("window", ""), rec.fallback  # left at its deadline
+    clock.sleep(0.8)
+    assert "still waiting for coil maps" in rec.fallback.get("window", ""), rec.fallback
+    assert rec.at["window"] == pytest.approx(0.3)  # left at its deadline
     s.make_runnable(job)  # the maps came too late: nothing more happens
     s.finish()
     assert rec.model == {} and s.stats["deadline"] == 1
 
 
+def test_a_model_image_later_than_the_bound_is_replaced_at_the_deadline():
+    """The deadline watch does not wait for a running batch: the fallback leaves at the deadline, the late result
+    is dropped."""
+    clock = VirtualClock()
+    rec = Recorder(clock)
+
+    def run(payloads):
+        clock.sleep(1.0)
+        return list(payloads)
+
+    s = RealtimeScheduler(run, rec.deliver, rec.fall_back, max_lag_s=0.3, clock=clock)
+    s.submit("window")
+    s.finish()
+    assert rec.model == {} and "model image late" in rec.fallback["window"]
+    assert "still running" in rec.fallback["window"]
+    assert rec.at["window"] == pytest.approx(0.3)
+    assert s.stats["late"] == 1 and s.stats["deadline"] == 1
+
+
 def test_deadlines_count_from_the_model_being_ready_even_when_the_stream_ends_first():
     """A per-scan process (Gadgetron execute mode) loading its model: a short scan ends before the load does."""
-    rec = Recorder()
+    clock = VirtualClock()
+    rec = Recorder(clock)
     s = RealtimeScheduler(lambda ps: [f"model {p}" for p in ps], rec.deliver, rec.fall_back, max_lag_s=0.3,
-                          prepare=lambda: time.sleep(1.0))
+                          prepare=lambda: clock.sleep(1.0), clock=clock)
     for i in range(3):
         s.submit(i)
     s.finish()  # the stream is over while the model still loads
     assert rec.model == {0: "model 0", 1: "model 1", 2: "model 2"} and rec.fallback == {}
+    assert all(at == pytest.approx(1.0) for at in rec.at.values())  # past release + 0.3, within ready + 0.3
 
 
 # ------------------------------------------------------------------------------------------ fair turns
+def _until(condition, guard_s: float = 60.0) -> None:
+    """Poll until ``condition()`` holds: the order of events is under test, not their speed (the guard stops a hang)."""
+    give_up = time.monotonic() + guard_s
+    while not condition():
+        assert time.monotonic() < give_up, "hang guard"
+        time.sleep(0.005)
+
+
 def test_sessions_take_turns_on_the_shared_model_one_call_at_a_time():
     turns = ModelTurns("test")
     gate = threading.Event()
@@ -190,16 +232,14 @@ def test_sessions_take_turns_on_the_shared_model_one_call_at_a_time():
 
     threads = [threading.Thread(target=caller, args=("A", "a1"))]
     threads[0].start()
-    while not order:  # a1 is running and holds the model
-        time.sleep(0.005)
+    _until(lambda: order)  # a1 is running and holds the model
     # queued while a1 runs: A has three calls waiting, B two, C one
     for session, tag in [("B", "b1"), ("A", "a2"), ("C", "c1"), ("A", "a3"), ("B", "b2"), ("A", "a4")]:
         before = turns.waiting()
         t = threading.Thread(target=caller, args=(session, tag))
         t.start()
         threads.append(t)
-        while turns.waiting() == before:
-            time.sleep(0.005)
+        _until(lambda: turns.waiting() > before)
     gate.set()
     for t in threads:
         t.join(10)
