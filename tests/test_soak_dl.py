@@ -26,4 +26,6 @@ def test_threads_and_fds_return_to_their_level_after_every_session(pipeline, ser
     _, threads, fds = result.after(1)  # the first session warms up (models, imports, pools)
     for session, _, t, f, _, images in result.samples[1:]:
         assert (t, f) == (threads, fds), (pipeline, session, result.samples)
-    assert threads <= result.baseline[1] + 2 and fds == result.baseline[2], (result.baseline, result.samples)
+    # The baseline is read right after start-up, when a transient fd (an import's or the listener's handshake)
+    # may still be open: at most the baseline, and the same after every session, is what "no leak" means.
+    assert threads <= result.baseline[1] + 2 and fds <= result.baseline[2], (result.baseline, result.samples)

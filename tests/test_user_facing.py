@@ -550,25 +550,42 @@ def test_shipped_weights_are_declared_package_data():
         assert any(fnmatch(f.name, p) for p in patterns), f.name
 
 
-def test_replay_after_the_host_is_killed_mid_scan_writes_the_report_with_the_reason(tmp_path, capsys):
+def test_replay_after_the_host_is_killed_mid_scan_writes_the_report_with_the_reason(tmp_path, capsys, monkeypatch):
     """A host that dies mid-scan: the report is still written, says why the session ended, and the exit is 1."""
     import signal
     import subprocess
     import sys
     import threading
 
+    from simulator import replay
     from simulator.processes import free_port, python_env, wait_port
+
+    # Killed when its second image reaches the client, not on a timer: on a loaded machine a 1.5 s timer
+    # fired before the first image and the test saw no frame at all.
+    seen = []
+    image = replay._Progress.image
+
+    def image_then_kill(progress, img):
+        image(progress, img)
+        seen.append(img)
+        if len(seen) == 2:
+            host.send_signal(signal.SIGKILL)
+
+    monkeypatch.setattr(replay._Progress, "image", image_then_kill)
 
     port = free_port()
     host = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--no-preload-models"],
                             env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port, host, 60)
-        threading.Timer(1.5, lambda: host.send_signal(signal.SIGKILL)).start()
+        backstop = threading.Timer(120, lambda: host.send_signal(signal.SIGKILL))  # only if no image ever comes
+        backstop.daemon = True
+        backstop.start()
         code, out, err = _replay(["cine", "--port", str(port), "--pipeline", "cine_conventional", "--frames", "40",
                                   "--frame-ms", "100", "--matrix", "32", "--no-progress", "--out", str(tmp_path / "o")],
                                  capsys)
     finally:
+        backstop.cancel()
         host.kill()
         host.wait()
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
