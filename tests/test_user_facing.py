@@ -576,10 +576,10 @@ def test_replay_after_the_host_is_killed_mid_scan_writes_the_report_with_the_rea
     port = free_port()
     host = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--no-preload-models"],
                             env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    backstop = threading.Timer(120, lambda: host.send_signal(signal.SIGKILL))  # only if no image ever comes
+    backstop.daemon = True
     try:
         wait_port(port, host, 60)
-        backstop = threading.Timer(120, lambda: host.send_signal(signal.SIGKILL))  # only if no image ever comes
-        backstop.daemon = True
         backstop.start()
         code, out, err = _replay(["cine", "--port", str(port), "--pipeline", "cine_conventional", "--frames", "40",
                                   "--frame-ms", "100", "--matrix", "32", "--no-progress", "--out", str(tmp_path / "o")],
