@@ -322,4 +322,5 @@ def cached_model(name: str, device: str = "cpu", weights: str | None = None, all
         return rec
 
 
-__all__ = ["cached_model", "model_key", "set_cpu_threads", "DEFAULT_CPU_THREADS", "load_model", "Reconstructor", "robust_scale", "DEFAULT_WEIGHTS", "UNTRAINED"]
+__all__ = ["cached_model", "model_key", "set_cpu_threads", "DEFAULT_CPU_THREADS", "load_model", "Reconstructor",
+           "robust_scale", "DEFAULT_WEIGHTS", "UNTRAINED"]
