@@ -220,7 +220,8 @@ def serve(stream: ModelStream, connection: Any) -> None:
                 send(image)
         finally:
             stream.backend.close()
-            log.info("%s: %s", stream.entry.label, stream.summary(sent))
+            # logged as the gadget module's own line (sites filter gadget logs by module)
+            logging.getLogger(type(stream).__module__).info("%s: %s", stream.entry.label, stream.summary(sent))
 
 
 def gadget(stream_class: type[ModelStream]) -> Callable[[Any], None]:

@@ -2,7 +2,7 @@
 
 The third model is the dual U-Net baseline (``models/dual_unet_cine.py``):
 registered by importing that module, selected by one pipeline XML
-(``tests/pipelines/dual_unet_cine.xml``), and served in process, by the ZeroMQ
+(``tests/fixtures/dual_unet_cine.xml``), and served in process, by the ZeroMQ
 service and by Triton with no change to a gadget, server or client.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from tests.streams import small_cine
 from tests.test_dl_multicontrast import brain
 
 THIRD = "dual_unet_cine"
-XML = (ROOT / "tests" / "pipelines" / "dual_unet_cine.xml").read_text()
+XML = (ROOT / "tests" / "fixtures" / "dual_unet_cine.xml").read_text()  # in no host search folder: sent as text
 
 
 # ------------------------------------------------------------------------------------------ the registry
