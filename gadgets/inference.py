@@ -43,7 +43,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from models import registry
-from models.registry import InferenceError, model_key
+from models.registry import InferenceError, OperationCalls, model_key
 
 from . import host_settings, properties
 from .model_turns import turns_for
@@ -85,7 +85,7 @@ def cached_model(name: str, device: str = "cpu", weights: str | None = None, all
     return load_once(name, device, weights, allow_random, cpu_threads, cpu_runtime)
 
 
-class InProcessBackend:
+class InProcessBackend(OperationCalls):
     """Models in this process, shared by every session: one copy each, calls in turns (:mod:`gadgets.model_turns`)."""
 
     label = "in-process"
@@ -124,14 +124,6 @@ class InProcessBackend:
     def last_wait_s(self, name: str) -> float:
         """How long this thread's last call of model ``name`` waited for its turn."""
         return self.turns(name).last_wait_s()
-
-    def cine_batch(self, frames, kspace, mask, maps, causal, model=None):
-        return self.run(model or registry.default_model("cine"), {"frames": frames, "kspace": kspace, "mask": mask,
-                                                                   "maps": maps}, causal)
-
-    def pair_batch(self, reference, target, kspace, mask, maps, model=None):
-        return self.run(model or registry.default_model("pair"), {"reference": reference, "target": target,
-                                                                  "kspace": kspace, "mask": mask, "maps": maps})
 
     def run(self, name: str, arrays: dict[str, Any], causal: bool = False) -> np.ndarray:
         """One batched call of model ``name``'s operation (arrays as its :class:`~models.registry.InputSpec`)."""

@@ -182,6 +182,26 @@ def default_model(operation: str) -> str:
     return _DEFAULTS[operation]
 
 
+class OperationCalls:
+    """The backends' per-operation calls, on top of their ``run(model, arrays, causal)``.
+
+    Every backend (in process, ZeroMQ, Triton) answers ``cine_batch`` and
+    ``pair_batch`` the same way: the arrays named as the operation's
+    :class:`InputSpec`, for ``model`` or the operation's default model.
+    """
+
+    def run(self, model: str, arrays: dict[str, Any], causal: bool = False) -> Any:
+        raise NotImplementedError
+
+    def cine_batch(self, frames: Any, kspace: Any, mask: Any, maps: Any, causal: bool, model: str | None = None) -> Any:
+        return self.run(model or default_model("cine"), {"frames": frames, "kspace": kspace, "mask": mask, "maps": maps},
+                        causal)
+
+    def pair_batch(self, reference: Any, target: Any, kspace: Any, mask: Any, maps: Any, model: str | None = None) -> Any:
+        return self.run(model or default_model("pair"), {"reference": reference, "target": target, "kspace": kspace,
+                                                         "mask": mask, "maps": maps})
+
+
 def model_key(name: str, device: str = "cpu", weights: str | None = None, allow_random: bool = False,
               cpu_runtime: str = "torch") -> tuple:
     """What identifies one loaded model in a process (the in-process cache's key and its turns')."""
@@ -226,5 +246,5 @@ register(ModelEntry("dual_unet_resnet3d", "", _build_dual_unet_resnet3d, display
                     description="dual U-Net + 3-D ResNet over a whole zero-filled cine series"))
 
 
-__all__ = ["InferenceError", "InputSpec", "ModelEntry", "OPERATIONS", "register", "unregister", "get", "names", "served",
+__all__ = ["InferenceError", "InputSpec", "ModelEntry", "OperationCalls", "OPERATIONS", "register", "unregister", "get", "names", "served",
            "default_model", "import_modules", "model_key", "SHIPPED_DIR"]

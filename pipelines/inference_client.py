@@ -38,7 +38,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from models import registry
-from models.registry import InferenceError
+from models.registry import InferenceError, OperationCalls
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def decode(parts: list[bytes]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return header, arrays
 
 
-class InferenceClient:
+class InferenceClient(OperationCalls):
     """One connection to the service; the gadget-side backend (see :mod:`gadgets.inference`)."""
 
     # Automatic timeout (``timeout_ms <= 0``): the service's measured model time
@@ -257,14 +257,6 @@ class InferenceClient:
         # (B, ny) per-item lines (what the gadgets pass) or (B, ny, nx); else one shared mask.
         per_item = mask.ndim == 3 or (mask.ndim == 2 and mask.shape == (n, kspace.shape[-2]))
         return mask if per_item else np.broadcast_to(mask, (n,) + mask.shape)
-
-    def cine_batch(self, frames, kspace, mask, maps, causal, model=None):
-        return self.run(model or registry.default_model("cine"), {"frames": frames, "kspace": kspace, "mask": mask,
-                                                                   "maps": maps}, causal)
-
-    def pair_batch(self, reference, target, kspace, mask, maps, model=None):
-        return self.run(model or registry.default_model("pair"), {"reference": reference, "target": target,
-                                                                  "kspace": kspace, "mask": mask, "maps": maps})
 
     def run(self, model: str, arrays: dict[str, Any], causal: bool = False) -> np.ndarray:
         """One batched call of ``model`` (a registry name) on arrays named as its operation's input spec."""

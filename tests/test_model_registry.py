@@ -176,11 +176,11 @@ def _run(stream_host, monkeypatch, weights, **operator):
 @pytest.fixture(scope="module")
 def in_process(stream_host, third_model):
     with pytest.MonkeyPatch.context() as monkeypatch:
-        return _run(stream_host, monkeypatch, third_model)
+        return (*_run(stream_host, monkeypatch, third_model), third_model)
 
 
 def test_third_model_in_process_is_the_registered_network(in_process, third_model):
-    images, conventional, model = in_process
+    images, conventional, model, _ = in_process
     assert {im.meta["InferenceBackend"] for im in model} == {"in-process"}
     assert not np.allclose(images, conventional, atol=1e-3 * conventional.max())  # the network did something
     # the network itself, loaded from its card alone, through the registry
@@ -188,28 +188,29 @@ def test_third_model_in_process_is_the_registered_network(in_process, third_mode
     assert rec.info["architecture"] == THIRD and rec.info["operation"] == "cine" and rec.dc == "hard-gradient"
 
 
-def test_third_model_through_the_zeromq_service(stream_host, monkeypatch, third_model, in_process):
-    proc, endpoint = start_service(third_model, models=THIRD,
-                                   extra=["--model-module", "models.dual_unet_cine", "--weights", f"{THIRD}={third_model[THIRD]}"])
+def _served_remotely(stream_host, monkeypatch, in_process, start, stopper, choice: str, endpoint_setting: str) -> None:
+    """The third model's images through a server ``start(extra)`` started with its module and weights."""
+    weights = in_process[3]
+    proc, endpoint = start(["--model-module", "models.dual_unet_cine", "--weights", f"{THIRD}={weights[THIRD]}"])
     try:
-        images, _, model = _run(stream_host, monkeypatch, third_model, inference_override="service",
-                                inference_endpoint=endpoint)
+        images, _, model = _run(stream_host, monkeypatch, weights, inference_override=choice,
+                                **{endpoint_setting: endpoint})
     finally:
-        stop(proc)
-    assert {im.meta["InferenceBackend"] for im in model} == {f"service {endpoint}"}
+        stopper(proc)
+    assert {im.meta["InferenceBackend"] for im in model} == {f"{choice} {endpoint}"}
     np.testing.assert_allclose(images, in_process[0], rtol=0, atol=1e-5 * np.abs(in_process[0]).max())
+
+
+def test_third_model_through_the_zeromq_service(stream_host, monkeypatch, third_model, in_process):
+    _served_remotely(stream_host, monkeypatch, in_process,
+                     lambda extra: start_service(third_model, models=THIRD, extra=extra), stop,
+                     "service", "inference_endpoint")
 
 
 def test_third_model_through_triton(stream_host, monkeypatch, third_model, in_process):
     python, why = triton_python()
     if python is None:
         pytest.skip(why)
-    proc, endpoint = start_triton(python, third_model, models=THIRD,
-                                  extra=["--model-module", "models.dual_unet_cine", "--weights", f"{THIRD}={third_model[THIRD]}"])
-    try:
-        images, _, model = _run(stream_host, monkeypatch, third_model, inference_override="triton",
-                                triton_endpoint=endpoint)
-    finally:
-        stop_group(proc)
-    assert {im.meta["InferenceBackend"] for im in model} == {f"triton {endpoint}"}
-    np.testing.assert_allclose(images, in_process[0], rtol=0, atol=1e-5 * np.abs(in_process[0]).max())
+    _served_remotely(stream_host, monkeypatch, in_process,
+                     lambda extra: start_triton(python, third_model, models=THIRD, extra=extra), stop_group,
+                     "triton", "triton_endpoint")
