@@ -52,175 +52,40 @@ time 2000, gated 0 = off: the latest a model-series image may leave after
 its window was released, waiting for coil maps included; the scheduler
 works on the newest windows and drops the ones it cannot finish in time),
 ``map_wait_frames`` (8: windows of a slice that may wait for its coil maps
-before falling back), and the inference properties of
-:func:`gadgets.inference.backend_from_config`.
+before falling back), ``model`` (a :mod:`models.registry` cine model, default
+KGMgT's entry), and the inference properties of
+:func:`gadgets.inference.backend_from_config`. The model worker, fallback
+plumbing, settings, coil-map cache and meta are the model-gadget base's
+(:mod:`gadgets.model_gadget`); this module is the sliding window.
 """
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import ismrmrd
 import numpy as np
 
 from models.coils import rss, sense_combine
-from models.fft import fft1c, ifft1c, ifft2c
+from models.fft import ifft2c
 from models.view_sharing import LineHistory, SharedFrame, add_lookahead
 
-from . import host_settings, properties
-from .conventional import CoilMapCache, conventional_image
-from .errors import reports_errors
-from .frames import Frame, frames_from, time_dimension
-from .image_headers import image_from_frame, recon_geometry
-from .inference import InferenceError, backend_from_config, model_meta
+from . import host_settings, model_gadget, properties
+from .conventional import conventional_image
+from .frames import Frame, time_dimension
+from .image_headers import image_from_frame
+from .inference import InferenceError
+from .model_gadget import ModelStream, pixels_of, recon_kspace
+from .model_windows import GroupKey, SlidingWindows, Window
 from .realtime_scheduler import Job as ScheduledJob
 from .realtime_scheduler import WALL_CLOCK, RealtimeScheduler, Timebase
-from .sent_counts import SentImages
 
 log = logging.getLogger(__name__)
 
 MODES = ("centered", "causal")
-GroupKey = tuple[int, int, int]  # slice, contrast, set
-
-
-# ---------------------------------------------------------------------------- k-space on the recon grid
-def recon_kspace(kspace: np.ndarray, sampled: np.ndarray, recon_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """A frame's measured ``(coils, ny, nx)`` k-space and ``(ny,)`` line mask on the recon matrix.
-
-    Smaller encodings are zero-padded (as :func:`gadgets.conventional.fit_kspace`);
-    a readout longer than the recon matrix (oversampling still present) is
-    cropped in image space along the readout only, which is exact because
-    every sampled line is complete along the readout. A phase-encode axis
-    longer than the recon matrix (phase oversampling) cannot be represented
-    with a line mask on the recon grid and raises ``ValueError``.
-    """
-    coils, ny, nx = kspace.shape
-    ry, rx = recon_shape
-    if ny > ry:
-        raise ValueError(f"{ny} phase-encode lines exceed the {ry}-line recon matrix (phase oversampling)")
-    pad_y = ry - ny
-    k = np.pad(kspace, ((0, 0), (pad_y // 2, pad_y - pad_y // 2), (0, 0))) if pad_y else kspace
-    mask = np.pad(sampled, (pad_y // 2, pad_y - pad_y // 2)) if pad_y else sampled
-    if nx < rx:
-        k = np.pad(k, ((0, 0), (0, 0), ((rx - nx) // 2, rx - nx - (rx - nx) // 2)))
-    elif nx > rx:
-        x0 = (nx - rx) // 2
-        k = fft1c(ifft1c(k, axis=-1)[..., x0:x0 + rx], axis=-1)
-    return np.ascontiguousarray(k, dtype=np.complex64), np.asarray(mask, dtype=bool)
-
-
-# ---------------------------------------------------------------------------- the window logic
-@dataclass
-class Window:
-    """A frame ready to reconstruct: its group, its time and the three times to use, in model order."""
-
-    group: GroupKey
-    t: int
-    times: tuple[int, int, int]
-
-
-@dataclass
-class SlidingWindows:
-    """Which frames are ready, given the frames seen so far (no arrays, just times).
-
-    ``period``: number of cardiac phases for gated (periodic) cine, else None.
-    ``last_index``: the last real-time frame the header announces (None: unknown).
-    """
-
-    causal: bool = False
-    period: int | None = None
-    last_index: int | None = None
-    present: dict = field(default_factory=dict)   # group -> set of times held
-    emitted: dict = field(default_factory=dict)   # group -> set of times done
-    newest: dict = field(default_factory=dict)    # group -> largest time seen (real time)
-    ended: bool = False
-    ended_groups: set = field(default_factory=set)
-
-    def _wrap(self, t: int) -> int:
-        return t % self.period if self.period else t
-
-    def neighbours(self, t: int) -> tuple[int, int]:
-        """The two other frames of ``t``'s window: (t-1, t+1) centered, (t-2, t-1) causal."""
-        a, b = (t - 2, t - 1) if self.causal else (t - 1, t + 1)
-        return self._wrap(a), self._wrap(b)
-
-    def _state(self, g: GroupKey, n: int) -> str:
-        if n in self.present[g]:
-            return "present"
-        if self.ended or g in self.ended_groups:
-            return "never"
-        if self.period:
-            return "never" if not 0 <= n < self.period else "pending"
-        if n < 0 or (self.last_index is not None and n > self.last_index) or n < self.newest[g]:
-            return "never"  # real time: frames come in order, so a skipped one will not come
-        return "pending"
-
-    def _window(self, g: GroupKey, t: int) -> Window | None:
-        if t in self.emitted[g] or t not in self.present[g]:
-            return None
-        a, b = self.neighbours(t)
-        sa, sb = self._state(g, a), self._state(g, b)
-        if "pending" in (sa, sb):
-            return None
-        if self.causal:  # (t-2, t-1, t)
-            b2 = b if sb == "present" else t
-            a2 = a if sa == "present" else b2
-            return Window(g, t, (a2, b2, t))
-        a2 = a if sa == "present" else (b if sb == "present" else t)
-        b2 = b if sb == "present" else (a if sa == "present" else t)
-        return Window(g, t, (a2, t, b2))
-
-    def _ready(self, g: GroupKey) -> list[Window]:
-        out = []
-        for t in sorted(self.present[g] - self.emitted[g]):
-            w = self._window(g, t)
-            if w is not None:
-                out.append(w)
-        for w in out:
-            self.emitted[g].add(w.t)
-        return out
-
-    def add(self, g: GroupKey, t: int) -> list[Window]:
-        """Frame ``t`` of group ``g`` is complete; the windows now ready, in time order."""
-        self.present.setdefault(g, set()).add(t)
-        self.emitted.setdefault(g, set())
-        self.newest[g] = max(self.newest.get(g, t), t)
-        return self._ready(g)
-
-    def end_group(self, g: GroupKey) -> list[Window]:
-        """Group ``g`` will get no more frames: its frames not yet out, with the best neighbours there are."""
-        self.ended_groups.add(g)
-        return self._ready(g) if g in self.present else []
-
-    def forget(self, g: GroupKey) -> None:
-        for d in (self.present, self.emitted, self.newest):
-            d.pop(g, None)
-
-    def flush(self) -> list[Window]:
-        """The stream ended: every frame not yet out, with the best neighbours there are."""
-        self.ended = True
-        out = []
-        for g in sorted(self.present):
-            out.extend(self._ready(g))
-        return out
-
-    def droppable(self, g: GroupKey) -> set[int]:
-        """Frames of ``g`` no future window can use (so their arrays can go)."""
-        held = self.present.get(g, set())
-        if self.period:
-            return set(held) if len(self.emitted[g]) >= self.period else set()
-        waiting = held - self.emitted[g]
-        oldest_needed = min(waiting, default=self.newest[g] + 1) - 2
-        # A future frame u > newest uses at most u-2 >= newest-1.
-        return {t for t in held if t < min(oldest_needed, self.newest[g] - 1)}
-
-    def drop(self, g: GroupKey, times: set[int]) -> None:
-        self.present[g] -= times
-        if not self.period:
-            self.emitted[g] = {t for t in self.emitted[g] if t >= self.newest[g] - 2}
+__all__ = ["KGMgTStream", "SlidingWindows", "Window", "attach_scheduler", "reconstruct", "preload", "recon_kspace"]
 
 
 # ---------------------------------------------------------------------------- the gadget
@@ -234,24 +99,19 @@ class _Held:
     shared: SharedFrame | None = None  # causal view sharing, taken when the frame arrived
 
 
-def _pixels(image: ismrmrd.Image) -> np.ndarray:
-    return np.asarray(image.data).reshape(image.data.shape[-2:])
-
-
-class KGMgTStream:
+class KGMgTStream(ModelStream):
     """The gadget's state; :func:`reconstruct` drives it from a connection (kept separate for tests)."""
 
+    OPERATION = "cine"
+
     def __init__(self, header: Any, config: Any, backend=None, settings: host_settings.OperatorSettings | None = None) -> None:
-        settings = settings if settings is not None else host_settings.load()
-        host_settings.check_header(header, settings)
-        self.header = header
         self.mode = properties.get(config, "mode", "centered").lower()
         if self.mode not in MODES:
             raise ValueError(f"property 'mode' must be one of {MODES}, not {self.mode!r}")
-        self.series = properties.get(config, "series_index", 1)
-        self.conv_series = properties.get(config, "conventional_series_index", 0)
-        if self.series == self.conv_series:
-            raise ValueError("series_index and conventional_series_index must differ")
+        self.inputs = properties.get(config, "inputs", "auto").lower()
+        if self.inputs not in ("auto", "zero-filled", "view-shared"):
+            raise ValueError(f"property 'inputs' must be auto, zero-filled or view-shared, not {self.inputs!r}")
+        super().__init__(header, config, backend, settings)
         self.emit_conventional = properties.get(config, "emit_conventional", True)
         self.max_batch = max(1, properties.get(config, "max_batch", 8))
         self.time_dim = time_dimension(header, properties.get(config, "time_dimension", ""))
@@ -264,32 +124,22 @@ class KGMgTStream:
                                       last_index=None if gated else maximum)
         if gated and maximum is None:
             log.warning("gated cine without a phase limit in the header: phases wrap only at the end of the stream")
-        self.recon_shape, _ = recon_geometry(header)
-        self.cache = CoilMapCache(self.recon_shape, properties.get(config, "max_calibration_lines", 32),
-                                  max_entries=settings.max_cache_entries)
         # (slice, contrast, set) groups held at once: a stream inventing a new slice with every frame must
         # not grow memory; beyond this the oldest group is ended (its frames go out with the neighbours
         # they have) and forgotten.
-        self.max_groups = max(1, settings.max_cache_entries)
-        self.backend = backend if backend is not None else backend_from_config(config, settings)
-        # The model's name and version are asked for on the model path, at its
-        # first call: a blocking call here (a model load, a dead service's
-        # timeout) would hold back the conventional series.
-        self.meta = {"Model": "KGMgT", "Mode": self.mode, "InferenceBackend": self.backend.label}
-        self._model_meta_known = False
+        self.max_groups = max(1, self.settings.max_cache_entries)
+        self.meta["Mode"] = self.mode
         self.held: dict[GroupKey, dict[int, _Held]] = {}
-        self.scheduler: RealtimeScheduler | None = None  # set by the gadget: model beside the frame path
         self.map_wait_frames = max(0, properties.get(config, "map_wait_frames", 8))
         self._waiting: dict[int, list[_Job]] = {}  # per slice: jobs waiting for coil maps
-        self.counts = {"model": 0, "fallback": 0}
         self._reasons: set[str] = set()
-        self._count_lock = threading.Lock()  # fallbacks are made on the scheduler's threads too
-        self.inputs = properties.get(config, "inputs", "auto").lower()
-        if self.inputs not in ("auto", "zero-filled", "view-shared"):
-            raise ValueError(f"property 'inputs' must be auto, zero-filled or view-shared, not {self.inputs!r}")
         self.histories: dict[GroupKey, LineHistory] = {}  # per group: the latest measurement of every line
-        log.info("KGMgT %s over %s (period %s), inference %s", self.mode, self.time_dim,
+        log.info("%s %s over %s (period %s), inference %s", self.entry.label, self.mode, self.time_dim,
                  self.windows.period, self.backend.label)
+
+    def default_max_lag_ms(self) -> float:
+        """Real time: 2 s; gated cine (reviewed after the scan): off."""
+        return 0.0 if self.time_dim == "phase" else 2000.0
 
     def _key(self, frame: Frame) -> tuple[GroupKey, int]:
         s, c, st, t = frame.key(self.time_dim)
@@ -315,7 +165,7 @@ class KGMgTStream:
         shared = None
         if k is not None:  # also for zero-filled models: the fallback image is view-shared
             shared = self.histories.setdefault(g, LineHistory()).share(k, m, t)
-        self.held.setdefault(g, {})[t] = _Held(frame, k, m, _pixels(conv), dict(conv.meta), shared)
+        self.held.setdefault(g, {})[t] = _Held(frame, k, m, pixels_of(conv), dict(conv.meta), shared)
         jobs = [self._job(w) for w in self.windows.add(g, t)]
         self._prune(g)
         while len(self.held) > self.max_groups:
@@ -324,7 +174,7 @@ class KGMgTStream:
 
     def _end_group(self, g: GroupKey) -> list["_Job"]:
         """Release group ``g``'s frames now and forget it (see ``max_groups``)."""
-        log.warning("KGMgT: more than %d slices at once: ending slice group %s early", self.max_groups, g)
+        log.warning("%s: more than %d slices at once: ending slice group %s early", self.entry.label, self.max_groups, g)
         jobs = [self._job(w) for w in self.windows.end_group(g)]
         for job in jobs:  # its maps may never come: these cannot wait for them
             if job.reason is None and self.cache.get(g[0])[0] is None:
@@ -342,7 +192,7 @@ class KGMgTStream:
         out = list(self._release(jobs, final=True))
         if self.scheduler is not None:
             self.scheduler.finish()
-            log.info("KGMgT scheduler: %s", dict(self.scheduler.stats))
+            log.info("%s scheduler: %s", self.entry.label, dict(self.scheduler.stats))
         return out
 
     def _prune(self, g: GroupKey) -> None:
@@ -441,7 +291,7 @@ class KGMgTStream:
         w = job.window
         with self._count_lock:
             if reason not in self._reasons:
-                log.warning("KGMgT fallback to the classical image (frame %s %d): %s", w.group, w.t, reason)
+                log.warning("%s fallback to the classical image (frame %s %d): %s", self.entry.label, w.group, w.t, reason)
                 self._reasons.add(reason)
             self.counts["fallback"] += 1
         pixels, method, coil_source = self.fallback_image(job)
@@ -449,15 +299,13 @@ class KGMgTStream:
                 "Window": ",".join(map(str, w.times))}
         return image_from_frame(job.frame, pixels, self.header, series_index=self.series, meta=meta)
 
-    def model_ready(self) -> None:
-        """Ask the backend for the model's name, version and inputs once (loading an in-process model)."""
-        if not self._model_meta_known:
-            self.meta.update(model_meta(self.backend, "kgmgt"))
-            if self.inputs == "auto":
-                # what the weights were trained on; a model that cannot say predates view sharing
-                self.inputs = self.meta.get("ModelInputs", "zero-filled")
-            self.meta["ModelInputs"] = self.inputs
-            self._model_meta_known = True
+    fallback_for = _fallback
+
+    def on_model_meta(self) -> None:
+        if self.inputs == "auto":
+            # what the weights were trained on; a model that cannot say predates view sharing
+            self.inputs = self.meta.get("ModelInputs", "zero-filled")
+        self.meta["ModelInputs"] = self.inputs
 
     def window_images(self, job: "_Job") -> np.ndarray:
         """The window's three SENSE images ``(3, ny, nx)`` as the model takes them, with the maps its DC uses."""
@@ -482,7 +330,7 @@ class KGMgTStream:
                 frames = np.stack([self.window_images(j) for _, j in todo])
                 images = self.backend.cine_batch(frames, np.stack([j.kspace for _, j in todo]),
                                                  np.stack([j.mask for _, j in todo]), np.stack([j.maps for _, j in todo]),
-                                                 self.mode == "causal")
+                                                 self.mode == "causal", model=self.model)
                 if images.shape != (len(todo),) + self.recon_shape:
                     raise InferenceError(f"model returned {images.shape}, expected {(len(todo),) + self.recon_shape}")
                 if not np.all(np.isfinite(images)):
@@ -497,13 +345,14 @@ class KGMgTStream:
                 if error is not None:
                     results[i] = self._fallback(job, error)
                     continue
-                with self._count_lock:
-                    self.counts["model"] += 1
-                meta = {**self.meta, "ReconMethod": "KGMgT + k-space DC", "CoilMaps": job.coil_source,
+                self.count("model")
+                meta = {**self.meta, "ReconMethod": self.recon_method, "CoilMaps": job.coil_source,
                         "Window": ",".join(map(str, job.window.times)), "InferenceMs": f"{ms:.1f}",
                         "Batch": str(len(todo))}
                 results[i] = image_from_frame(job.frame, images[j], self.header, series_index=self.series, meta=meta)
         return [results[i] for i in range(len(jobs))]
+
+    run_jobs = execute
 
 
 @dataclass
@@ -522,67 +371,15 @@ class _Job:
     handle: ScheduledJob | None = None  # its place in the scheduler (deadline, delivered)
 
 
-def _turn_waits(backend: Any, model: str) -> dict:
-    """The waits for other scans' turns on a model shared in this process (in-process backends), if any."""
-    if not (hasattr(backend, "expected_wait_s") and hasattr(backend, "last_wait_s")):
-        return {}
-    return {"queue_wait": lambda: backend.expected_wait_s(model), "last_wait": lambda: backend.last_wait_s(model)}
-
-
 def attach_scheduler(stream: KGMgTStream, send: Callable[[ismrmrd.Image], None], max_pending: int = 64,
                      max_lag_ms: float = 0.0, clock: Timebase = WALL_CLOCK) -> RealtimeScheduler:
-    """Run ``stream``'s model beside its frame path (:mod:`gadgets.realtime_scheduler`); images go to ``send``.
-
-    ``send`` is called from the scheduler's threads (and the frame path's, for
-    fallbacks decided there): it must be thread-safe.
-    """
-    stream.scheduler = RealtimeScheduler(
-        run=stream.execute,
-        deliver=lambda job, image: send(image),
-        fallback=lambda job, reason: send(stream._fallback(job, reason)),
-        max_lag_s=max(0.0, max_lag_ms) / 1000.0, max_batch=stream.max_batch, max_pending=max_pending,
-        prepare=stream.model_ready, clock=clock, name="kgmgt", describe=lambda: stream.backend.label,
-        **_turn_waits(stream.backend, "kgmgt"))
-    return stream.scheduler
+    """Run ``stream``'s model beside its frame path (:meth:`gadgets.model_gadget.ModelStream.attach_scheduler`)."""
+    return stream.attach_scheduler(send, max_pending, max_lag_ms, clock)
 
 
-@reports_errors
-def reconstruct(connection: Any) -> None:
-    """Gadget: ``ReconData`` frames in; conventional and KGMgT images out (module docstring)."""
-    stream = KGMgTStream(connection.header, connection.config, settings=host_settings.for_connection(connection))
-    lock = threading.Lock()  # gadgetron.external.Connection.send is not thread-safe
-
-    sent = SentImages(stream.series)  # the closing log counts what left, not what was computed
-
-    def send(item: Any) -> None:
-        with lock:
-            connection.send(item)
-            sent.note(item)
-
-    if properties.get(connection.config, "model_thread", True):
-        gated = stream.time_dim == "phase"
-        attach_scheduler(stream, send, properties.get(connection.config, "max_pending", 64),
-                         properties.get(connection.config, "max_lag_ms", 0.0 if gated else 2000.0))
-    try:
-        for item in connection:
-            if not hasattr(item, "bits"):
-                send(item)
-                continue
-            for frame in frames_from(item):
-                for image in stream.add(frame):
-                    send(image)
-    finally:
-        # Also on failure: frames still waiting for neighbours get their images.
-        try:
-            for image in stream.flush():
-                send(image)
-        finally:
-            stream.backend.close()
-            log.info("KGMgT: %s", sent.summary())
+reconstruct = model_gadget.gadget(KGMgTStream)
 
 
 def preload(config: Any, settings: Any = None) -> str:
-    """Host hook: load the kgmgt weights this configuration uses before the first scan arrives."""
-    from .inference import preload as preload_model
-
-    return preload_model(config, "kgmgt", settings)
+    """Host hook: load the cine model this configuration uses before the first scan arrives."""
+    return model_gadget.preload(config, KGMgTStream.OPERATION, settings)

@@ -82,6 +82,9 @@ SETTINGS: tuple[Setting, ...] = (
             "runtime of KGMgT's network on the CPU: torch, onnxruntime or openvino (DC stays in torch)"),
     Setting("kgmgt_weights", str, "", "KGMgT .safetensors for in-process inference (default: the shipped set)"),
     Setting("sgfmri_weights", str, "", "SGF-MRI .safetensors for in-process inference (default: the shipped set)"),
+    Setting("model_weights", str, "",
+            "weights of any registered model for in-process inference, NAME=PATH[,NAME=PATH...] (models.registry "
+            "names; wins over kgmgt_weights and sgfmri_weights; default: each model's registered set)"),
     Setting("allow_random", _bool, False, "tests only: untrained networks when weights are missing"),
     Setting("reference_store", str, "", "folder of the multi-contrast reference store"),
     Setting("max_matrix", int, 512, "largest encoded or recon matrix side a header may claim"),
@@ -196,7 +199,25 @@ def from_args(args: argparse.Namespace, base: OperatorSettings | None = None) ->
     return base.with_values(**{s.name: getattr(args, s.name, None) for s in SETTINGS if s.name not in _NO_CLI})
 
 
-__all__ = ["SETTINGS", "OperatorSettings", "OperatorSettingRefused", "load", "for_connection", "check_config",
+def weights_by_model(settings: OperatorSettings) -> dict[str, str | None]:
+    """The operator's weights per model name (``None``: the model's registered default set).
+
+    ``kgmgt_weights`` and ``sgfmri_weights`` are the two shipped models' own
+    settings; ``model_weights`` names any registered model's (a model added
+    to the registry needs no setting of its own).
+    """
+    chosen: dict[str, str | None] = {"kgmgt": settings.kgmgt_weights or None, "sgfmri": settings.sgfmri_weights or None}
+    for part in str(settings.model_weights or "").split(","):
+        if not part.strip():
+            continue
+        name, sep, path = part.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"operator setting model_weights: {part.strip()!r} is not NAME=PATH")
+        chosen[name.strip()] = path.strip()
+    return chosen
+
+
+__all__ = ["SETTINGS", "OperatorSettings", "weights_by_model", "OperatorSettingRefused", "load", "for_connection", "check_config",
            "operator_properties", "refusal", "add_arguments", "from_args", "CONFIG_ENV"]
 
 

@@ -1,8 +1,8 @@
 """The one inference interface the deep-learning gadgets call (DESIGN.md contract 4).
 
-Two backends answer the same three calls:
+Three backends answer the same calls, for any model of :mod:`models.registry`:
 
-- :class:`InProcessBackend` (the default): ``models.inference.load_model`` in
+- :class:`InProcessBackend` (the default): ``models.inference.cached_model`` in
   this process. Loaded models are cached per process, so every session of
   the embedded host shares one copy, and its calls run one at a time on one
   thread, sessions taking turns (:mod:`gadgets.model_turns`); a fresh
@@ -19,12 +19,15 @@ process would otherwise load the model at the start of every scan); a
 pipeline never chooses an endpoint or overrides the operator.
 
 The clients are imported by name with :mod:`importlib`, so no gadget module
-imports socket code statically (gadgets know no sockets; ``pipelines`` does).
+imports socket code statically (gadgets know no sockets; ``pipelines`` does);
+the clients import nothing of ``gadgets`` (their error type,
+:class:`~models.registry.InferenceError`, lives in ``models``), so there is no loop.
 
-Calls (NumPy in, NumPy out, shapes as in :mod:`models.inference`)::
+Calls (NumPy in, NumPy out, shapes as in :mod:`models.inference`; ``model``
+a registry name, default the operation's :func:`~models.registry.default_model`)::
 
-    backend.cine_batch(frames (B,3,ny,nx), kspace (B,C,ny,nx), mask (B,ny), maps (B,C,ny,nx), causal) -> (B,ny,nx)
-    backend.pair_batch(reference (B,ny,nx) | None, target_zf (B,ny,nx), kspace, mask, maps) -> (B,ny,nx)
+    backend.cine_batch(frames (B,3,ny,nx), kspace (B,C,ny,nx), mask (B,ny), maps (B,C,ny,nx), causal, model=) -> (B,ny,nx)
+    backend.pair_batch(reference (B,ny,nx) | None, target_zf (B,ny,nx), kspace, mask, maps, model=) -> (B,ny,nx)
     backend.model_info(model) -> {"name", "version", "device", ...}
 
 Every failure (model error, timeout, service down) raises
@@ -35,11 +38,12 @@ from __future__ import annotations
 
 import importlib
 import logging
-import threading
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+from models import registry
+from models.registry import InferenceError, OperationCalls, model_key
 
 from . import host_settings, properties
 from .model_turns import turns_for
@@ -49,75 +53,39 @@ log = logging.getLogger(__name__)
 CLIENT_MODULE = "pipelines.inference_client"
 TRITON_MODULE = "pipelines.triton_client"
 INFERENCE_CHOICES = ("in-process", "service", "triton")
-
-
-class InferenceError(RuntimeError):
-    """Inference did not produce an image (the reason is the message)."""
+DEFAULT_CPU_THREADS = 1  # models.inference.DEFAULT_CPU_THREADS (imported with torch only when a model loads)
 
 
 class Backend(Protocol):
     label: str
 
     def cine_batch(self, frames: np.ndarray, kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray,
-                   causal: bool) -> np.ndarray: ...
+                   causal: bool, model: str | None = None) -> np.ndarray: ...
 
     def pair_batch(self, reference: np.ndarray | None, target: np.ndarray, kspace: np.ndarray, mask: np.ndarray,
-                   maps: np.ndarray) -> np.ndarray: ...
+                   maps: np.ndarray, model: str | None = None) -> np.ndarray: ...
 
     def model_info(self, model: str) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
 
 
-_MODELS: dict[tuple, Any] = {}
-_MODELS_LOCK = threading.Lock()
-DEFAULT_CPU_THREADS = 1
-
-
 def set_cpu_threads(threads: int) -> None:
-    """Threads torch may use for CPU inference in this process.
+    """See :func:`models.inference.set_cpu_threads` (torch is imported only when a model is used)."""
+    from models.inference import set_cpu_threads as set_threads
 
-    One by default: torch's OpenMP pool spin-waits, and with any other load on
-    the cores (the frame path of the same scan, other scans, anything else on
-    the host) two threads made one KGMgT call 40x slower than one thread on
-    our 2-core machine (88 ms -> 3.4 s per 64x64 frame). Streaming work is
-    parallel across scans and frames; a dedicated CPU inference box may ask
-    for more.
-    """
-    import torch  # the models' dependency; imported only when a model is used
-
-    if threads > 0 and torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-
-
-def model_key(name: str, device: str = "cpu", weights: str | None = None, allow_random: bool = False,
-              cpu_runtime: str = "torch") -> tuple:
-    """What identifies one loaded model in this process."""
-    return (name, device, str(Path(weights).resolve()) if weights else "", bool(allow_random), cpu_runtime)
+    set_threads(threads)
 
 
 def cached_model(name: str, device: str = "cpu", weights: str | None = None, allow_random: bool = False,
-                 cpu_threads: int = DEFAULT_CPU_THREADS, cpu_runtime: str = "torch"):
-    """``models.inference.load_model`` once per (name, device, weights, CPU runtime) in this process."""
-    key = model_key(name, device, weights, allow_random, cpu_runtime)
-    with _MODELS_LOCK:
-        rec = _MODELS.get(key)
-        if rec is None:
-            from models.inference import load_model
-            from models.runtimes import runtime_missing
+                 cpu_threads: int = DEFAULT_CPU_THREADS, cpu_runtime: str = "torch") -> Any:
+    """:func:`models.inference.cached_model`: one copy of a model per process (torch imported on first use)."""
+    from models.inference import cached_model as load_once
 
-            set_cpu_threads(cpu_threads)
-            if runtime_missing(cpu_runtime):  # an optional package: torch serves instead, and says so
-                log.warning("cpu_runtime %s unavailable (%s); using torch", cpu_runtime, runtime_missing(cpu_runtime))
-                cpu_runtime = "torch"
-            rec = load_model(name, device=device, weights=weights or None, allow_random=allow_random,
-                             runtime=cpu_runtime)
-            log.info("loaded %s (%s) on %s", rec.name, rec.version, rec.device)
-            _MODELS[key] = rec
-        return rec
+    return load_once(name, device, weights, allow_random, cpu_threads, cpu_runtime)
 
 
-class InProcessBackend:
+class InProcessBackend(OperationCalls):
     """Models in this process, shared by every session: one copy each, calls in turns (:mod:`gadgets.model_turns`)."""
 
     label = "in-process"
@@ -157,13 +125,10 @@ class InProcessBackend:
         """How long this thread's last call of model ``name`` waited for its turn."""
         return self.turns(name).last_wait_s()
 
-    def cine_batch(self, frames, kspace, mask, maps, causal):
-        return self._call("kgmgt", len(frames),
-                          lambda rec: rec.reconstruct_cine_batch(frames, kspace, mask, maps, causal=causal))
-
-    def pair_batch(self, reference, target, kspace, mask, maps):
-        return self._call("sgfmri", len(target),
-                          lambda rec: rec.reconstruct_pair_batch(reference, target, kspace, mask, maps))
+    def run(self, name: str, arrays: dict[str, Any], causal: bool = False) -> np.ndarray:
+        """One batched call of model ``name``'s operation (arrays as its :class:`~models.registry.InputSpec`)."""
+        items = len(arrays[registry.get(name).spec.target])
+        return self._call(name, items, lambda rec: rec.run_batch(arrays, causal))
 
     def model_info(self, model: str) -> dict[str, Any]:
         return dict(self._model(model).info)
@@ -203,7 +168,7 @@ def backend_from_config(config: Any, settings: host_settings.OperatorSettings | 
         return module.TritonClient(settings.triton_endpoint, timeout_ms=settings.inference_timeout_ms)
     return InProcessBackend(
         device=settings.device,
-        weights={"kgmgt": settings.kgmgt_weights or None, "sgfmri": settings.sgfmri_weights or None},
+        weights=host_settings.weights_by_model(settings),
         allow_random=settings.allow_random,
         cpu_threads=settings.cpu_threads,
         cpu_runtime=settings.cpu_runtime,
@@ -238,4 +203,4 @@ def model_meta(backend: Backend, model: str) -> dict[str, str]:
 
 
 __all__ = ["InferenceError", "InProcessBackend", "backend_from_config", "cached_model", "model_key", "model_meta",
-           "set_cpu_threads"]
+           "set_cpu_threads", "Backend"]

@@ -40,8 +40,12 @@ Properties: ``reference_contrast`` (0), ``series_index`` (1),
 ``model_thread`` (true; false: the model runs inline), ``max_lag_ms`` (0),
 ``reference_max_age_s`` (may only shorten the host's age limit),
 ``max_shift_px`` (2.0), ``max_correctable_shift_px`` (10.0),
-``min_match_confidence`` (4.5), and the inference properties of
-:func:`gadgets.inference.backend_from_config`. The store's folder, age limit
+``min_match_confidence`` (4.5), ``model`` (a :mod:`models.registry` pair
+model, default SGF-MRI's entry), and the inference properties of
+:func:`gadgets.inference.backend_from_config`. The model worker, fallback
+plumbing, settings, coil-map cache (bounded by the operator's
+``max_cache_entries``) and meta are the model-gadget base's
+(:mod:`gadgets.model_gadget`); this module is the pairing. The store's folder, age limit
 and size come from the host (``STREAMRECON_REFERENCE_STORE`` etc., see
 :class:`~gadgets.reference_store.StoreSettings`); a ``reference_store``
 property sent by a client is ignored.
@@ -50,25 +54,24 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import ismrmrd
 import numpy as np
 
 from models.fft import fft2c, ifft2c
 
-from . import host_settings, properties
-from .cine_kgmgt import _turn_waits, recon_kspace
-from .conventional import CoilMapCache, conventional_image
-from .errors import reports_errors
-from .frames import Frame, frames_from
-from .image_headers import image_from_frame, recon_geometry
-from .inference import InferenceError, backend_from_config, model_meta
+from . import host_settings, model_gadget, properties
+from .conventional import conventional_image
+from .frames import Frame
+from .image_headers import image_from_frame
+from .inference import InferenceError
+from .model_gadget import ModelStream, pixels_of, recon_kspace
 from .realtime_scheduler import RealtimeScheduler
 from .reference_store import ReferenceStore, StoreSettings, identity_hash, position_text
+from .sent_counts import SentImages
 
 log = logging.getLogger(__name__)
 
@@ -158,30 +161,22 @@ def resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- the gadget
-def _pixels(image: ismrmrd.Image) -> np.ndarray:
-    return np.asarray(image.data).reshape(image.data.shape[-2:])
-
-
-class SGFMRIStream:
+class SGFMRIStream(ModelStream):
     """The gadget's state; :func:`reconstruct` drives it from a connection."""
 
+    OPERATION = "pair"
+
     def __init__(self, header: Any, config: Any, backend=None, settings: host_settings.OperatorSettings | None = None) -> None:
-        settings = settings if settings is not None else host_settings.load()
-        host_settings.check_header(header, settings)
-        self.header = header
+        super().__init__(header, config, backend, settings)
         self.reference_contrast = properties.get(config, "reference_contrast", 0)
-        self.series = properties.get(config, "series_index", 1)
-        self.conv_series = properties.get(config, "conventional_series_index", 0)
-        if self.series == self.conv_series:
-            raise ValueError("series_index and conventional_series_index must differ")
         self.max_shift_px = properties.get(config, "max_shift_px", 2.0)
         self.max_correctable_shift_px = properties.get(config, "max_correctable_shift_px", 10.0)
         self.min_match_confidence = properties.get(config, "min_match_confidence", 4.5)
         self.store = None
         if properties.get(config, "use_reference_store", True):
             store_settings = StoreSettings.from_environment()
-            if settings.reference_store:  # the embedded host's operator setting, else the environment's
-                store_settings = dataclasses.replace(store_settings, folder=Path(settings.reference_store))
+            if self.settings.reference_store:  # the embedded host's operator setting, else the environment's
+                store_settings = dataclasses.replace(store_settings, folder=Path(self.settings.reference_store))
             self.store = ReferenceStore(store_settings, max_age_s=properties.get(config, "reference_max_age_s", 0.0) or None)
             try:
                 self.store.purge()
@@ -191,18 +186,9 @@ class SGFMRIStream:
         info = getattr(header, "measurementInformation", None)
         self.frame_of_reference = str(getattr(info, "frameOfReferenceUID", "") or "")
         self.measurement = str(getattr(info, "measurementID", "") or "")
-        self.recon_shape, self.fov = recon_geometry(header)
-        self.cache = CoilMapCache(self.recon_shape, properties.get(config, "max_calibration_lines", 32))
-        self.backend = backend if backend is not None else backend_from_config(config, settings)
-        # The model's name and version are asked for at the first model call, not here: a model load or a
-        # dead service's timeout must not hold back the reference contrast's conventional images.
-        self.meta = {"Model": "SGF-MRI", "InferenceBackend": self.backend.label}
-        self._model_meta_known = False
         self.references: dict[str, np.ndarray] = {}  # this stream's, by slice position text
-        self.counts = {"model": 0, "single": 0, "fallback": 0}
-        self.scheduler: RealtimeScheduler | None = None  # set by the gadget: the model beside the frame path
-        self._count_lock = threading.Lock()
-        log.info("SGF-MRI: reference contrast %d, store %s, inference %s", self.reference_contrast,
+        self.counts["single"] = 0
+        log.info("%s: reference contrast %d, store %s, inference %s", self.entry.label, self.reference_contrast,
                  self.store.folder if self.store else "off", self.backend.label)
 
     # ---------------------------------------------------------------- references
@@ -262,7 +248,7 @@ class SGFMRIStream:
         if contrast == self.reference_contrast:
             if frame.acceleration > 1.05:
                 log.warning("reference contrast %d is undersampled (R=%.2f); used as it is", contrast, frame.acceleration)
-            self._keep_reference(frame, _pixels(conv))
+            self._keep_reference(frame, pixels_of(conv))
             conv.meta = {**conv.meta, "Role": "reference"}
             yield conv
             return
@@ -274,14 +260,23 @@ class SGFMRIStream:
         yield self._target(frame, conv)
 
     def _fallback(self, frame: Frame, conv: ismrmrd.Image, reason: str, extra: dict) -> ismrmrd.Image:
-        log.warning("SGF-MRI fallback to the conventional image: %s", reason)
-        with self._count_lock:
-            self.counts["fallback"] += 1
+        log.warning("%s fallback to the conventional image: %s", self.entry.label, reason)
+        self.count("fallback")
         meta = {**self.meta, **extra, "ReconMethod": conv.meta.get("ReconMethod", "zero-filled"), "Fallback": reason}
-        return image_from_frame(frame, _pixels(conv), self.header, series_index=self.series, meta=meta)
+        return image_from_frame(frame, pixels_of(conv), self.header, series_index=self.series, meta=meta)
+
+    def fallback_for(self, job: tuple[Frame, ismrmrd.Image], reason: str) -> ismrmrd.Image:
+        return self._fallback(job[0], job[1], reason, {})
+
+    def run_jobs(self, jobs: list[tuple[Frame, ismrmrd.Image]]) -> list[ismrmrd.Image]:
+        return [self._target(frame, conv) for frame, conv in jobs]  # one model call each, in order
+
+    def summary(self, sent: SentImages) -> str:
+        return (f"{self.counts['model']} with reference, {self.counts['single']} single-contrast, "
+                f"{self.counts['fallback']} fallbacks")
 
     def _target(self, frame: Frame, conv: ismrmrd.Image) -> ismrmrd.Image:
-        zf = _pixels(conv).astype(np.complex64)
+        zf = pixels_of(conv).astype(np.complex64)
         reference, source, found = self._find_reference(frame)
         extra: dict[str, str] = {"CoilMaps": conv.meta.get("CoilMaps", "none"), **found}
         if reference is not None:
@@ -299,70 +294,32 @@ class SGFMRIStream:
         except ValueError as exc:
             return self._fallback(frame, conv, str(exc), extra)
         ref_in = None if reference is None else np.abs(reference).astype(np.complex64)[None]
-        if not self._model_meta_known:
-            self.meta.update(model_meta(self.backend, "sgfmri"))
-            self._model_meta_known = True
+        self.model_ready()
         start = time.perf_counter()
         try:
-            out = self.backend.pair_batch(ref_in, zf[None], k[None], m[None], maps[None])
+            out = self.backend.pair_batch(ref_in, zf[None], k[None], m[None], maps[None], model=self.model)
             if out.shape != (1,) + self.recon_shape or not np.all(np.isfinite(out)):
                 raise InferenceError(f"model returned {out.shape} / non-finite pixels")
         except Exception as exc:
             return self._fallback(frame, conv, str(exc) if isinstance(exc, InferenceError) else f"{type(exc).__name__}: {exc}", extra)
         ms = (time.perf_counter() - start) * 1000.0
-        meta = {**self.meta, **extra, "ReconMethod": "SGF-MRI + k-space DC", "InferenceMs": f"{ms:.1f}"}
-        with self._count_lock:
-            self.counts["single" if reference is None else "model"] += 1
+        meta = {**self.meta, **extra, "ReconMethod": self.recon_method, "InferenceMs": f"{ms:.1f}"}
+        self.count("single" if reference is None else "model")
         if reference is None:
             meta["Fallback"] = f"single-contrast (no usable reference: {why})"
-            log.warning("SGF-MRI single-contrast reconstruction: %s", why)
+            log.warning("%s single-contrast reconstruction: %s", self.entry.label, why)
         return image_from_frame(frame, out[0], self.header, series_index=self.series, meta=meta)
 
 
-@reports_errors
-def reconstruct(connection: Any) -> None:
-    """Gadget: ``ReconData`` frames in; conventional and SGF-MRI images out (module docstring)."""
-    stream = SGFMRIStream(connection.header, connection.config, settings=host_settings.for_connection(connection))
-    lock = threading.Lock()  # gadgetron.external.Connection.send is not thread-safe
-
-    def send(item: Any) -> None:
-        with lock:
-            connection.send(item)
-
-    if properties.get(connection.config, "model_thread", True):
-        attach_scheduler(stream, send, max_lag_ms=properties.get(connection.config, "max_lag_ms", 0.0),
-                         max_pending=properties.get(connection.config, "max_pending", 64))
-    try:
-        for item in connection:
-            if not hasattr(item, "bits"):
-                send(item)
-                continue
-            for frame in frames_from(item):
-                for image in stream.add(frame):
-                    send(image)
-    finally:
-        try:
-            if stream.scheduler is not None:
-                stream.scheduler.finish()
-        finally:
-            log.info("SGF-MRI: %d with reference, %d single-contrast, %d fallbacks", stream.counts["model"],
-                     stream.counts["single"], stream.counts["fallback"])
-            stream.backend.close()
+reconstruct = model_gadget.gadget(SGFMRIStream)
 
 
-def attach_scheduler(stream: SGFMRIStream, send, max_lag_ms: float = 0.0, max_pending: int = 64) -> RealtimeScheduler:
+def attach_scheduler(stream: SGFMRIStream, send: Callable[[ismrmrd.Image], None], max_lag_ms: float = 0.0,
+                     max_pending: int = 64) -> RealtimeScheduler:
     """Run ``stream``'s targets through the model on its own thread; their images go to ``send`` (thread-safe)."""
-    stream.scheduler = RealtimeScheduler(
-        run=lambda jobs: [stream._target(frame, conv) for frame, conv in jobs],  # one model call each, in order
-        deliver=lambda job, image: send(image),
-        fallback=lambda job, reason: send(stream._fallback(job[0], job[1], reason, {})),
-        max_lag_s=max(0.0, max_lag_ms) / 1000.0, max_batch=1, max_pending=max_pending, name="sgfmri",
-        describe=lambda: stream.backend.label, **_turn_waits(stream.backend, "sgfmri"))
-    return stream.scheduler
+    return stream.attach_scheduler(send, max_pending, max_lag_ms)
 
 
 def preload(config: Any, settings: Any = None) -> str:
-    """Host hook: load the sgfmri weights this configuration uses before the first scan arrives."""
-    from .inference import preload as preload_model
-
-    return preload_model(config, "sgfmri", settings)
+    """Host hook: load the multi-contrast model this configuration uses before the first scan arrives."""
+    return model_gadget.preload(config, SGFMRIStream.OPERATION, settings)

@@ -1,10 +1,11 @@
 """The one inference entry the gadgets and the inference service call. NumPy in, NumPy out.
 
     from models.inference import load_model
-    rec = load_model("kgmgt")            # or "sgfmri"; device="cpu"|"cuda"|"auto"
+    rec = load_model("kgmgt")            # any model of models.registry; device="cpu"|"cuda"|"auto"
     image = rec.reconstruct_cine(frames, kspace, mask, maps)        # (ny, nx) complex64
     image = rec.reconstruct_pair(reference, target_zf, kspace, mask, maps)
-    rec.info -> {"name", "version", "architecture", "parameters", "random_init", "device", "dc"}
+    images = rec.run_batch(arrays, causal)   # the model's operation, arrays as its models.registry.InputSpec
+    rec.info -> {"name", "version", "architecture", "operation", "parameters", "random_init", "device", "dc"}
 
 Shapes and conventions (all complex64 unless said; ``ny`` phase encode, ``nx`` readout):
 
@@ -37,13 +38,20 @@ DC at inference: ``load_model(dc_method="auto")`` runs the exact soft-DC
 proximal step (5 CG iterations, learned noise weight); ``info["dc"]`` names
 the solver. See :func:`load_model`.
 
-Weights: the shipped safetensors in ``models/weights/``. If they are missing
+Network contract per operation (what a registered model's ``nn.Module``
+answers, on 2-channel real/imaginary tensors, with its DC layer as ``.dc``):
+``cine``: ``model(target, mentor, learner, kspace=, mask=, maps=)``;
+``pair``: ``model(target, reference_or_None, kspace=, mask=, maps=)``.
+
+Weights: the registry entry's default set in ``models/weights/``. If they are missing
 ``load_model`` raises, unless ``allow_random=True`` -- then the network is
 randomly initialised, ``info["random_init"]`` is True and the version reads
 ``UNTRAINED-random-init``: for tests only, never for images.
 """
 from __future__ import annotations
 
+import logging
+import threading
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -52,11 +60,21 @@ import numpy as np
 import torch
 
 from .complex_channels import from_channels, to_channels
-from .runtimes import RUNTIMES, use_runtime
-from .weights import build_model, load_weights, shipped_path
+from . import registry
+from .registry import model_key
+from .runtimes import RUNTIMES, runtime_missing, use_runtime
+from .weights import build_model, load_weights
 
-DEFAULT_WEIGHTS = {"kgmgt": "kgmgt_cine_vs", "sgfmri": "sgfmri_brain_small"}
+
+def __getattr__(name: str) -> Any:
+    # DEFAULT_WEIGHTS is read from the registry when asked for, so a model registered later is in it.
+    if name == "DEFAULT_WEIGHTS":
+        return {n: registry.get(n).default_weights for n in registry.served()}
+    raise AttributeError(name)
+
+
 UNTRAINED = "UNTRAINED-random-init"
+log = logging.getLogger(__name__)
 
 
 def robust_scale(images: np.ndarray, percentile: float = 99.0) -> np.ndarray:
@@ -82,10 +100,12 @@ class Reconstructor:
         self.device, self.random_init, self.precision = device, random_init, precision
         self.dc = f"{getattr(model.dc, 'mode', '?')}-{getattr(model.dc, 'method', '?')}"
         self.runtime = "torch"
+        self.operation = registry.get(architecture).operation
 
     @property
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "architecture": self.architecture,
+                "operation": self.operation,
                 "parameters": sum(p.numel() for p in self.model.parameters()),
                 "random_init": self.random_init, "device": str(self.device), "dc": self.dc,
                 "inputs": self.inputs, "runtime": self.runtime}
@@ -120,7 +140,7 @@ class Reconstructor:
                                maps: np.ndarray | None, causal: bool = False) -> np.ndarray:
         """``frames (B, 3, ny, nx)``, ``kspace (B, C, ny, nx)``, mask ``(ny,)|(ny,nx)|(B,ny)|(B,ny,nx)``,
         ``maps (B, C, ny, nx)`` -> ``(B, ny, nx)`` complex64."""
-        if self.architecture != "kgmgt":
+        if self.operation != "cine":
             raise TypeError(f"{self.name} is a {self.architecture} model, not a cine model")
         frames, kspace = np.asarray(frames), np.asarray(kspace)
         if frames.ndim != 4 or frames.shape[1] != 3:
@@ -152,7 +172,7 @@ class Reconstructor:
                                target_kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray | None) -> np.ndarray:
         """``reference (B, ny, nx)`` or None, ``target_zero_filled (B, ny, nx)``, ``target_kspace (B, C, ny, nx)``,
         mask as for cine (a 2-D centre block for super-resolution), ``maps (B, C, ny, nx)`` -> ``(B, ny, nx)``."""
-        if self.architecture != "sgfmri":
+        if self.operation != "pair":
             raise TypeError(f"{self.name} is a {self.architecture} model, not a multi-contrast model")
         tz, ks = np.asarray(target_zero_filled), np.asarray(target_kspace)
         self._check_maps(ks, maps)
@@ -176,6 +196,16 @@ class Reconstructor:
         return self.reconstruct_pair_batch(ref, np.asarray(target_zero_filled)[None], np.asarray(target_kspace)[None],
                                            mask, None if maps is None else np.asarray(maps)[None])[0]
 
+    def run_batch(self, arrays: dict[str, np.ndarray], causal: bool = False) -> np.ndarray:
+        """One batched call of this model's operation on arrays named as its :class:`models.registry.InputSpec`."""
+        if self.operation == "cine":
+            return self.reconstruct_cine_batch(arrays["frames"], arrays["kspace"], arrays["mask"], arrays["maps"],
+                                               causal=causal)
+        if self.operation == "pair":
+            return self.reconstruct_pair_batch(arrays.get("reference"), arrays["target"], arrays["kspace"],
+                                               arrays["mask"], arrays["maps"])
+        raise TypeError(f"{self.name} ({self.architecture}) is not served (operation {self.operation!r})")
+
     def reconstruct_single(self, target_zero_filled: np.ndarray, target_kspace: np.ndarray, mask: np.ndarray,
                            maps: np.ndarray | None) -> np.ndarray:
         """Single-contrast fallback (no reference)."""
@@ -188,10 +218,10 @@ def load_model(name: str = "kgmgt", device: str = "cpu", weights: str | Path | N
     """Load a reconstructor.
 
     Args:
-        name: ``"kgmgt"`` (cine) or ``"sgfmri"`` (multi-contrast).
+        name: a :mod:`models.registry` model with an operation (``"kgmgt"``: cine, ``"sgfmri"``: multi-contrast).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
         weights: a ``.safetensors`` path (its ``.json`` card beside it); default
-            the shipped set ``models/weights/{DEFAULT_WEIGHTS[name]}``.
+            the registry entry's ``default_weights``.
         allow_random: if no weights are found, return a randomly initialised
             network marked ``UNTRAINED-random-init`` (tests only).
         precision: ``"fp32"``, or ``"bf16"``/``"fp16"`` autocast on CUDA.
@@ -213,11 +243,12 @@ def load_model(name: str = "kgmgt", device: str = "cpu", weights: str | Path | N
             CUDA device, and for SGF-MRI, the model stays on torch and
             ``info["runtime"]`` says so.
     """
-    if name not in DEFAULT_WEIGHTS:
-        raise ValueError(f"unknown model {name!r}; one of {sorted(DEFAULT_WEIGHTS)}")
+    entry = registry.get(name)
+    if not entry.operation:
+        raise ValueError(f"model {name!r} is not served (no operation); served: {registry.served()}")
     dev = _pick_device(device)
-    path = Path(weights) if weights is not None else shipped_path(DEFAULT_WEIGHTS[name])
-    if path.with_suffix(".safetensors").exists():
+    path = Path(weights) if weights is not None else entry.weights_path()
+    if path is not None and path.with_suffix(".safetensors").exists():
         model, card = load_weights(path, dev)
         if card["architecture"] != name:
             raise ValueError(f"{path} holds a {card['architecture']} model, not {name}")
@@ -226,7 +257,7 @@ def load_model(name: str = "kgmgt", device: str = "cpu", weights: str | Path | N
         torch.manual_seed(0)
         rec = Reconstructor(build_model(name), name, f"{name}-{UNTRAINED}", UNTRAINED, dev, True, precision)
     else:
-        raise FileNotFoundError(f"no weights at {path}; train them (streamrecon train) or pass allow_random=True for tests")
+        raise FileNotFoundError(f"no weights at {path or f'(none registered for {name})'}; train them (streamrecon train) or pass allow_random=True for tests")
     rec.dc = _set_dc(rec.model, dc_method, dc_iterations)
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
@@ -249,4 +280,47 @@ def _set_dc(model: torch.nn.Module, method: str, iterations: int) -> str:
     return f"{model.dc.mode}-{method}" + (f"-{iterations}" if method == "prox" else "")
 
 
-__all__ = ["load_model", "Reconstructor", "robust_scale", "DEFAULT_WEIGHTS", "UNTRAINED"]
+# ---------------------------------------------------------------------------- one copy per process
+_MODELS: dict[tuple, Reconstructor] = {}
+_MODELS_LOCK = threading.Lock()
+DEFAULT_CPU_THREADS = 1
+
+
+def set_cpu_threads(threads: int) -> None:
+    """Threads torch may use for CPU inference in this process.
+
+    One by default: torch's OpenMP pool spin-waits, and with any other load on
+    the cores (the frame path of the same scan, other scans, anything else on
+    the host) two threads made one KGMgT call 40x slower than one thread on
+    our 2-core machine (88 ms -> 3.4 s per 64x64 frame). Streaming work is
+    parallel across scans and frames; a dedicated CPU inference box may ask
+    for more.
+    """
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def cached_model(name: str, device: str = "cpu", weights: str | None = None, allow_random: bool = False,
+                 cpu_threads: int = DEFAULT_CPU_THREADS, cpu_runtime: str = "torch") -> Reconstructor:
+    """:func:`load_model` once per (name, device, weights, CPU runtime) in this process.
+
+    Shared by the in-process gadget backend and the servers, so every session
+    of a long-lived host, and every request of a server, uses one copy.
+    """
+    key = model_key(name, device, weights, allow_random, cpu_runtime)
+    with _MODELS_LOCK:
+        rec = _MODELS.get(key)
+        if rec is None:
+            set_cpu_threads(cpu_threads)
+            if runtime_missing(cpu_runtime):  # an optional package: torch serves instead, and says so
+                log.warning("cpu_runtime %s unavailable (%s); using torch", cpu_runtime, runtime_missing(cpu_runtime))
+                cpu_runtime = "torch"
+            rec = load_model(name, device=device, weights=weights or None, allow_random=allow_random,
+                             runtime=cpu_runtime)
+            log.info("loaded %s (%s) on %s", rec.name, rec.version, rec.device)
+            _MODELS[key] = rec
+        return rec
+
+
+__all__ = ["cached_model", "model_key", "set_cpu_threads", "DEFAULT_CPU_THREADS", "load_model", "Reconstructor",
+           "robust_scale", "DEFAULT_WEIGHTS", "UNTRAINED"]

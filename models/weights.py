@@ -1,7 +1,7 @@
 """Weight files: safetensors tensors + a JSON card beside them; no pickle anywhere.
 
 A weight set ``NAME`` is ``NAME.safetensors`` (the model's ``state_dict``,
-float32) and its card, ``{"architecture": "kgmgt"|"sgfmri"|..., "config":
+float32) and its card, ``{"architecture": <a models.registry name>, "config":
 {...}, "version": "...", "meta": {...}}``: everything needed to rebuild the
 model and to name it in image meta. The card is written twice: as
 ``NAME.json`` beside the tensors (readable by people) and inside the
@@ -20,22 +20,18 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
+from . import registry
+
+SHIPPED_DIR = registry.SHIPPED_DIR
 
 
 def build_model(architecture: str, config: dict[str, Any] | None = None) -> nn.Module:
-    """Instantiate a network by name from a config dict (unknown keys are an error)."""
-    config = dict(config or {})
-    if architecture == "kgmgt":
-        from .kgmgt import KGMgT, KGMgTConfig
-        return KGMgT(KGMgTConfig(**config) if config else KGMgTConfig.cpu_small())
-    if architecture == "sgfmri":
-        from .sgfmri import SGFMRI, SGFMRIConfig
-        return SGFMRI(SGFMRIConfig(**config) if config else SGFMRIConfig.cpu_small())
-    if architecture == "dual_unet_resnet3d":
-        from .baselines import DualUNetResNet3D
-        return DualUNetResNet3D(**config)
-    raise ValueError(f"unknown architecture {architecture!r}")
+    """Instantiate a registered network (:mod:`models.registry`) from a config dict (unknown keys are an error)."""
+    try:
+        entry = registry.get(architecture)
+    except ValueError:
+        raise ValueError(f"unknown architecture {architecture!r}") from None
+    return entry.build(dict(config or {}))
 
 
 def model_config(model: nn.Module) -> dict[str, Any]:

@@ -302,12 +302,13 @@ def operator_weights_problem(settings: host_settings.OperatorSettings) -> str | 
 
     Checked before the host listens: a damaged or mismatched file would otherwise let every scan of
     its pipelines fall back to the conventional image."""
-    for setting, architecture in (("kgmgt_weights", "kgmgt"), ("sgfmri_weights", "sgfmri")):
-        path = getattr(settings, setting)
+    for architecture, path in host_settings.weights_by_model(settings).items():
         if not path:
             continue
         from models.weights import WeightsError, load_weights
 
+        own = f"{architecture}_weights"  # the shipped models' own settings, else the general one
+        setting = own if own in host_settings.BY_NAME and getattr(settings, own) == path else f"model_weights {architecture}"
         if not Path(path).with_suffix(".safetensors").is_file():
             return f"{setting} {path}: no such weights file"
         try:

@@ -5,16 +5,19 @@ header, then one raw buffer per array, described in the header's
 ``"arrays"`` list as ``{"name", "dtype", "shape"}``. Only plain numeric
 dtypes are accepted; nothing is pickled.
 
-Requests: ``{"op": "health"}``, ``{"op": "info", "model": ...}``,
-``{"op": "cine", "causal": bool}`` with arrays frames, kspace, mask, maps,
-``{"op": "pair"}`` with arrays [reference], target, kspace, mask, maps.
+Requests: ``{"op": "health"}``, ``{"op": "info", "model": ...}``, and a
+model call: ``{"op": <operation>, "model": <registry name>, <flags>}`` with
+the arrays of the operation's :class:`models.registry.InputSpec` (``cine``:
+frames, kspace, mask, maps and flag ``causal``; ``pair``: [reference],
+target, kspace, mask, maps). A call without ``model`` goes to the
+operation's default model.
 Replies: ``{"ok": true, ...}`` with array ``image``, or ``{"ok": false, "error": text}``.
 
 The client is a DEALER socket with one request in flight, watched by a
 ZeroMQ socket monitor: a service that dies (its connection closes) or is
 not there (connection refused) fails the request at once, whatever the
 timeout, instead of after it. A request that gets no answer within
-``timeout_ms`` raises :class:`~gadgets.inference.InferenceError`; the socket
+``timeout_ms`` raises :class:`~models.registry.InferenceError`; the socket
 is then rebuilt (a late answer is discarded by request id) and, for
 ``retry_after_s``, further calls fail at once. With the automatic timeout a
 model request to a service whose connection is up keeps waiting (up to
@@ -34,7 +37,8 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from gadgets.inference import InferenceError
+from models import registry
+from models.registry import InferenceError, OperationCalls
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +98,7 @@ def decode(parts: list[bytes]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return header, arrays
 
 
-class InferenceClient:
+class InferenceClient(OperationCalls):
     """One connection to the service; the gadget-side backend (see :mod:`gadgets.inference`)."""
 
     # Automatic timeout (``timeout_ms <= 0``): the service's measured model time
@@ -254,20 +258,14 @@ class InferenceClient:
         per_item = mask.ndim == 3 or (mask.ndim == 2 and mask.shape == (n, kspace.shape[-2]))
         return mask if per_item else np.broadcast_to(mask, (n,) + mask.shape)
 
-    def cine_batch(self, frames, kspace, mask, maps, causal):
-        mask = self._batched_mask(mask, kspace)
-        return self._model_request("kgmgt", {"op": "cine", "causal": bool(causal)},
-                                   {"frames": np.asarray(frames, np.complex64), "kspace": np.asarray(kspace, np.complex64),
-                                    "mask": np.asarray(mask, bool), "maps": np.asarray(maps, np.complex64)},
-                                   int(np.prod(np.shape(frames)[:1] + np.shape(frames)[-2:])))
-
-    def pair_batch(self, reference, target, kspace, mask, maps):
-        mask = self._batched_mask(mask, kspace)
-        return self._model_request("sgfmri", {"op": "pair"},
-                                   {"reference": None if reference is None else np.asarray(reference, np.complex64),
-                                    "target": np.asarray(target, np.complex64), "kspace": np.asarray(kspace, np.complex64),
-                                    "mask": np.asarray(mask, bool), "maps": np.asarray(maps, np.complex64)},
-                                   int(np.prod(np.shape(target))))
+    def run(self, model: str, arrays: dict[str, Any], causal: bool = False) -> np.ndarray:
+        """One batched call of ``model`` (a registry name) on arrays named as its operation's input spec."""
+        spec = registry.get(model).spec
+        sent = {n: None if arrays.get(n) is None else np.asarray(arrays[n], np.complex64) for n in spec.complex_arrays()}
+        sent["mask"] = np.asarray(self._batched_mask(arrays["mask"], arrays["kspace"]), bool)
+        header = {"op": spec.operation, "model": model, **{flag: bool(causal) for flag in spec.flags}}
+        target = np.shape(arrays[spec.target])
+        return self._model_request(model, header, sent, int(np.prod(target[:1] + target[-2:])))
 
     def model_info(self, model: str, timeout_ms: int | None = None) -> dict[str, Any]:
         if model not in self._info:

@@ -4,9 +4,12 @@ Gadgetron starts a fresh Python process per scan, so a gadget that loads
 its network itself pays the load at the start of every acquisition. This
 service loads the models once (CUDA when present, CPU otherwise), listens
 on a ZeroMQ ROUTER socket, and serves any number of gadget processes and
-hosts. Requests that arrive within ``--batch-window-ms`` of each other and
-fit together (same model, mode and shapes) run as one batch. Wire format:
-:mod:`pipelines.inference_client`.
+hosts. It serves every model of :mod:`models.registry` (``--models``; a
+model registered by another module is added with ``--model-module``) and
+names none itself: a request names its model and operation, and is checked
+against that operation's input spec. Requests that arrive within
+``--batch-window-ms`` of each other and fit together (same model, mode and
+shapes) run as one batch. Wire format: :mod:`pipelines.inference_client`.
 
     streamrecon infer-server --bind tcp://127.0.0.1:5555 [--device auto] [--batch-window-ms 4]
     streamrecon infer-server --check tcp://127.0.0.1:5555      # health, exit status 0 when ready
@@ -30,146 +33,18 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Any, Sequence
 
-import numpy as np
 import zmq
 
-from gadgets.inference import cached_model
+from models import registry
 
-from .inference_client import decode, encode
 from .cli import HelpFormatter
+from .inference_client import decode, encode
+from .model_set import (ModelSet, RequestLimits, add_model_arguments, chosen_models, parse_server_args,  # noqa: F401
+                        request_model, validate, warm_up_arrays)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RequestLimits:
-    """What one request may ask for; checked before any model work (a request arrives from the network)."""
-
-    max_message_bytes: int = 64 * 2**20  # ZMQ_MAXMSGSIZE: larger messages are dropped by ZeroMQ itself
-    max_side: int = 512                  # ny, nx
-    max_coils: int = 64
-    max_items: int = 16                  # batch items in one request
-    max_queued: int = 256                # requests waiting for the model; beyond, "busy" at once
-
-
-_ARRAYS = {"cine": ({"frames", "kspace", "mask", "maps"}, set()),
-           "pair": ({"target", "kspace", "mask", "maps"}, {"reference"})}
-
-
-def validate(header: Any, arrays: dict[str, np.ndarray], limits: RequestLimits) -> None:
-    """Raise ``ValueError`` naming what is wrong with a decoded request (shapes, dtypes, sizes, fields)."""
-    if not isinstance(header, dict):
-        raise ValueError("the header must be a JSON object")
-    op = header.get("op")
-    if op not in ("health", "info", "cine", "pair"):
-        raise ValueError(f"unknown op {op!r}")
-    if op == "info":
-        if not isinstance(header.get("model"), str):
-            raise ValueError(f"info needs a model name, not {header.get('model')!r}")
-        return
-    if op == "health":
-        return
-    if not isinstance(header.get("causal", False), bool):
-        raise ValueError("causal must be true or false")
-    needed, optional = _ARRAYS[op]
-    missing, extra = needed - set(arrays), set(arrays) - needed - optional
-    if missing or extra:
-        raise ValueError(f"{op} needs arrays {sorted(needed)}" + (f" (+ optional {sorted(optional)})" if optional else "")
-                         + f"; missing {sorted(missing)}, unexpected {sorted(extra)}")
-    k = arrays["kspace"]
-    if k.ndim != 4 or k.dtype != np.complex64:
-        raise ValueError(f"kspace must be complex64 (B, coils, ny, nx), got {k.dtype} {k.shape}")
-    b, coils, ny, nx = k.shape
-    if not 1 <= b <= limits.max_items:
-        raise ValueError(f"{b} items in one request (allowed 1..{limits.max_items})")
-    if not (1 <= ny <= limits.max_side and 1 <= nx <= limits.max_side):
-        raise ValueError(f"matrix {ny}x{nx} exceeds this service's limit of {limits.max_side} per side")
-    if not 1 <= coils <= limits.max_coils:
-        raise ValueError(f"{coils} coils (allowed 1..{limits.max_coils})")
-    expected = {"maps": (b, coils, ny, nx), "frames": (b, 3, ny, nx), "target": (b, ny, nx), "reference": (b, ny, nx)}
-    for name, shape in expected.items():
-        if name in arrays and (arrays[name].shape != shape or arrays[name].dtype != np.complex64):
-            raise ValueError(f"{name} must be complex64 {shape}, got {arrays[name].dtype} {arrays[name].shape}")
-    m = arrays["mask"]
-    if m.dtype != np.bool_ or m.shape not in ((b, ny), (b, ny, nx)):
-        raise ValueError(f"mask must be bool ({b}, {ny}) or ({b}, {ny}, {nx}), got {m.dtype} {m.shape}")
-
-
-class ModelSet:
-    """The served models, loaded and warmed once, with their measured time; runs one batch of requests.
-
-    Shared by the ZeroMQ service and the Triton server (:mod:`pipelines.triton_server`),
-    so both serve the same models the same way.
-    """
-
-    def __init__(self, models: Sequence[str] = ("kgmgt", "sgfmri"), device: str = "auto",
-                 weights: dict[str, str | None] | None = None, allow_random: bool = False,
-                 cpu_threads: int = 1) -> None:
-        self.weights = dict(weights or {})
-        self.models: dict[str, Any] = {}
-        self.unavailable: dict[str, str] = {}
-        self.ms_per_mpixel: dict[str, float] = {}  # measured model time, for the clients' timeouts
-        t0 = time.perf_counter()
-        for name in models:
-            try:
-                self.models[name] = cached_model(name, device, self.weights.get(name), allow_random, cpu_threads)
-                self._warm_up(name)
-            except Exception as exc:  # serve the others; requests for this one are answered with the reason
-                self.models.pop(name, None)
-                self.unavailable[name] = f"{type(exc).__name__}: {exc}"
-                log.error("model %s not loaded: %s", name, self.unavailable[name])
-        if not self.models:
-            raise RuntimeError(f"no model could be loaded: {self.unavailable}")
-        self.load_s = time.perf_counter() - t0
-
-    def _warm_up(self, name: str) -> None:
-        """One small call, so the first scan does not pay for it and clients get a measured time."""
-        rec, n, coils = self.models[name], 64, 2
-        k = np.zeros((1, coils, n, n), np.complex64)
-        k[:, :, :, n // 2] = 1.0
-        maps = np.full((1, coils, n, n), 1 / np.sqrt(coils), np.complex64)
-        mask = np.ones((1, n), bool)
-        image = np.ones((1, n, n), np.complex64)
-        t0 = time.perf_counter()
-        if name == "kgmgt":
-            rec.reconstruct_cine_batch(np.ones((1, 3, n, n), np.complex64), k, mask, maps)
-        else:
-            rec.reconstruct_pair_batch(image, image, k, mask, maps)
-        self._measured(name, time.perf_counter() - t0, n * n)
-
-    def _measured(self, name: str, seconds: float, pixels: int) -> None:
-        rate = seconds * 1000.0 / max(pixels / 1e6, 1e-6)
-        old = self.ms_per_mpixel.get(name)
-        self.ms_per_mpixel[name] = rate if old is None else 0.7 * old + 0.3 * rate
-
-    def run(self, op: str, causal: bool, requests: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
-        """Validated requests of one op, mode and shape as one model call; one ``(b, ny, nx)`` image stack each.
-
-        Raises whatever the model raises (the caller answers every request of the batch with it).
-        """
-        model = "kgmgt" if op == "cine" else "sgfmri"
-        rec = self.models[model]
-        sizes = [len(a["kspace"]) for a in requests]
-        cat = lambda name: np.concatenate([a[name] for a in requests])  # noqa: E731
-        t0 = time.perf_counter()
-        if op == "cine":
-            images = rec.reconstruct_cine_batch(cat("frames"), cat("kspace"), cat("mask"), cat("maps"), causal=causal)
-        else:
-            ref = cat("reference") if "reference" in requests[0] else None
-            images = rec.reconstruct_pair_batch(ref, cat("target"), cat("kspace"), cat("mask"), cat("maps"))
-        ny, nx = requests[0]["kspace"].shape[-2:]
-        self._measured(model, time.perf_counter() - t0, sum(sizes) * ny * nx)
-        bounds = np.cumsum([0] + sizes)
-        return [images[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-
-    @staticmethod
-    def group_key(op: str, arrays: dict[str, np.ndarray], causal: bool = False) -> tuple:
-        """Requests with equal keys can run as one batch (same op, mode, optional inputs and item shapes)."""
-        shapes = tuple((n, a.shape[1:], a.dtype.name) for n, a in sorted(arrays.items()))
-        return op, bool(causal), "reference" in arrays, shapes
 
 
 class InferenceService:
@@ -180,7 +55,7 @@ class InferenceService:
     thread, which hands the replies back over an in-process socket.
     """
 
-    def __init__(self, bind: str = "tcp://127.0.0.1:5555", models: Sequence[str] = ("kgmgt", "sgfmri"),
+    def __init__(self, bind: str = "tcp://127.0.0.1:5555", models: Sequence[str] | None = None,
                  device: str = "auto", weights: dict[str, str | None] | None = None, allow_random: bool = False,
                  batch_window_ms: float = 4.0, max_batch: int = 16, cpu_threads: int = 1,
                  limits: RequestLimits | None = None) -> None:
@@ -222,15 +97,15 @@ class InferenceService:
     # ------------------------------------------------------------ model work (its own thread)
     @staticmethod
     def _group_key(header: dict, arrays: dict) -> tuple:
-        return ModelSet.group_key(header.get("op"), arrays, header.get("causal", False))
+        return ModelSet.group_key(request_model(header), arrays, header.get("causal", False))
 
-    def _run_group(self, op: str, causal: bool, items: list[tuple[bytes, dict, dict]], out: zmq.Socket) -> None:
+    def _run_group(self, model: str, causal: bool, items: list[tuple[bytes, dict, dict]], out: zmq.Socket) -> None:
         def send(identity: bytes, header: dict, arrays: dict | None = None) -> None:
             out.send_multipart([identity] + encode(header, arrays or {}), copy=False)
 
-        model = "kgmgt" if op == "cine" else "sgfmri"
+        op = registry.get(model).operation
         try:
-            images = self.model_set.run(op, causal, [a for _, _, a in items])
+            images = self.model_set.run(model, causal, [a for _, _, a in items])
         except Exception as exc:
             log.warning("%s batch of %d failed: %s: %s", op, len(items), type(exc).__name__, exc)
             self.counts["errors"] += len(items)
@@ -265,12 +140,12 @@ class InferenceService:
                 groups: dict[tuple, list] = defaultdict(list)
                 for item in pending:
                     groups[self._group_key(item[1], item[2])].append(item)
-                for (op, causal, _, _), items in groups.items():
+                for (model, causal, _), items in groups.items():
                     for i in range(0, len(items), self.max_batch):
                         try:
-                            self._run_group(op, causal, items[i:i + self.max_batch], out)
+                            self._run_group(model, causal, items[i:i + self.max_batch], out)
                         except Exception:  # a reply could not be built: the loop must go on
-                            log.exception("%s batch: unexpected error", op)
+                            log.exception("%s batch: unexpected error", model)
         finally:
             out.close(linger=0)
 
@@ -298,7 +173,7 @@ class InferenceService:
                 self._reply(identity, {"ok": True, "id": rid, "info": model.info,
                                        "ms_per_mpixel": self.ms_per_mpixel.get(header["model"])})
         else:
-            needed = "kgmgt" if op == "cine" else "sgfmri"
+            needed = request_model(header)
             if needed not in self.models:
                 why = self.unavailable.get(needed, "not asked for (--models)")
                 self._reply(identity, {"ok": False, "id": rid, "error": f"{needed} not loaded: {why}"})
@@ -357,10 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=HelpFormatter)
     p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint to bind (port 0: any free port)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when present)")
-    p.add_argument("--models", default="kgmgt,sgfmri", help="comma-separated models to load")
-    p.add_argument("--kgmgt-weights", default=None, help=".safetensors (default: the shipped set)")
-    p.add_argument("--sgfmri-weights", default=None, help=".safetensors (default: the shipped set)")
-    p.add_argument("--allow-random", action="store_true", help="tests only: untrained networks when weights are missing")
+    add_model_arguments(p)
     p.add_argument("--batch-window-ms", type=float, default=4.0,
                    help="requests arriving within this window of each other run as one batch")
     p.add_argument("--max-batch", type=int, default=16, help="largest batch run at once")
@@ -379,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_server_args(build_parser, argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.check:
@@ -394,9 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"streamrecon infer-server --check {args.check}: {exc}", file=sys.stderr)
             return 1
     try:
-        service = InferenceService(args.bind, [m for m in args.models.split(",") if m], args.device,
-                                   {"kgmgt": args.kgmgt_weights, "sgfmri": args.sgfmri_weights},
-                                   args.allow_random, args.batch_window_ms, args.max_batch, args.cpu_threads,
+        models, weights = chosen_models(args)
+        service = InferenceService(args.bind, models, args.device, weights, args.allow_random, args.batch_window_ms,
+                                   args.max_batch, args.cpu_threads,
                                    RequestLimits(max_message_bytes=int(args.max_message_mb * 2**20),
                                                  max_side=args.max_side, max_coils=args.max_coils))
     except Exception as exc:

@@ -5,20 +5,22 @@ setting ``triton_endpoint`` (``host:port`` of Triton's gRPC port, e.g. one
 ``streamrecon triton-server`` per GPU node). It answers the same calls as the
 ZeroMQ client it extends (:class:`pipelines.inference_client.InferenceClient`),
 with the same rules: every failure (server down, model error, no answer in
-time) is an :class:`~gadgets.inference.InferenceError`, so the gadget sends the
+time) is an :class:`~models.registry.InferenceError`, so the gadget sends the
 flagged classical fallback image; after a transport failure further calls fail at
 once for ``retry_after_s``; the timeout is derived from the model time the
 server measured unless the operator fixes ``inference_timeout_ms``.
 
 Tensors (Triton has no complex type: complex64 travels as float32 with a
-trailing real/imaginary axis of 2, a view, not a copy). Models, batched on the
-first axis by Triton's dynamic batcher across every scan that reaches the server:
+trailing real/imaginary axis of 2, a view, not a copy). One Triton model per
+:mod:`models.registry` model, named as in the registry, batched on the first
+axis by Triton's dynamic batcher across every scan that reaches the server;
+its inputs are its operation's :class:`~models.registry.InputSpec`:
 
-- ``kgmgt``: frames ``(3, ny, nx, 2)``, kspace and maps ``(C, ny, nx, 2)`` FP32,
-  mask ``(ny, nx)`` BOOL, causal ``(1,)`` BOOL;
-- ``sgfmri``: target ``(ny, nx, 2)``, optional reference ``(ny, nx, 2)``,
-  kspace, maps, mask as above;
-- both answer image ``(ny, nx, 2)`` FP32, ms_per_mpixel ``(1,)`` FP32 and
+- every complex array of the spec as FP32 with a trailing axis of 2 (``cine``:
+  frames ``(3, ny, nx, 2)``; ``pair``: target and optional reference
+  ``(ny, nx, 2)``; both: kspace and maps ``(C, ny, nx, 2)``), mask ``(ny, nx)``
+  BOOL, and each flag of the spec (``causal``) as ``(1,)`` BOOL;
+- every model answers image ``(ny, nx, 2)`` FP32, ms_per_mpixel ``(1,)`` FP32 and
   error ``(1,)`` BYTES (empty when the image is good);
 - ``streamrecon_info``: model ``(1,)`` BYTES -> info ``(1,)`` BYTES (JSON: the
   model's ``info`` and ``ms_per_mpixel``, or ``error``).
@@ -35,15 +37,14 @@ from typing import Any
 
 import numpy as np
 
-from gadgets.inference import InferenceError
+from models import registry
+from models.registry import InferenceError
 
 from .inference_client import InferenceClient
 
 log = logging.getLogger(__name__)
 
-MODELS = ("kgmgt", "sgfmri")
 INFO_MODEL = "streamrecon_info"
-MODEL_OF_OP = {"cine": "kgmgt", "pair": "sgfmri"}
 
 
 def as_real(a: np.ndarray) -> np.ndarray:
@@ -116,8 +117,8 @@ class TritonClient(InferenceClient):
                 return self._ask_health(client, timeout), {}
             if op == "info":
                 return self._ask_info(client, header["model"], timeout), {}
-            if op in MODEL_OF_OP:
-                return self._infer(client, MODEL_OF_OP[op], header, arrays, timeout)
+            if op in registry.OPERATIONS:
+                return self._infer(client, header.get("model") or registry.default_model(op), header, arrays, timeout)
         except server_error as exc:
             if "DEADLINE_EXCEEDED" in str(exc.status()) or "Deadline" in str(exc):
                 raise TimeoutError(f"no answer within {timeout} ms") from exc
@@ -128,9 +129,10 @@ class TritonClient(InferenceClient):
         s = timeout / 1000.0
         live = client.is_server_live(client_timeout=s)
         ready = client.is_server_ready(client_timeout=s)
-        models = {m: bool(client.is_model_ready(m, client_timeout=s)) for m in MODELS + (INFO_MODEL,)}
+        served = registry.served()
+        models = {m: bool(client.is_model_ready(m, client_timeout=s)) for m in served + [INFO_MODEL]}
         counts = {}
-        for m in MODELS:
+        for m in served:
             if models[m]:
                 stats = client.get_inference_statistics(m, as_json=True, client_timeout=s)
                 for entry in stats.get("model_stats", []):
@@ -159,15 +161,13 @@ class TritonClient(InferenceClient):
         mask = np.asarray(arrays["mask"], bool)
         if mask.ndim == 2:  # (B, ny) line masks: every readout sample of a line
             mask = np.broadcast_to(mask[:, :, None], (b, ny, nx))
-        tensors: dict[str, np.ndarray] = {"kspace": as_real(kspace), "maps": as_real(arrays["maps"]),
-                                          "mask": np.ascontiguousarray(mask)}
-        if model == "kgmgt":
-            tensors["frames"] = as_real(arrays["frames"])
-            tensors["causal"] = np.full((b, 1), bool(header.get("causal", False)))
-        else:
-            tensors["target"] = as_real(arrays["target"])
-            if arrays.get("reference") is not None:
-                tensors["reference"] = as_real(arrays["reference"])
+        spec = registry.get(model).spec
+        tensors: dict[str, np.ndarray] = {"mask": np.ascontiguousarray(mask)}
+        for name in spec.complex_arrays():
+            if arrays.get(name) is not None:
+                tensors[name] = as_real(arrays[name])
+        for flag in spec.flags:
+            tensors[flag] = np.full((b, 1), bool(header.get(flag, False)))
         inputs = []
         for name, a in tensors.items():
             t = grpcclient.InferInput(name, list(a.shape), "BOOL" if a.dtype == np.bool_ else "FP32")
@@ -193,4 +193,4 @@ def health(endpoint: str, timeout_ms: int = 1000) -> dict[str, Any]:
         client.close()
 
 
-__all__ = ["TritonClient", "health", "as_real", "as_complex", "grpc_url", "MODELS", "INFO_MODEL"]
+__all__ = ["TritonClient", "health", "as_real", "as_complex", "grpc_url", "INFO_MODEL"]

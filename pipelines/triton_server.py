@@ -8,8 +8,9 @@ bundles ``tritonserver``; Triton owns the network side (gRPC on 8001, HTTP on
 ``/v2/health/ready``, per-model readiness and statistics) and batches requests
 from every scan that arrives within ``--batch-delay-us`` of each other (its
 dynamic batcher); the batch then runs here, in this process, on the same
-loaded models as ``streamrecon infer-server`` (:class:`pipelines.inference_service.ModelSet`).
-Tensors are described in :mod:`pipelines.triton_client`.
+loaded models as ``streamrecon infer-server`` (:class:`pipelines.model_set.ModelSet`):
+one Triton model per :mod:`models.registry` model, its tensors declared from
+its operation's input spec (:mod:`pipelines.triton_client`).
 
     streamrecon triton-server [--host 127.0.0.1] [--grpc-port 8001] [--device auto]
     streamrecon triton-server --check 127.0.0.1:8001     # health, exit status 0 when ready
@@ -17,7 +18,7 @@ Tensors are described in :mod:`pipelines.triton_client`.
 PyTriton 0.7.0 pins numpy<2, so it runs from its own environment
 (``make triton-env`` builds ``.venv-triton``); the gadget hosts need only
 ``tritonclient``. Every request is validated (shapes, dtypes, sizes, the
-limits of :class:`~pipelines.inference_service.RequestLimits`) before model
+limits of :class:`~pipelines.model_set.RequestLimits`) before model
 work; a bad or failed one is answered with its reason in the ``error`` output
 (the gadget falls back, flagged), and the rest of its batch is still served.
 """
@@ -36,34 +37,34 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .inference_service import ModelSet, RequestLimits, validate
-from .triton_client import INFO_MODEL, MODELS, as_complex, as_real
+from models import registry
+
 from .cli import HelpFormatter
+from .model_set import ModelSet, RequestLimits, add_model_arguments, chosen_models, parse_server_args, validate
+from .triton_client import INFO_MODEL, as_complex, as_real
 
 log = logging.getLogger(__name__)
-
-OPS = {"kgmgt": "cine", "sgfmri": "pair"}
-COMPLEX_INPUTS = {"kgmgt": ("frames", "kspace", "maps"), "sgfmri": ("target", "reference", "kspace", "maps")}
 
 
 def _decode_request(model: str, data: dict[str, np.ndarray], limits: RequestLimits) -> tuple[bool, dict[str, np.ndarray]]:
     """Triton tensors of one request -> (causal, the arrays :func:`validate` and :class:`ModelSet` take)."""
+    spec = registry.get(model).spec
     arrays = {}
     for name, a in data.items():
-        if name in COMPLEX_INPUTS[model]:
+        if name in spec.complex_arrays():
             arrays[name] = as_complex(a)
         elif name == "mask":
             arrays[name] = np.asarray(a, bool)
-        elif name != "causal":
+        elif name not in spec.flags:
             raise ValueError(f"unexpected input {name!r}")
-    causal = False
-    if model == "kgmgt":
-        flags = np.asarray(data.get("causal", np.zeros((1, 1), bool)), bool).reshape(-1)
+    header: dict[str, Any] = {"op": spec.operation, "model": model}
+    for flag in spec.flags:
+        flags = np.asarray(data.get(flag, np.zeros((1, 1), bool)), bool).reshape(-1)
         if flags.size and flags.any() != flags.all():
-            raise ValueError("one request mixes causal and centred items")
-        causal = bool(flags.size and flags[0])
-    validate({"op": OPS[model], "causal": causal}, arrays, limits)
-    return causal, arrays
+            raise ValueError(f"one request mixes {flag} and not-{flag} items")
+        header[flag] = bool(flags.size and flags[0])
+    validate(header, arrays, limits)
+    return bool(header.get("causal", False)), arrays
 
 
 def _error_reply(items: int, text: str) -> dict[str, np.ndarray]:
@@ -92,10 +93,10 @@ def make_infer(model_set: ModelSet, model: str, limits: RequestLimits | None = N
             except Exception as exc:
                 replies[i] = _error_reply(items, f"bad request: {type(exc).__name__}: {exc}")
                 continue
-            groups[ModelSet.group_key(OPS[model], arrays, causal)].append((i, arrays))
-        for (op, causal, _, _), members in groups.items():
+            groups[ModelSet.group_key(model, arrays, causal)].append((i, arrays))
+        for (_, causal, _), members in groups.items():
             try:
-                images = model_set.run(op, causal, [a for _, a in members])
+                images = model_set.run(model, causal, [a for _, a in members])
             except Exception as exc:
                 log.warning("%s batch of %d failed: %s: %s", model, len(members), type(exc).__name__, exc)
                 for i, arrays in members:
@@ -129,18 +130,16 @@ def make_info(model_set: ModelSet):
 
 
 def _tensors(model: str):
+    """Triton's tensors of ``model``, from its operation's input spec (complex arrays as float pairs)."""
     from pytriton.model_config import Tensor
 
-    f32, b = np.float32, np.bool_
-    common = [Tensor(name="kspace", dtype=f32, shape=(-1, -1, -1, 2)), Tensor(name="maps", dtype=f32, shape=(-1, -1, -1, 2)),
-              Tensor(name="mask", dtype=b, shape=(-1, -1))]
-    if model == "kgmgt":
-        inputs = [Tensor(name="frames", dtype=f32, shape=(3, -1, -1, 2)), *common, Tensor(name="causal", dtype=b, shape=(1,))]
-    else:
-        inputs = [Tensor(name="target", dtype=f32, shape=(-1, -1, 2)), *common,
-                  Tensor(name="reference", dtype=f32, shape=(-1, -1, 2), optional=True)]
-    outputs = [Tensor(name="image", dtype=f32, shape=(-1, -1, 2)), Tensor(name="ms_per_mpixel", dtype=f32, shape=(1,)),
-               Tensor(name="error", dtype=bytes, shape=(1,))]
+    spec = registry.get(model).spec
+    inputs = [Tensor(name=name, dtype=np.float32, shape=spec.item_shape(name) + (2,), optional=name in spec.optional)
+              for name in spec.complex_arrays()]
+    inputs.append(Tensor(name="mask", dtype=np.bool_, shape=(-1, -1)))
+    inputs += [Tensor(name=flag, dtype=np.bool_, shape=(1,)) for flag in spec.flags]
+    outputs = [Tensor(name="image", dtype=np.float32, shape=(-1, -1, 2)),
+               Tensor(name="ms_per_mpixel", dtype=np.float32, shape=(1,)), Tensor(name="error", dtype=bytes, shape=(1,))]
     return inputs, outputs
 
 
@@ -173,10 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, default=8000, help="HTTP port (health: /v2/health/ready)")
     p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when present)")
-    p.add_argument("--models", default="kgmgt,sgfmri", help="comma-separated models to load")
-    p.add_argument("--kgmgt-weights", default=None, help=".safetensors (default: the shipped set)")
-    p.add_argument("--sgfmri-weights", default=None, help=".safetensors (default: the shipped set)")
-    p.add_argument("--allow-random", action="store_true", help="tests only: untrained networks when weights are missing")
+    add_model_arguments(p)
     p.add_argument("--max-batch", type=int, default=16, help="largest dynamic batch (items) Triton forms")
     p.add_argument("--batch-delay-us", type=int, default=4000,
                    help="how long Triton holds a request for others to batch with (max_queue_delay_microseconds)")
@@ -203,7 +199,7 @@ def _check(endpoint: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_server_args(build_parser, argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.check:
@@ -217,9 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        model_set = ModelSet([m for m in args.models.split(",") if m], args.device,
-                             {"kgmgt": args.kgmgt_weights, "sgfmri": args.sgfmri_weights},
-                             args.allow_random, args.cpu_threads)
+        models, weights = chosen_models(args)
+        model_set = ModelSet(models, args.device, weights, args.allow_random, args.cpu_threads)
     except Exception as exc:
         log.error("Triton server not started: %s", exc)
         return 1
@@ -240,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # statistics stay open, as they are the health check's evidence of batching across scans
         security = TritonSecurityConfig(restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"])
         with Triton(config=config, security_config=security) as triton:
-            for name in MODELS:  # bound even when not loaded: requests are answered with the reason
+            for name in registry.served():  # bound even when not loaded: requests are answered with the reason
                 inputs, outputs = _tensors(name)
                 triton.bind(model_name=name, infer_func=make_infer(model_set, name, limits), inputs=inputs, outputs=outputs,
                             config=ModelConfig(max_batch_size=args.max_batch,

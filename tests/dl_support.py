@@ -69,8 +69,8 @@ class SimulatedTimeBackend:
         self.first_s, self.call_s, self.per_item_s = first_s, call_s, per_item_s
         self.sizes: list[int] = []
 
-    def cine_batch(self, frames, kspace, mask, maps, causal):
-        images = self.model.cine_batch(frames, kspace, mask, maps, causal)  # real work: no virtual time
+    def cine_batch(self, frames, kspace, mask, maps, causal, model=None):
+        images = self.model.cine_batch(frames, kspace, mask, maps, causal, model)  # real work: no virtual time
         self.clock.sleep((self.first_s if not self.sizes else 0.0) + self.call_s + self.per_item_s * len(frames))
         self.sizes.append(len(frames))
         return images

@@ -118,9 +118,9 @@ class RecordingBackend(InProcessBackend):
         super().__init__(**kw)
         self.calls = []
 
-    def cine_batch(self, frames, kspace, mask, maps, causal):
+    def cine_batch(self, frames, kspace, mask, maps, causal, model=None):
         self.calls.append((frames.copy(), kspace.copy(), mask.copy(), causal))
-        return super().cine_batch(frames, kspace, mask, maps, causal)
+        return super().cine_batch(frames, kspace, mask, maps, causal, model)
 
 
 def test_window_inputs_are_the_frames_own_kspace_mask_and_zero_filled_neighbours(weights):

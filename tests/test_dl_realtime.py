@@ -169,6 +169,7 @@ def test_four_scans_share_one_model_in_fair_turns(stream_host, weights, monkeypa
     bound is set far beyond any run (a hang guard, like the joins): the turns are under test here, the
     deadlines in the virtual-time tests above."""
     from gadgets import inference
+    from models import inference as loaded_models
 
     operate(monkeypatch, stream_host, kgmgt_weights=weights["kgmgt"], device="cpu")
     turns = InProcessBackend(device="cpu", weights={"kgmgt": str(weights["kgmgt"])}).turns("kgmgt")
@@ -197,7 +198,7 @@ def test_four_scans_share_one_model_in_fair_turns(stream_host, weights, monkeypa
         assert all("Fallback" not in im.meta for im in model), [im.meta.get("Fallback") for im in model]
     # one copy of the model in the process, one call at a time
     key = inference.model_key("kgmgt", "cpu", str(weights["kgmgt"]))
-    assert sum(1 for k in inference._MODELS if k[:3] == key[:3]) == 1
+    assert sum(1 for k in loaded_models._MODELS if k[:3] == key[:3]) == 1
     assert turns.most_running == 1
     log = list(turns.turns)[earlier:]  # this test's turns
     assert len({t.session for t in log}) == 4 and sum(t.items for t in log) == 4 * 12

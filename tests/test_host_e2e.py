@@ -136,7 +136,7 @@ def test_four_concurrent_sessions_equal_sequential(stream_host):
 
 
 def test_preload_imports_every_shipped_pipeline_and_warms_the_models(stream_host):
-    from gadgets import inference
+    from models import inference
 
     assert stream_host.preload_pipelines() == []
     loaded = {key[0] for key in inference._MODELS}

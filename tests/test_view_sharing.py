@@ -124,9 +124,9 @@ class _Recording(InProcessBackend):
         super().__init__(**kw)
         self.calls = []
 
-    def cine_batch(self, frames, kspace, mask, maps, causal):
+    def cine_batch(self, frames, kspace, mask, maps, causal, model=None):
         self.calls += [(f, m) for f, m in zip(frames.copy(), maps.copy())]
-        return super().cine_batch(frames, kspace, mask, maps, causal)
+        return super().cine_batch(frames, kspace, mask, maps, causal, model)
 
 
 @pytest.mark.parametrize("mode", ["centered", "causal"])
