@@ -7,39 +7,14 @@ transformed and optionally made noisy (:func:`simulator.scan.scan_from_images`).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+
 from .scan import Scan, _uid, scan_from_images, square_fov_mm
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".npy", ".mat")
-
-
-DATA_SUBFOLDERS = ("cine", "multicontrast")
-
-
-def shared_data_dir() -> Path:
-    """``$STREAMRECON_DATA`` or ``../shared/data`` beside the repository.
-
-    ``STREAMRECON_DATA`` names the data folder itself: the one that holds
-    ``cine/`` and ``multicontrast/``, not its parent.
-    """
-    env = os.environ.get("STREAMRECON_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def data_dir_problem() -> str | None:
-    """What is wrong with the data folder, in one line a user can act on; None when it looks right."""
-    d = shared_data_dir()
-    if any((d / sub).is_dir() for sub in DATA_SUBFOLDERS):
-        return None
-    where = f"STREAMRECON_DATA={d}" if os.environ.get("STREAMRECON_DATA") else f"the default data folder {d}"
-    inner = [p for p in (d.iterdir() if d.is_dir() else []) if p.is_dir() and any((p / s).is_dir() for s in DATA_SUBFOLDERS)]
-    hint = f" (did you mean {inner[0]}?)" if inner else ""
-    return (f"{where} holds no {' or '.join(s + '/' for s in DATA_SUBFOLDERS)}; set STREAMRECON_DATA to the data "
-            f"folder itself, the one that holds them{hint}")
 
 
 def _suffix(path: Path) -> str:
@@ -188,4 +163,4 @@ def image_pair_scans(reference: str | Path, target: str | Path, *, variables: tu
     return out
 
 
-__all__ = ["shared_data_dir", "data_dir_problem", "read_image_file", "scan_from_image_file", "image_pair_scans", "IMAGE_SUFFIXES"]
+__all__ = ["read_image_file", "scan_from_image_file", "image_pair_scans", "IMAGE_SUFFIXES"]

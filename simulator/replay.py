@@ -35,10 +35,11 @@ from .faults import StreamFault, drop_readouts, duplicate_readouts, reorder_read
 from .header import make_header
 from .readers import read_mask_file
 from .results import (by_series, fallback_of, format_table, frame_latencies_ms, image_array, intensity_ratio,
-                      percentiles, save_dicom, save_images_h5, save_pictures, score_frames, summarise,
+                      percentiles, save_dicom, save_images_h5, score_frames, summarise,
                       view_shared_images, write_report, zero_filled_images)
 from .scan import RawStream, Scan
 from .sources import load_source
+from models.evaluation.strips import save_pictures
 from pipelines.cli import HelpFormatter
 
 log = logging.getLogger("streamrecon.replay")
@@ -771,7 +772,7 @@ def main(argv: list[str]) -> int:
         print(f"streamrecon replay: {exc}", file=sys.stderr)
         return 2
     except (OSError, ValueError, KeyError) as exc:
-        print(f"streamrecon replay: {_one_line(exc)}", file=sys.stderr)
+        print(f"streamrecon replay: {one_line(exc)}", file=sys.stderr)
         return 2
     if "to_file" in report:
         print(f"wrote {report['readouts']} readouts and the header to {report['to_file']} (nothing sent)")
@@ -783,7 +784,7 @@ def main(argv: list[str]) -> int:
     return code
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
     if isinstance(exc, FileNotFoundError) and exc.filename:
         text = f"{exc.filename}: {exc.strerror or 'not found'}"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.pipeline_config import shipped_pipeline_with as pipeline_text  # noqa: F401  (tests import it from here)
-from simulator.processes import (free_port, python_env, start_triton_server, stop, stop_group,  # noqa: F401
+from pipelines.processes import (free_port, python_env, start_triton_server, stop, stop_group,  # noqa: F401
                                  triton_python)
 
 ROOT = Path(__file__).resolve().parents[1]

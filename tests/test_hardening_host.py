@@ -23,7 +23,7 @@ from pipelines.session import SessionOptions
 from simulator.acquire import acquisitions
 from simulator.client import run_session
 from simulator.header import make_header
-from simulator.processes import free_port
+from pipelines.processes import free_port
 from tests.streams import small_cine
 from tests.test_host_refusals import _bytes, _exchange, _good_session_still_works, _prefix
 

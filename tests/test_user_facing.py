@@ -319,7 +319,7 @@ def test_informational_host_texts_do_not_fail_the_replay(tmp_path, capsys):
 
 
 def test_data_folder_variable_must_name_the_folder_itself(tmp_path, monkeypatch):
-    from simulator.images import data_dir_problem
+    from models.shared_data import data_dir_problem
 
     (tmp_path / "data" / "cine").mkdir(parents=True)
     monkeypatch.setenv("STREAMRECON_DATA", str(tmp_path))
@@ -400,7 +400,7 @@ def test_partial_fallbacks_are_marked_per_frame_in_report_pictures_and_dicom(str
 def test_fallback_frames_are_marked_in_strips_and_gifs(tmp_path):
     from PIL import Image
 
-    from simulator.results import LABEL_WIDTH, TITLE_HEIGHT, save_pictures
+    from models.evaluation.strips import LABEL_WIDTH, TITLE_HEIGHT, save_pictures
 
     n = 32
     ref = np.ones((3, n, n), np.float32)
@@ -472,7 +472,7 @@ def test_replay_lists_every_file_it_wrote(stream_host, tmp_path, capsys):
 def test_strip_rows_are_labelled_with_one_scale_each_and_error_rows(tmp_path):
     from PIL import Image
 
-    from simulator.results import LABEL_WIDTH, TITLE_HEIGHT, save_pictures
+    from models.evaluation.strips import LABEL_WIDTH, TITLE_HEIGHT, save_pictures
 
     rng = np.random.default_rng(0)
     ref = rng.random((4, 16, 16)).astype(np.float32) + 0.5
@@ -557,7 +557,7 @@ def test_replay_after_the_host_is_killed_mid_scan_writes_the_report_with_the_rea
     import sys
     import threading
 
-    from simulator.processes import free_port, python_env, wait_port
+    from pipelines.processes import free_port, python_env, wait_port
 
     port = free_port()
     host = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--no-preload-models"],

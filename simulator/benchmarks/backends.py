@@ -76,10 +76,11 @@ def main(argv: list[str]) -> int:
     from pipelines.session import SessionOptions
     from pipelines.triton_client import health as triton_health
     from simulator.acquire import acquisitions
-    from simulator.benchmarks import machine, record_path
+    from models.machine import machine
+    from simulator.benchmarks import record_path
     from simulator.client import Pacing, run_session, run_sessions_at_once
     from simulator.header import make_header
-    from simulator.processes import free_port, python_env, start_triton_server, stop, stop_group, triton_python
+    from pipelines.processes import free_port, python_env, start_triton_server, stop, stop_group, triton_python
     from simulator.results import frame_latencies_ms, percentiles
     from simulator.scan import phantom_scan
 

@@ -123,7 +123,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     from models.runtimes import runtime_missing
-    from simulator.benchmarks import machine
+    from models.machine import machine
 
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     missing = {r: runtime_missing(r) for r in runtimes if runtime_missing(r)}

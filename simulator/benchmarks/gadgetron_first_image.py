@@ -32,11 +32,11 @@ import numpy as np
 
 from models.masks import line_mask
 from simulator.acquire import acquisitions
-from simulator.benchmarks import machine
+from models.machine import machine
 from simulator.client import run_session
-from simulator.gadgetron_server import missing_reason, start_gadgetron
+from pipelines.gadgetron.server import missing_reason, start_gadgetron
 from simulator.header import make_header
-from simulator.processes import free_port, python_env, stop, wait_port
+from pipelines.processes import free_port, python_env, stop, wait_port
 from simulator.scan import phantom_scan
 
 

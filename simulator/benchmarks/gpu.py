@@ -55,7 +55,7 @@ QUICK = dict(sizes=[32], coils=[4], batches=[1, 2], frames=4, warmup=1,
 def versions(device: str) -> dict[str, Any]:
     import torch
 
-    from simulator.benchmarks import machine
+    from models.machine import machine
 
     out = {"machine": machine(device), "python": platform.python_version(), "torch": torch.__version__,
            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from simulator.benchmarks import machine
+from models.machine import machine
 
 
 def main(argv: list[str]) -> int:
@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
     from pipelines.host import StreamHost
     from simulator.acquire import acquisitions
     from simulator.client import Pacing, run_session
-    from simulator.gadgetron_parent import run_external
+    from pipelines.gadgetron.parent import run_external
     from simulator.header import make_header
     from simulator.scan import phantom_scan
 

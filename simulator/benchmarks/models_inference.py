@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from simulator.benchmarks import machine
+from models.machine import machine
 
 
 def _inputs(b: int, n: int, coils: int, device):
@@ -59,7 +59,7 @@ def run_one(key: str, n: int, b: int, device: str, repeats: int, coils: int = 8)
     """One configuration in this (fresh) process: ``ONE params seconds_per_frame peak_MiB``."""
     import torch
 
-    from models.evaluate import measure
+    from models.evaluation.scores import measure
     torch.manual_seed(0)
     model = MODELS[key][1]().to(device).eval()
     x, k, maps, mask = _inputs(b, n, coils, device)
@@ -112,7 +112,7 @@ def main(argv: list[str]) -> int:
         print(run_one(args.one[0], int(args.one[1]), int(args.one[2]), args.device, args.repeats))
         return 0
     from models.baselines import bart_available, bart_pics, tv_temporal
-    from models.evaluate import measure
+    from models.evaluation.scores import measure
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -92,7 +92,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     from pipelines.host import StreamHost
     from pipelines.session import SessionOptions
-    from simulator.benchmarks import machine
+    from models.machine import machine
     from simulator.client import run_session
     from simulator.readers import read_ismrmrd
     from simulator.siemens_layout import write_siemens_pi

@@ -61,10 +61,10 @@ def main(argv: list[str]) -> int:
 
     from models.masks import line_mask
     from simulator.acquire import acquisitions
-    from simulator.benchmarks import machine
+    from models.machine import machine
     from simulator.client import Pacing, run_session
     from simulator.header import make_header
-    from simulator.processes import free_port, python_env, stop, wait_port
+    from pipelines.processes import free_port, python_env, stop, wait_port
     from simulator.scan import phantom_scan
     from simulator.fuzz import exchange as _exchange
     from simulator.fuzz import mutate as _mutate

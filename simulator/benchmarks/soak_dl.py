@@ -116,7 +116,7 @@ def soak(pipeline: str, sessions: int, *, matrix: int = 32, coils: int = 4, fram
          progress: Callable[[tuple], None] | None = None) -> SoakResult:
     """Run ``sessions`` scans of ``pipeline`` one after another against a fresh ``streamrecon serve``."""
     from simulator.client import Pacing, run_session
-    from simulator.processes import free_port, python_env, stop, wait_port
+    from pipelines.processes import free_port, python_env, stop, wait_port
 
     scan = session_for(pipeline, matrix, coils, frames)
     result = SoakResult(pipeline)
@@ -164,7 +164,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--json", default="", help="also write every sample to this JSON file")
     p.add_argument("serve_args", nargs=argparse.REMAINDER, help="after --: extra `streamrecon serve` options")
     args = p.parse_args(argv)
-    from simulator.benchmarks import machine
+    from models.machine import machine
 
     serve_args = [a for a in args.serve_args if a != "--"]
     print(f"streamrecon bench soak --dl  {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")

@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.pipeline_config import shipped_pipeline_with
-from simulator.images import shared_data_dir
-from simulator.processes import free_port, python_env, stop, wait_port
+from models.shared_data import shared_data_dir
+from pipelines.processes import free_port, python_env, stop, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,7 +70,8 @@ def main(argv: list[str]) -> int:
     from pipelines.session import SessionOptions
     from pipelines.inference_client import health
     from simulator.acquire import acquisitions
-    from simulator.benchmarks import machine, record_path
+    from models.machine import machine
+    from simulator.benchmarks import record_path
     from simulator.client import Pacing, run_session, run_sessions_at_once
     from simulator.header import make_header
     from simulator.results import frame_latencies_ms, percentiles

@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .processes import ROOT, free_port, stop, wait_port
+from pipelines.processes import ROOT, free_port, stop, wait_port
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ Methods, all from the same k-space and the same estimated coil maps:
   the first case at the first configuration among :data:`BART_LAMBDAS`.
 
 Scores: magnitude PSNR/SSIM/NMSE against the fully sampled SENSE image over
-the full field of view, per frame then averaged (``models.evaluate``), and
+the full field of view, per frame then averaged (``models.evaluation.scores``), and
 seconds per frame on this machine. :func:`headline_table` gives what the
 network adds: centred minus its own input (centred view sharing), causal
 minus causal view sharing, minus the best online anchor, and the distance
@@ -76,7 +76,7 @@ def evaluation_cases(slices_per_patient: int = 3, unseen_conditions: bool = True
     GIRAF transposed (phase encoding along the other axis), 12 coils, 1 % noise."""
     from models.cine_windows import ValidationCondition, condition_frames
 
-    from . import model_data
+    from models import shared_data as model_data
 
     hearts = model_data.cine_validation_hearts(slices_per_patient)
     cases = [Case(name, cine) for name, cine in hearts.items()]
@@ -93,7 +93,7 @@ def evaluation_cases(slices_per_patient: int = 3, unseen_conditions: bool = True
 
 def validation_cases(sunnybrook_slices: tuple[int, ...] = SUNNYBROOK_SLICES) -> dict[str, np.ndarray]:
     """``{name: (T, ny, nx) float32 magnitude}`` of the validation split."""
-    from . import model_data
+    from models import shared_data as model_data
 
     cases = {"GIRAF": model_data.load_cine()}
     if model_data.have_sunnybrook():
@@ -208,14 +208,14 @@ def strip(columns: dict[str, np.ndarray], reference: np.ndarray, path: Path) -> 
     """Labelled strip: reference and every method in columns, error maps (x5) below, one grey scale per row."""
     from PIL import Image
 
-    from .results import ERROR_GAIN, _titled, _to_uint8
+    from .strips import ERROR_GAIN, titled, to_uint8
 
     scale = float(np.percentile(np.abs(reference), 99.5))
-    top = [_titled(_to_uint8(reference, scale), "reference")]
-    bottom = [_titled(np.zeros_like(_to_uint8(reference, scale)), f"error x{ERROR_GAIN:g}")]
+    top = [titled(to_uint8(reference, scale), "reference")]
+    bottom = [titled(np.zeros_like(to_uint8(reference, scale)), f"error x{ERROR_GAIN:g}")]
     for name, image in columns.items():
-        top.append(_titled(_to_uint8(image, scale), name))
-        bottom.append(_titled(_to_uint8(np.abs(np.abs(image) - np.abs(reference)), scale / ERROR_GAIN), "error"))
+        top.append(titled(to_uint8(image, scale), name))
+        bottom.append(titled(to_uint8(np.abs(np.abs(image) - np.abs(reference)), scale / ERROR_GAIN), "error"))
     Image.fromarray(np.concatenate([np.concatenate(top, 1), np.concatenate(bottom, 1)], 0)).save(path)
 
 

@@ -20,15 +20,39 @@ Splits, fixed so nothing evaluated is trained on:
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 
-def data_dir() -> Path:
-    """``$STREAMRECON_DATA`` or ``../shared/data`` beside the repository (one definition: :mod:`simulator.images`)."""
-    from simulator.images import shared_data_dir
+DATA_SUBFOLDERS = ("cine", "multicontrast")
 
+
+def shared_data_dir() -> Path:
+    """``$STREAMRECON_DATA`` or ``../shared/data`` beside the repository.
+
+    ``STREAMRECON_DATA`` names the data folder itself: the one that holds
+    ``cine/`` and ``multicontrast/``, not its parent.
+    """
+    env = os.environ.get("STREAMRECON_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def data_dir_problem() -> str | None:
+    """What is wrong with the data folder, in one line a user can act on; None when it looks right."""
+    d = shared_data_dir()
+    if any((d / sub).is_dir() for sub in DATA_SUBFOLDERS):
+        return None
+    where = f"STREAMRECON_DATA={d}" if os.environ.get("STREAMRECON_DATA") else f"the default data folder {d}"
+    inner = [p for p in (d.iterdir() if d.is_dir() else []) if p.is_dir() and any((p / s).is_dir() for s in DATA_SUBFOLDERS)]
+    hint = f" (did you mean {inner[0]}?)" if inner else ""
+    return (f"{where} holds no {' or '.join(s + '/' for s in DATA_SUBFOLDERS)}; set STREAMRECON_DATA to the data "
+            f"folder itself, the one that holds them{hint}")
+
+
+def data_dir() -> Path:
+    """The data folder (:func:`shared_data_dir`)."""
     return shared_data_dir()
 
 

@@ -3,13 +3,13 @@
 Data (``--data``):
 - ``shared`` (default): real images from ``../shared/data`` (qMRLab volumes;
   for pairs also one TCGA patient and CDLMRI patientA; see
-  ``simulator.model_data`` for the splits -- the real cine, the other TCGA
+  ``models.shared_data`` for the splits -- the real cine, the other TCGA
   patient and the CDLMRI tumour slice are held out for ``streamrecon evaluate``), plus, for cine, the
   built-in beating-heart phantom (``--phantom-fraction``);
 - ``sunnybrook`` (cine): real hearts, the Sunnybrook short-axis cines of the
   training patients, simulated as real-time scans with view-shared inputs
   (``models.cine_windows``); validation on the held-out patient
-  (``simulator.model_data.SUNNYBROOK_VALIDATION``) and the GIRAF cine;
+  (``models.shared_data.SUNNYBROOK_VALIDATION``) and the GIRAF cine;
 - ``synthetic``: the built-in phantoms only (no files needed);
 - ``none``: only the files given below.
 
@@ -32,25 +32,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
-
-def _machine() -> str:
-    import torch
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} logical cores, {gpu}, torch {torch.__version__}"
+from models.machine import machine
 
 
 def _dataset_images(args) -> tuple[list, list]:
@@ -59,7 +45,7 @@ def _dataset_images(args) -> tuple[list, list]:
     images, cines = [], []
     scans = []
     if args.cmrxrecon or args.ismrmrd or args.fastmri:
-        from . import readers
+        from simulator import readers
         scans += [readers.read_cmrxrecon(p) for p in args.cmrxrecon]
         for p in args.ismrmrd:
             scans += readers.read_ismrmrd(p)
@@ -222,7 +208,7 @@ def main(argv: list[str]) -> int:
     from models.training_data import CineSampler, PairSampler, SimulationSettings
     from models.weights import SHIPPED_DIR, build_model, save_weights
 
-    from . import model_data
+    from models import shared_data as model_data
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -281,7 +267,7 @@ def main(argv: list[str]) -> int:
             from models.phantoms import brain_pair
             pairs = [tuple(np.abs(a) for a in brain_pair(128, seed=s)) for s in range(64)]
         if args.m4raw:
-            from .readers import read_m4raw_pair
+            from simulator.readers import read_m4raw_pair
             for target in ("T2", "FLAIR"):
                 try:
                     ref_scan, tgt_scan = read_m4raw_pair(args.m4raw, reference="T1", target=target)
@@ -360,7 +346,7 @@ def main(argv: list[str]) -> int:
     ckpt = args.ckpt or Path("out") / "train" / args.model
     print(f"training {args.model} ({args.config}, {sum(p.numel() for p in model.parameters())} parameters) "
           f"on {args.data} data, {size}x{size}, batch {args.batch}, {args.steps} steps; checkpoints in {ckpt}")
-    print(f"machine: {_machine()}")
+    print(f"machine: {machine()}")
     if args.export_only:
         # the weights a run kept (best validation, or its last checkpoint), exported without training
         from safetensors.torch import load_file
@@ -384,7 +370,7 @@ def main(argv: list[str]) -> int:
     print(json.dumps(result["history"][-3:], indent=1))
     if args.export:
         meta = {"command": "streamrecon train " + " ".join(a for a in argv if a not in ("--export-only", "best", "last")),
-                "machine": _machine(),
+                "machine": machine(),
                 "train_seconds": round(result["seconds"], 1), "steps": result["step"],
                 "date": time.strftime("%Y-%m-%d"), "history": result["history"],
                 "training_size": [size, size], "accel_range": list(args.accel), "data": args.data,
