@@ -31,14 +31,14 @@ import logging
 import os
 import select
 import socket
-import struct
 import threading
 import time
 from typing import Any
 
+from . import wire
+
 log = logging.getLogger(__name__)
 
-CLOSE_ID = 4
 DEFAULT_STALL_S = 5.0
 DEFAULT_DRAIN_IDLE_S = 60.0
 STALL_ENV = "STREAMRECON_PEER_STALL_S"
@@ -126,7 +126,7 @@ class SafeLink:
         """Send CLOSE (unless the link is broken), then close the socket."""
         try:
             if not self.broken:
-                self.write(struct.pack("<H", CLOSE_ID))
+                self.write(wire.message_id(wire.CLOSE))
         except PeerGone:
             pass
         finally:

@@ -15,18 +15,17 @@ import logging
 import os
 import socket
 import socketserver
-import struct
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Sequence
 
-from gadgets import host_settings
+from gadgets import host_settings, wire
 
 from .pipeline_config import DEFAULT_GADGET_PACKAGES, PIPELINE_DIR, PipelineError, load_gadgets, parse_pipeline
 from .process_memory import release_free_memory
-from .protocol import CLOSE, TEXT, Limits
+from .protocol import Limits
 from .session import Session, SessionOptions
 from .cli import HelpFormatter
 
@@ -131,7 +130,7 @@ def _refuse_busy(sock: socket.socket, reason: str) -> None:
     # On the accepting thread: never wait long on this peer.
     try:
         sock.settimeout(0.5)
-        sock.sendall(error_text_bytes(reason) + struct.pack("<H", CLOSE))
+        sock.sendall(wire.text_bytes(reason) + wire.message_id(wire.CLOSE))
         sock.shutdown(socket.SHUT_WR)
         sock.settimeout(0.2)
         while sock.recv(1 << 16):
@@ -229,12 +228,6 @@ class StreamHost(socketserver.ThreadingTCPServer):
         thread = threading.Thread(target=self.serve_forever, name=f"streamhost:{self.port}", daemon=True)
         thread.start()
         return thread
-
-
-def error_text_bytes(text: str) -> bytes:
-    """A TEXT message (uint16 id, uint32 length, UTF-8)."""
-    data = text.encode("utf-8")
-    return struct.pack("<HI", TEXT, len(data)) + data
 
 
 def run_stream(stdin=None, stdout=None, options: SessionOptions | None = None) -> int:

@@ -9,6 +9,7 @@ import ismrmrd
 import numpy as np
 from ismrmrd.serialization import ConfigFile, ProtocolSerializer
 
+from gadgets import wire
 from simulator.acquire import acquisitions
 from simulator.header import make_header
 
@@ -29,17 +30,17 @@ def exchange(port: int, payload: bytes, timeout: float) -> tuple[list[str], bool
             if len(head) < 2:
                 break
             (mid,) = struct.unpack("<H", head)
-            if mid == 5:
+            if mid == wire.TEXT:
                 (n,) = struct.unpack("<I", f.read(4))
                 texts.append(f.read(n).decode())
-            elif mid == 4:
+            elif mid == wire.CLOSE:
                 closed = True
                 break
-            elif mid == 1022:
+            elif mid == wire.IMAGE:
                 images.append(ismrmrd.Image.deserialize_from(f.read))
-            elif mid == 1026:
+            elif mid == wire.WAVEFORM:
                 ismrmrd.Waveform.deserialize_from(f.read)
-            elif mid == 1008:
+            elif mid == wire.ACQUISITION:
                 ismrmrd.Acquisition.deserialize_from(f.read)
             else:
                 raise AssertionError(f"unexpected message id {mid} from the host")
@@ -72,7 +73,8 @@ def mutate(data: bytes, starts: list[int], rng: np.random.Generator) -> bytes:
         b = b[:rng.integers(len(b))]
     elif kind == 2:  # overwrite a message id
         i = starts[rng.integers(len(starts) - 1)]
-        b[i:i + 2] = struct.pack("<H", int(rng.choice([0, 2, 3, 4, 5, 8, 1008, 1022, 1026, 65535])))
+        b[i:i + 2] = struct.pack("<H", int(rng.choice([0, wire.CONFIG_TEXT, wire.HEADER, wire.CLOSE, wire.TEXT, wire.ERROR,
+                                                    wire.ACQUISITION, wire.IMAGE, wire.WAVEFORM, 65535])))
     elif kind == 3:  # huge or zero lengths / counts right after a message id
         i = starts[rng.integers(len(starts) - 1)] + 2
         b[i:i + 4] = struct.pack("<I", int(rng.choice([0, 1, 2**31, 2**32 - 1, int(rng.integers(2**20))])))

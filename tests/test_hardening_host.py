@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from ismrmrd.serialization import ConfigText
 
-from gadgets import host_settings
+from gadgets import host_settings, wire
 from gadgets.conventional import CoilMapCache
 from gadgets.frames import FrameAccumulator
 from pipelines.host import StreamHost
@@ -272,13 +272,13 @@ def test_a_trickling_client_is_ended_by_the_message_deadline(small_host, scan):
             if len(head) < 2:
                 break
             (mid,) = struct.unpack("<H", head)
-            if mid == 5:
+            if mid == wire.TEXT:
                 (n,) = struct.unpack("<I", f.read(4))
                 texts.append(f.read(n).decode())
-            elif mid == 1022:
+            elif mid == wire.IMAGE:
                 ismrmrd.Image.deserialize_from(f.read)
                 images += 1
-            elif mid == 4:
+            elif mid == wire.CLOSE:
                 break
         stop.set()
     finally:
