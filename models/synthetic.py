@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .coils import rss
+
 
 def _grid(ny: int, nx: int) -> tuple[np.ndarray, np.ndarray]:
     """Normalised coordinates in [-1, 1) with 0 at index ``n // 2`` (rows y, columns x)."""
@@ -73,7 +75,7 @@ def coil_maps(n_coils: int, ny: int, nx: int, *, seed: int = 0, radius: float = 
         phase = rng.uniform(-np.pi, np.pi) + 0.8 * np.sqrt(d2) + 0.3 * rng.normal() * (xx * np.cos(theta) + yy * np.sin(theta))
         maps.append(mag * np.exp(1j * phase))
     maps = np.stack(maps)
-    norm = np.sqrt(np.sum(np.abs(maps) ** 2, axis=0))
+    norm = rss(maps)
     return (maps / norm[None]).astype(np.complex64)
 
 

@@ -32,6 +32,7 @@ import ismrmrd
 import ismrmrd.xsd
 import numpy as np
 
+from models.coils import rss
 from models.fft import ifft2c
 
 from .scan import RawStream, Scan, _uid
@@ -49,7 +50,7 @@ def center_crop(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def rss_reference(kspace: np.ndarray, recon_shape: tuple[int, int]) -> np.ndarray:
     """RSS magnitude of ``(..., coils, ky, kx)`` k-space, centre-cropped to ``recon_shape``, complex64."""
-    img = np.sqrt(np.sum(np.abs(ifft2c(kspace)) ** 2, axis=-3))
+    img = rss(ifft2c(kspace), axis=-3)
     return center_crop(img, recon_shape).astype(np.complex64)
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import ismrmrd
 import numpy as np
 
-from models.masks import FAMILIES, achieved_acceleration, acs_lines, line_mask
+from models.masks import FAMILIES, achieved_acceleration, acs_lines, centre_run, line_mask, lines_in_every_frame
 
 from .acquire import ORDERS, acquisitions, exam_acquisitions, normalise_mask, schedule
 from .client import Interrupt, Pacing, StreamResult, run_session
@@ -208,14 +208,8 @@ def _family_mask(scan: Scan, args, index: int, notes: list[str]) -> np.ndarray:
 def _calib(mask: np.ndarray | None, ny: int) -> tuple[int, int] | None:
     if mask is None:
         return None
-    n = acs_lines(mask)
-    if n < 2:
-        return None
-    start = ny // 2
-    m = np.asarray(mask).reshape(-1, ny).all(axis=0)
-    while start > 0 and m[start - 1]:
-        start -= 1
-    return start, start + n
+    start, stop = centre_run(lines_in_every_frame(np.asarray(mask).reshape(-1, ny)))
+    return (start, stop) if stop - start >= 2 else None
 
 
 def _raw_stream(scans: list[Scan], masks, which: list[int]) -> RawStream | None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.coils import sense_combine
+from models.coils import rss, sense_combine
 from models.fft import fft2c, ifft2c
 from models.phantoms import brain_pair, cardiac_cine
 from models.synthetic import coil_maps as synthetic_coil_maps
@@ -178,7 +178,7 @@ def coil_images_to_recon(kspace: np.ndarray, nx: int, maps: np.ndarray | None = 
     """
     imgs = crop_readout(ifft2c(kspace), nx)
     if maps is None:
-        return np.sqrt(np.sum(np.abs(imgs) ** 2, axis=-3)).astype(np.complex64)
+        return rss(imgs, axis=-3).astype(np.complex64)
     flat = imgs.reshape(-1, *imgs.shape[-3:])
     out = np.stack([sense_combine(x, maps) for x in flat])
     return out.reshape(imgs.shape[:-3] + imgs.shape[-2:])

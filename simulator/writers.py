@@ -11,10 +11,13 @@ import h5py
 import ismrmrd
 import numpy as np
 
+from models.coils import rss
+from models.fft import fft2c, ifft2c
+
 from .acquire import acquisitions
 from .header import make_header
 from .readers import center_crop
-from .scan import Scan
+from .scan import Scan, pad_readout
 
 MAT73_USERBLOCK = 512
 
@@ -59,16 +62,10 @@ def write_fastmri(path: str | Path, scan: Scan, *, pad_columns: int = 0, single_
     """
     k = scan.kspace[:, 0]  # (slices, coils, ky, kx)
     if single_coil:
-        from models.fft import fft2c
-
-        from .scan import pad_readout
-
         k = fft2c(pad_readout(scan.reference[:, 0], scan.kx_encoded))[:, None]
     k = np.pad(k, ((0, 0), (0, 0), (pad_columns, pad_columns), (0, 0)))
     k = np.transpose(k, (0, 1, 3, 2)).astype(np.complex64)  # -> (slices, coils, kx, W)
-    from models.fft import ifft2c
-
-    img = np.sqrt(np.sum(np.abs(ifft2c(k)) ** 2, axis=1))  # (slices, kx, W)
+    img = rss(ifft2c(k), axis=1)  # (slices, kx, W)
     recon = center_crop(img, (scan.kx_encoded // scan.readout_oversampling, scan.recon_shape[0])).astype(np.float32)
     with h5py.File(path, "w") as f:
         f.create_dataset("kspace", data=k[:, 0] if single_coil else k)
