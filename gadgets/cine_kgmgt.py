@@ -73,7 +73,8 @@ from models.view_sharing import LineHistory, SharedFrame, add_lookahead
 from . import host_settings, properties
 from .conventional import CoilMapCache, conventional_image
 from .errors import reports_errors
-from .frames import Frame, frames_from, time_dimension
+from .frames import Frame, frames_from
+from .header import time_dimension
 from .image_headers import image_from_frame, recon_geometry
 from .inference import InferenceError, backend_from_config, model_meta
 from .realtime_scheduler import Job as ScheduledJob

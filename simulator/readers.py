@@ -34,6 +34,7 @@ import numpy as np
 
 from models.coils import rss
 from models.fft import ifft2c
+from gadgets.header import oversampling_factor, time_dimension
 
 from .scan import RawStream, Scan, _uid
 
@@ -54,8 +55,15 @@ def rss_reference(kspace: np.ndarray, recon_shape: tuple[int, int]) -> np.ndarra
     return center_crop(img, recon_shape).astype(np.complex64)
 
 
-def _oversampling(kx: int, recon_x: int) -> int:
-    return 2 if recon_x * 2 == kx else 1
+def _oversampling(hdr: ismrmrd.xsd.ismrmrdHeader, kx: int, path: str | Path) -> int:
+    """The header's readout oversampling (:func:`gadgets.header.oversampling_factor`) as the whole
+    number a :class:`Scan` holds; a ratio that is not one, or does not divide the readout, is refused."""
+    factor = oversampling_factor(hdr)
+    whole = int(round(factor))
+    if abs(factor - whole) > 1e-3 or kx % whole:
+        raise ValueError(f"{path}: readout oversampling {factor:g} (encoded / recon field of view) with {kx}-sample "
+                         f"readouts; replay handles whole factors that divide the readout")
+    return whole
 
 
 def _geometry_from_header(hdr: ismrmrd.xsd.ismrmrdHeader) -> dict:
@@ -127,14 +135,17 @@ def read_ismrmrd(path: str | Path, *, dataset: str = "dataset") -> list[Scan]:
         raise ValueError(f"{path}: imaging readouts differ in samples or channels; replay needs one readout shape")
     if max(a.idx.kspace_encode_step_1 for a in acqs) >= ny:
         raise ValueError(f"{path}: a readout's line counter exceeds the encoded matrix ({ny} lines)")
-    phases = max(a.idx.phase for a in acqs)
-    reps = max(a.idx.repetition for a in acqs)
-    time_dim = "phase" if phases >= reps and phases > 0 else "repetition"
+    time_dim = time_dimension(hdr)
+    other = "repetition" if time_dim == "phase" else "phase"
+    if max(getattr(a.idx, time_dim) for a in acqs) == 0 and max(getattr(a.idx, other) for a in acqs) > 0:
+        # The host frames by the header's rule too: it would fold these frames into one.
+        raise ValueError(f"{path}: readouts count frames in their {other} counter but the header's encoding limits "
+                         f"declare {'no phase' if other == 'phase' else 'phases'}; the host would read the {time_dim} counter")
     frame_of = (lambda a: a.idx.phase) if time_dim == "phase" else (lambda a: a.idx.repetition)
     slices = max(a.idx.slice for a in acqs) + 1
     frames = max(frame_of(a) for a in acqs) + 1
     contrasts = sorted({a.idx.contrast for a in acqs})
-    os_ = _oversampling(kx, recon[1])
+    os_ = _oversampling(hdr, kx, path)
     lim = enc.encodingLimits.kspace_encoding_step_1
     geo = _geometry_from_header(hdr)
     first = acqs[0]
@@ -157,7 +168,7 @@ def read_ismrmrd(path: str | Path, *, dataset: str = "dataset") -> list[Scan]:
             if a.idx.contrast == c:
                 k[a.idx.slice, frame_of(a), :, a.idx.kspace_encode_step_1, :] = a.data
                 got[a.idx.slice, frame_of(a), a.idx.kspace_encode_step_1] = True
-        ref = rss_reference(k, (min(recon[0], ny), recon[1] if os_ == 1 else kx // 2))
+        ref = rss_reference(k, (min(recon[0], ny), recon[1] if os_ == 1 else kx // os_))
         scans.append(Scan(
             kspace=k, reference=ref, coil_maps=None, readout_oversampling=os_, slice_positions_mm=positions,
             read_dir=tuple(first.read_dir), phase_dir=tuple(first.phase_dir), slice_dir=tuple(first.slice_dir),
@@ -201,7 +212,7 @@ def read_fastmri(path: str | Path, *, slices: slice | list[int] | None = None, c
     pad_left = ny // 2 - int(lim.center)
     pad_right = pad_left + int(lim.maximum) + 1
     recon = (int(enc.reconSpace.matrixSize.y), int(enc.reconSpace.matrixSize.x))
-    os_ = _oversampling(kx, recon[1])
+    os_ = _oversampling(hdr, kx, path)
     ref = rss_reference(kspace, (min(recon[0], ny), kx // os_))
     geo = _geometry_from_header(hdr)
     name = Path(path).stem
