@@ -23,11 +23,11 @@ from pipelines.cli import HelpFormatter
 
 
 def main(argv: list[str]) -> int:
-    from simulator.replay import PIPELINE_HELP, _pipeline_names
+    from simulator.replay import PIPELINE_HELP, pipeline_names
 
     p = argparse.ArgumentParser(prog="streamrecon demo", description=__doc__.splitlines()[0],
                                 formatter_class=HelpFormatter)
-    p.add_argument("--pipeline", default="kgmgt_cine", help=f"{PIPELINE_HELP} (shipped: {_pipeline_names()})")
+    p.add_argument("--pipeline", default="kgmgt_cine", help=f"{PIPELINE_HELP} (shipped: {pipeline_names()})")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
     p.add_argument("--accel", type=float, default=8.0, help="net acceleration, ACS included")
     p.add_argument("--mask", default="kt-gaussian", help="mask family (see `streamrecon replay --help`)")

@@ -429,7 +429,7 @@ def _image(series: int, frame: int, **meta) -> ismrmrd.Image:
 
 
 def test_partial_fallbacks_and_a_slow_model_are_explained():
-    from simulator.replay import _warnings, fallback_summary, model_time_ms
+    from simulator.replay_report import fallback_summary, model_time_ms, report_warnings
 
     images = ([_image(1, t, InferenceMs=600.0, Batch=2) for t in range(6)]
               + [_image(1, 6 + t, Fallback="model behind", InferenceMs=1.0) for t in range(3)])
@@ -437,15 +437,15 @@ def test_partial_fallbacks_and_a_slow_model_are_explained():
     assert fb == {"images": 9, "count": 3, "all": False, "reasons": [{"reason": "model behind", "kind": "model behind", "images": 3}]}
     assert ms["p50"] == 300.0 and ms["n"] == 6  # a batch's time shared by its images; fallbacks are not model time
     report = {"frame_ms": 36.0, "series": {"1": {"name": "KGMgT", "fallbacks": fb, "model_ms_per_image": ms}}}
-    text = "\n".join(_warnings(report))
+    text = "\n".join(report_warnings(report))
     assert "3 of 9 images are fallbacks" in text and "model behind (3)" in text
     assert "took 300 ms an image here" in text and "36 ms a frame" in text
 
 
 def test_progress_shows_the_wait_for_images_after_the_scan_is_sent():
-    from simulator.replay import _Progress
+    from simulator.replay_streams import Progress
 
-    p = _Progress(readouts=3, frames_expected=2, enabled=True)
+    p = Progress(readouts=3, frames_expected=2, enabled=True)
     for _ in range(3):
         p.sent(None)
     p.image(_image(0, 0))
