@@ -44,11 +44,11 @@ def measure(n: int, threads: int, runtimes: list[str], calls: int, weights: str,
     import torch
 
     from models.inference import load_model
-    from simulator.benchmarks.gpu import CineData, _stack
+    from simulator.benchmarks.device_timing import CineData, stack_windows
 
     torch.set_num_threads(threads)
     recs = {r: load_model("kgmgt", weights=weights or None, runtime=r) for r in ["torch", *runtimes]}
-    batch = _stack(CineData(n, 8).windows(3, False, recs["torch"].inputs), 1)
+    batch = stack_windows(CineData(n, 8).windows(3, False, recs["torch"].inputs), 1)
     args = (batch["frames"][0], batch["kspace"][0], batch["mask"][0], batch["maps"][0])
     h, w = n + (-n) % 4, n + (-n) % 4
     g = torch.Generator().manual_seed(0)

@@ -32,16 +32,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import sys
 import time
 from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
+
+from simulator.benchmarks.device_timing import (CineData, PeakMemory, autocast, dc_call, model_call, stack_windows,
+                                               stats_ms, timed, versions)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -49,151 +50,6 @@ FULL = dict(sizes=[192, 256], coils=[8, 16], batches=[1, 4, 8], frames=100, warm
             latency_size=256, latency_coils=16, latency_frames=40, scanners=[1, 4], cpu_sizes=[128, 192, 256])
 QUICK = dict(sizes=[32], coils=[4], batches=[1, 2], frames=4, warmup=1,
              latency_size=32, latency_coils=4, latency_frames=5, scanners=[1, 2], cpu_sizes=[32])
-
-
-# ---------------------------------------------------------------------------- environment
-def versions(device: str) -> dict[str, Any]:
-    import torch
-
-    from models.machine import machine
-
-    out = {"machine": machine(device), "python": platform.python_version(), "torch": torch.__version__,
-           "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
-           "device": device, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-           "load_average_1min": os.getloadavg()[0]}
-    if device.startswith("cuda"):
-        p = torch.cuda.get_device_properties(torch.device(device))
-        out["gpu"] = {"name": p.name, "memory_gib": round(p.total_memory / 2**30, 1),
-                      "capability": f"{p.major}.{p.minor}", "bf16": torch.cuda.is_bf16_supported()}
-    return out
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize(torch.device(device))
-
-
-def timed(call: Callable[[], Any], device: str, calls: int, warmup: int) -> list[float]:
-    """Seconds of each of ``calls`` calls after ``warmup`` untimed ones, synchronised with the device."""
-    for _ in range(warmup):
-        call()
-    out = []
-    for _ in range(calls):
-        _sync(device)
-        t0 = time.perf_counter()
-        call()
-        _sync(device)
-        out.append(time.perf_counter() - t0)
-    return out
-
-
-def stats_ms(seconds: list[float], per: int = 1) -> dict[str, float]:
-    v = np.asarray(seconds) * 1000.0 / per
-    return {"p50": round(float(np.percentile(v, 50)), 3), "p95": round(float(np.percentile(v, 95)), 3),
-            "n": int(len(v) * per)}
-
-
-class PeakMemory:
-    """Peak device memory above the start, MiB (CUDA); None elsewhere."""
-
-    def __init__(self, device: str) -> None:
-        self.device, self.mib = device, None
-
-    def __enter__(self):
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        return self
-
-    def __exit__(self, *_):
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.synchronize()
-            self.mib = round((torch.cuda.max_memory_allocated() - self.base) / 2**20, 1)
-
-
-def autocast(device: str, precision: str):
-    import torch
-
-    if precision == "fp32":
-        return nullcontext()
-    kind = "cuda" if device.startswith("cuda") else "cpu"
-    return torch.autocast(kind, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-# ---------------------------------------------------------------------------- inputs
-class CineData:
-    """A phantom cine's k-space at ``n``x``n`` with ``coils`` coils, kt-Gaussian 8x, and its windows."""
-
-    def __init__(self, n: int, coils: int, frames: int = 12) -> None:
-        from models.fft import fft2c
-        from models.masks import line_mask
-        from models.phantoms import cardiac_cine
-        from models.synthetic import coil_maps
-
-        self.truth = cardiac_cine(n, n, frames=frames)
-        self.maps = coil_maps(coils, n, n).astype(np.complex64)
-        self.masks = line_mask("kt-gaussian", n, frames, accel=8, acs=max(4, n // 16))
-        k = fft2c(self.maps[None] * self.truth[:, None])
-        self.kspace = (k * self.masks[:, None, :, None]).astype(np.complex64)
-
-    def windows(self, count: int, causal: bool, inputs: str) -> list[dict[str, np.ndarray]]:
-        """``count`` single-frame windows, the network's three frames in time order."""
-        from models.cine_windows import window_inputs
-
-        frames = len(self.truth)
-        order = [2, 1, 0] if causal else [1, 0, 2]  # model order (target, mentor, learner) -> time order
-        out = []
-        for i in range(count):
-            t = 2 + i % (frames - 4)
-            f = window_inputs(self.kspace, self.masks, self.maps, t, causal, inputs=inputs)[order]
-            out.append({"frames": f, "kspace": self.kspace[t], "mask": self.masks[t], "maps": self.maps, "t": t})
-        return out
-
-    def pair(self) -> dict[str, np.ndarray]:
-        """SGF-MRI inputs: frame 0 fully sampled as the reference, frame 2 undersampled as the target."""
-        from models.coils import zero_filled
-        from models.fft import fft2c
-
-        ref = zero_filled(fft2c(self.maps * self.truth[0]), self.maps)
-        return {"reference": ref.astype(np.complex64), "target": zero_filled(self.kspace[2], self.maps).astype(np.complex64),
-                "kspace": self.kspace[2], "mask": self.masks[2], "maps": self.maps, "t": 2}
-
-
-def _stack(items: list[dict[str, np.ndarray]], b: int, start: int = 0) -> dict[str, np.ndarray]:
-    chosen = [items[(start + i) % len(items)] for i in range(b)]
-    return {k: np.stack([c[k] for c in chosen]) for k in chosen[0] if k != "t"} | {"t": [c["t"] for c in chosen]}
-
-
-def model_call(rec, kind: str, batch: dict[str, np.ndarray]) -> Callable[[], np.ndarray]:
-    if kind == "sgfmri":
-        return lambda: rec.reconstruct_pair_batch(batch["reference"], batch["target"], batch["kspace"], batch["mask"],
-                                                  batch["maps"])
-    causal = kind == "kgmgt-causal"
-    return lambda: rec.reconstruct_cine_batch(batch["frames"], batch["kspace"], batch["mask"], batch["maps"],
-                                              causal=causal)
-
-
-def dc_call(rec, batch: dict[str, np.ndarray], device: str) -> Callable[[], Any]:
-    """The model's DC step alone on device tensors (what it adds to a frame)."""
-    import torch
-
-    x = torch.from_numpy(batch["kspace"][:, 0].copy()).to(device)  # any complex image of the right size
-    y = torch.from_numpy(batch["kspace"]).to(device)
-    m = torch.from_numpy(np.asarray(batch["mask"], bool)).to(device)
-    s = torch.from_numpy(batch["maps"]).to(device)
-
-    def call():
-        with torch.no_grad():
-            return rec.model.dc(x, y, m, s)
-
-    return call
 
 
 # ---------------------------------------------------------------------------- sections
@@ -228,7 +84,7 @@ def section_models(recs, cfg, device, budget, out: list, say) -> None:
                     if budget.left() <= 0:
                         out.append({**row, "skipped": "time budget spent"})
                         continue
-                    batch = _stack(items, b)
+                    batch = stack_windows(items, b)
                     calls = max(math.ceil(cfg["frames"] / b), 3)
                     try:
                         with PeakMemory(device) as mem:
@@ -254,7 +110,7 @@ def section_precision(recs, cfg, device, budget, out: list, say) -> None:
     for kind in ("kgmgt-centred", "sgfmri"):
         rec = recs["sgfmri" if kind == "sgfmri" else "kgmgt"]
         items = [data.pair()] if kind == "sgfmri" else data.windows(4, False, rec.inputs)
-        batch = _stack(items, len(items))
+        batch = stack_windows(items, len(items))
         truth = data.truth[batch["t"]]
         base = None
         for precision in ("fp32", "bf16", "fp16"):
@@ -265,7 +121,7 @@ def section_precision(recs, cfg, device, budget, out: list, say) -> None:
             if precision == "fp16" and not device.startswith("cuda"):
                 out.append({**row, "skipped": "fp16 autocast is for CUDA"})
                 continue
-            one = _stack(items, 1)
+            one = stack_windows(items, 1)
             try:
                 with autocast(device, precision):
                     images = model_call(rec, kind, batch)()
@@ -293,7 +149,7 @@ def section_compile(recs, cfg, device, budget, out: list, say) -> None:
         return
     n, coils = cfg["sizes"][-1], cfg["coils"][-1]
     rec = recs["kgmgt"]
-    batch = _stack(CineData(n, coils).windows(4, False, rec.inputs), 1)
+    batch = stack_windows(CineData(n, coils).windows(4, False, rec.inputs), 1)
     eager = rec.model
     try:
         for label, mode in (("eager", None), ("torch.compile", "default"), ("CUDA graphs (reduce-overhead)", "reduce-overhead")):
@@ -381,7 +237,7 @@ def section_cpu(cfg, weights, budget, out: list, say) -> None:
                 ("1 thread, bf16 autocast", 1, nullcontext, False, "bf16")]
     try:
         for n in cfg["cpu_sizes"]:
-            batch = _stack(CineData(n, 8).windows(3, False, rec.inputs), 1)
+            batch = stack_windows(CineData(n, 8).windows(3, False, rec.inputs), 1)
             for label, threads, ctx, channels_last, precision in variants:
                 row = {"variant": label, "matrix": n}
                 if budget.left() <= 0:
