@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import socket
 import struct
+from typing import BinaryIO
 
 import ismrmrd
 import numpy as np
@@ -14,37 +15,46 @@ from simulator.acquire import acquisitions
 from simulator.header import make_header
 
 
-def exchange(port: int, payload: bytes, timeout: float) -> tuple[list[str], bool, list]:
-    """Send a session's bytes, half-close, read every answer: (texts, closed, images); waveforms pass through."""
+def read_answer(f: BinaryIO) -> tuple[list[str], bool, list]:
+    """Read a host's answer to its end, byte by byte as sent: (texts, closed, images).
+
+    Raw on purpose (no ``ProtocolDeserializer``): a hostile session's test must see
+    exactly what the host wrote. Waveforms and acquisitions pass through unread.
+    """
+    texts, images, closed = [], [], False
+    while True:
+        head = f.read(2)
+        if len(head) < 2:
+            break
+        (mid,) = wire.MESSAGE_ID.unpack(head)
+        if mid == wire.TEXT:
+            (n,) = struct.unpack("<I", f.read(4))
+            texts.append(f.read(n).decode())
+        elif mid == wire.CLOSE:
+            closed = True
+            break
+        elif mid == wire.IMAGE:
+            images.append(ismrmrd.Image.deserialize_from(f.read))
+        elif mid == wire.WAVEFORM:
+            ismrmrd.Waveform.deserialize_from(f.read)
+        elif mid == wire.ACQUISITION:
+            ismrmrd.Acquisition.deserialize_from(f.read)
+        else:
+            raise AssertionError(f"unexpected message id {mid} from the host")
+    return texts, closed, images
+
+
+def exchange(port: int, payload: bytes, timeout: float, half_close: bool = True) -> tuple[list[str], bool, list]:
+    """Send a session's bytes, half-close (unless told not to), read every answer (:func:`read_answer`)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     try:
         try:
             sock.sendall(payload)
-            sock.shutdown(socket.SHUT_WR)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
         except OSError:  # the host may refuse and close before it has read everything
             pass
-        f = sock.makefile("rb")
-        texts, images, closed = [], [], False
-        while True:
-            head = f.read(2)
-            if len(head) < 2:
-                break
-            (mid,) = struct.unpack("<H", head)
-            if mid == wire.TEXT:
-                (n,) = struct.unpack("<I", f.read(4))
-                texts.append(f.read(n).decode())
-            elif mid == wire.CLOSE:
-                closed = True
-                break
-            elif mid == wire.IMAGE:
-                images.append(ismrmrd.Image.deserialize_from(f.read))
-            elif mid == wire.WAVEFORM:
-                ismrmrd.Waveform.deserialize_from(f.read)
-            elif mid == wire.ACQUISITION:
-                ismrmrd.Acquisition.deserialize_from(f.read)
-            else:
-                raise AssertionError(f"unexpected message id {mid} from the host")
-        return texts, closed, images
+        return read_answer(sock.makefile("rb"))
     finally:
         sock.close()
 

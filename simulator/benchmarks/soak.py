@@ -23,18 +23,6 @@ import time
 from datetime import datetime, timezone
 
 
-def _proc_sample(pid: int) -> tuple[float, int, int]:
-    """(RSS MiB, threads, open fds) of process ``pid``."""
-    rss, threads = 0.0, 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) / 1024
-            elif line.startswith("Threads:"):
-                threads = int(line.split()[1])
-    return rss, threads, len(os.listdir(f"/proc/{pid}/fd"))
-
-
 def main(argv: list[str]) -> int:
     if "--dl" in argv:  # the deep-learning pipelines, session by session: simulator/benchmarks/soak_dl.py
         from simulator.benchmarks import soak_dl
@@ -69,6 +57,7 @@ def main(argv: list[str]) -> int:
     from simulator.fuzz import exchange as _exchange
     from simulator.fuzz import mutate as _mutate
     from simulator.fuzz import valid_session as _valid_session
+    from simulator.benchmarks.soak_dl import proc_sample
 
     print(f"streamrecon bench soak  {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"command: streamrecon bench soak {' '.join(argv)}")
@@ -131,7 +120,7 @@ def main(argv: list[str]) -> int:
     print(f"\n{'t (s)':>6s} {'RSS MiB':>8s} {'threads':>7s} {'fds':>5s} {'good':>5s} {'hostile':>7s}")
     try:
         while any(t.is_alive() for t in threads):
-            rss, nthreads, fds = _proc_sample(host.pid)
+            rss, nthreads, fds = proc_sample(host.pid)
             samples.append((time.monotonic() - t0, rss, nthreads, fds))
             with lock:
                 print(f"{samples[-1][0]:6.0f} {rss:8.1f} {nthreads:7d} {fds:5d} {stats['good']:5d} {stats['hostile']:7d}",
@@ -140,7 +129,7 @@ def main(argv: list[str]) -> int:
         for t in threads:
             t.join()
         time.sleep(2.0)  # let the last sessions' threads end
-        rss, nthreads, fds = _proc_sample(host.pid)
+        rss, nthreads, fds = proc_sample(host.pid)
         samples.append((time.monotonic() - t0, rss, nthreads, fds))
         alive = host.poll() is None
     finally:
