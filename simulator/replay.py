@@ -22,7 +22,6 @@ import threading
 import time
 from pathlib import Path
 
-import ismrmrd
 
 from models.masks import FAMILIES
 from pipelines.cli import HelpFormatter
@@ -35,6 +34,7 @@ from .replay_streams import (DEFAULT_ACS, Progress, ReplayError, merge_sessions,
 from .results import format_table
 from .scan import Scan
 from .sources import load_source
+from .writers import write_dataset
 
 log = logging.getLogger("streamrecon.replay")
 
@@ -191,17 +191,7 @@ def _write_scan_file(scans: list[Scan], masks, args) -> dict:
     path: Path = args.to_file
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
-    dset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=True)
-    n = 0
-    try:
-        dset.write_xml_header(header if isinstance(header, str) else header.toXML())
-        for item in items:
-            if isinstance(item, ismrmrd.Acquisition):
-                dset.append_acquisition(item)
-                n += 1
-    finally:
-        dset.close()
-    return {"to_file": str(path), "readouts": n}
+    return {"to_file": str(path), "readouts": write_dataset(path, header, items)}
 
 
 def _os_reason(exc: BaseException) -> str:

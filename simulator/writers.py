@@ -6,6 +6,7 @@ users can convert a phantom into any of them to try another tool).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Iterable
 
 import h5py
 import ismrmrd
@@ -25,13 +26,20 @@ MAT73_USERBLOCK = 512
 def write_ismrmrd(path: str | Path, scan: Scan, mask: np.ndarray | None = None, *, order: str = "realtime",
                   dataset: str = "dataset", **acq_kw) -> int:
     """Write ``scan`` as an ISMRMRD .h5 dataset (header + readouts as they would be streamed); returns the readout count."""
+    return write_dataset(path, make_header(scan), acquisitions(scan, mask, order=order, **acq_kw), dataset=dataset)
+
+
+def write_dataset(path: str | Path, header: Any, items: Iterable[Any], *, dataset: str = "dataset") -> int:
+    """An ISMRMRD .h5 dataset of ``header`` (an ``ismrmrdHeader`` or its XML) and the acquisitions among ``items``
+    (other items, such as waveforms, are not stored); returns the acquisition count."""
     dset = ismrmrd.Dataset(str(path), dataset, create_if_needed=True)
+    n = 0
     try:
-        dset.write_xml_header(make_header(scan).toXML())
-        n = 0
-        for acq in acquisitions(scan, mask, order=order, **acq_kw):
-            dset.append_acquisition(acq)
-            n += 1
+        dset.write_xml_header(header if isinstance(header, (str, bytes)) else header.toXML())
+        for item in items:
+            if isinstance(item, ismrmrd.Acquisition):
+                dset.append_acquisition(item)
+                n += 1
     finally:
         dset.close()
     return n

@@ -23,7 +23,7 @@ from simulator.header import make_header
 from simulator.readers import read_ismrmrd
 from simulator.scan import phantom_scan
 from simulator.siemens_layout import write_siemens_pi
-from simulator.writers import write_ismrmrd
+from simulator.writers import write_dataset, write_ismrmrd
 
 HEADERS = Path(__file__).resolve().parent / "fixtures" / "headers"
 
@@ -89,11 +89,7 @@ def test_interpolated_recon_matrix_is_not_oversampling(tmp_path):
     header = make_header(scan)
     header.encoding[0].reconSpace.fieldOfView_mm.x = header.encoding[0].encodedSpace.fieldOfView_mm.x
     header.encoding[0].reconSpace.matrixSize.x = scan.kx_encoded // 2
-    dset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=True)
-    dset.write_xml_header(header.toXML("utf-8"))
-    for acq in acquisitions(scan):
-        dset.append_acquisition(acq)
-    dset.close()
+    write_dataset(path, header, acquisitions(scan))
     assert oversampling_factor(_file_header(path)) == 1.0
     [back] = read_ismrmrd(path)
     assert back.readout_oversampling == 1
@@ -104,11 +100,7 @@ def test_header_and_counters_that_disagree_are_refused(tmp_path):
     path = tmp_path / "scan.h5"
     header = make_header(scan)
     header.encoding[0].encodingLimits.phase.maximum = 0  # phases counted, none declared
-    dset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=True)
-    dset.write_xml_header(header.toXML("utf-8"))
-    for acq in acquisitions(scan):
-        dset.append_acquisition(acq)
-    dset.close()
+    write_dataset(path, header, acquisitions(scan))
     with pytest.raises(ValueError, match="phase counter"):
         read_ismrmrd(path)
 
