@@ -109,13 +109,7 @@ def _close_gently(sock: socket.socket, rfile, wfile) -> None:
         wfile.flush()
     except OSError:
         pass
-    try:
-        sock.shutdown(socket.SHUT_WR)
-        sock.settimeout(2.0)
-        while sock.recv(1 << 16):
-            pass
-    except OSError:
-        pass
+    _half_close_and_drain(sock, 2.0)
     for f in (rfile, wfile):
         if f is None:
             continue
@@ -131,14 +125,24 @@ def _refuse_busy(sock: socket.socket, reason: str) -> None:
     try:
         sock.settimeout(0.5)
         sock.sendall(wire.text_bytes(reason) + wire.message_id(wire.CLOSE))
+    except OSError:
+        pass
+    else:
+        _half_close_and_drain(sock, 0.2)
+    finally:
+        sock.close()
+
+
+def _half_close_and_drain(sock: socket.socket, timeout_s: float) -> None:
+    """Half-close, then read what the peer still sends until it closes or ``timeout_s`` of silence: closing
+    with unread input would make the kernel send RST, which can destroy our last messages in flight."""
+    try:
         sock.shutdown(socket.SHUT_WR)
-        sock.settimeout(0.2)
+        sock.settimeout(timeout_s)
         while sock.recv(1 << 16):
             pass
     except OSError:
         pass
-    finally:
-        sock.close()
 
 
 class StreamHost(socketserver.ThreadingTCPServer):
