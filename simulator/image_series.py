@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .scan import Scan, _uid, scan_from_images, square_fov_mm
+from .scan import Scan, dicom_uid, scan_from_images, square_fov_mm
 
 
 @dataclass
@@ -273,7 +273,7 @@ def scan_from_series(series: ImageSeries, **kw) -> Scan:
     if series.trigger_times_ms is not None and not kw.get("time_dimension"):
         kw["time_dimension"] = "phase"  # stored with trigger times: an ECG-gated cine
     kw.setdefault("name", series.name)
-    kw.setdefault("frame_of_reference_uid", _uid(series.name, int(kw.get("seed", 0)), "for"))
+    kw.setdefault("frame_of_reference_uid", dicom_uid(series.name, int(kw.get("seed", 0)), "for"))
     scan = scan_from_images(frames, fov_mm=square_fov_mm(ny, nx, series.pixel_mm, series.thickness_mm), **kw)
     if series.positions_mm is not None:
         scan.slice_positions_mm = np.asarray(series.positions_mm, dtype=np.float32).reshape(scan.slices, 3)

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 
 
-from .scan import Scan, _uid, scan_from_images, square_fov_mm
+from .scan import Scan, dicom_uid, scan_from_images, square_fov_mm
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".npy", ".mat")
 
 
-def _suffix(path: Path) -> str:
+def file_suffix(path: Path) -> str:
+    """The lower-case suffix that says a file's format, ``.nii.gz`` as one."""
     return ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix.lower()
 
 
@@ -59,7 +60,7 @@ def read_image_file(path: str | Path, *, variable: str | None = None, slice_inde
     ``matrix`` resizes (bicubic) to ``n`` x ``n`` or ``(ny, nx)``.
     """
     path = Path(path)
-    suf = _suffix(path)
+    suf = file_suffix(path)
     if suf in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"):
         from PIL import Image
 
@@ -113,7 +114,7 @@ def image_file_geometry(path: str | Path) -> tuple[tuple[float, float] | None, f
     """``(pixel spacing (dy, dx), slice thickness)`` in mm of an image file as :func:`read_image_file`
     shows it, when the file says (NIfTI); ``(None, None)`` for PNG, .mat, .npy."""
     path = Path(path)
-    if _suffix(path) not in (".nii", ".nii.gz"):
+    if file_suffix(path) not in (".nii", ".nii.gz"):
         return None, None
     import nibabel
 
@@ -153,7 +154,7 @@ def image_pair_scans(reference: str | Path, target: str | Path, *, variables: tu
     seed = kw.pop("seed", 0)
     matrix = kw.pop("matrix", None)
     slice_index = kw.pop("slice_index", None)
-    for_uid = _uid(str(Path(reference).resolve()), seed, "for")
+    for_uid = dicom_uid(str(Path(reference).resolve()), seed, "for")
     out = []
     for c, (p, var) in enumerate(zip((reference, target), variables)):
         frames = read_image_file(p, variable=var, matrix=matrix, slice_index=slice_index)

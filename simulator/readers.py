@@ -36,7 +36,7 @@ from models.coils import rss
 from models.fft import ifft2c
 from gadgets.header import oversampling_factor, time_dimension
 
-from .scan import RawStream, Scan, _uid
+from .scan import RawStream, Scan, dicom_uid
 
 # -- helpers -----------------------------------------------------------------
 
@@ -217,7 +217,7 @@ def read_fastmri(path: str | Path, *, slices: slice | list[int] | None = None, c
     geo = _geometry_from_header(hdr)
     name = Path(path).stem
     geo.setdefault("measurement_id", f"fastmri_{zlib.crc32(name.encode()) % 100000:05d}")
-    geo.setdefault("frame_of_reference_uid", _uid(str(attrs.get("patient_id", name)), 0, "for"))
+    geo.setdefault("frame_of_reference_uid", dicom_uid(str(attrs.get("patient_id", name)), 0, "for"))
     n_sl = kspace.shape[0]
     thick = geo["fov_mm"][2]
     positions = np.zeros((n_sl, 3), dtype=np.float32)
@@ -266,7 +266,7 @@ def read_m4raw_pair(folder: str | Path, *, study: str | None = None, reference: 
     out = []
     for c, label in enumerate((reference.upper(), target.upper())):
         s = read_fastmri(g[label][0], slices=slices, contrast=c)
-        s.frame_of_reference_uid = _uid(study, 0, "for")
+        s.frame_of_reference_uid = dicom_uid(study, 0, "for")
         s.name = f"m4raw_{study}_{label}"
         out.append(s)
     return out
@@ -355,7 +355,7 @@ def read_cmrxrecon(path: str | Path, *, key: str = "kspace_full", readout_oversa
     scan = Scan(
         kspace=kspace, reference=ref, coil_maps=None, fov_mm=fov_mm, readout_oversampling=readout_oversampling,
         slice_positions_mm=positions, frame_ms=frame_ms or 1000.0 / t, time_dimension="phase", name=f"cmrxrecon_{name}",
-        frame_of_reference_uid=_uid(str(Path(path).resolve().parent), 0, "for"),
+        frame_of_reference_uid=dicom_uid(str(Path(path).resolve().parent), 0, "for"),
         measurement_id=f"cmrx_{zlib.crc32(str(path).encode()) % 100000:05d}",
     )
     mask_arrays = read_mat_arrays(mask_path) if mask_path is not None else arrays

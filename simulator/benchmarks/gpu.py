@@ -37,7 +37,7 @@ import time
 from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -261,6 +261,23 @@ def section_cpu(cfg, weights, budget, out: list, say) -> None:
 
 
 # ---------------------------------------------------------------------------- report
+def _why(record: dict[str, Any]) -> str:
+    return str(record.get("skipped") or record.get("error"))
+
+
+def _rows(records: list[dict[str, Any]], measured: str, lead: list[str], columns: int,
+          cells: Callable[[dict[str, Any]], list[Any]]) -> list[str]:
+    """Markdown table rows: a measured record's ``cells``; else its ``lead`` fields, why not, and empty cells."""
+    rows = []
+    for r in records:
+        if measured in r:
+            rows.append("| " + " | ".join(str(c) for c in cells(r)) + " |")
+        else:
+            head = [str(r[k]) for k in lead] + [_why(r)]
+            rows.append("| " + " | ".join(head) + " |" + " |" * (columns - len(head)))
+    return rows
+
+
 def markdown(record: dict[str, Any]) -> str:
     v = record["versions"]
     lines = [f"# streamrecon bench gpu ({record['mode']}), {record['date']}", "",
@@ -270,52 +287,40 @@ def markdown(record: dict[str, Any]) -> str:
              f"Weights: {record['weights']}", f"Wall time: {record['wall_s']:.0f} s", ""]
     if record.get("note"):
         lines += [f"Note: {record['note']}", ""]
-    why = lambda r: str(r.get("skipped") or r.get("error"))  # noqa: E731
     if record["models"]:
         lines += ["## 1. Model time per frame (ms, host arrays in and out, DC included)", "",
                   "| model | matrix | coils | batch | p50 | p95 | DC p50 | peak MiB |", "|---|---|---|---|---|---|---|---|"]
-        for r in record["models"]:
-            if "ms_per_frame" in r:
-                lines.append(f"| {r['model']} | {r['matrix']} | {r['coils']} | {r['batch']} | {r['ms_per_frame']['p50']} | "
-                             f"{r['ms_per_frame']['p95']} | {r['dc_ms_per_frame']['p50']} | "
-                             f"{r['peak_mib'] if r['peak_mib'] is not None else '-'} |")
-            else:
-                lines.append(f"| {r['model']} | {r['matrix']} | {r['coils']} | {r['batch']} | {why(r)} | | | |")
+        lines += _rows(record["models"], "ms_per_frame", ["model", "matrix", "coils", "batch"], 8, lambda r: [
+            r["model"], r["matrix"], r["coils"], r["batch"], r["ms_per_frame"]["p50"], r["ms_per_frame"]["p95"],
+            r["dc_ms_per_frame"]["p50"], r["peak_mib"] if r["peak_mib"] is not None else "-"])
         lines.append("")
     if record["precision"]:
         lines += ["## 2. Precision (autocast)", "", "| model | precision | ms/frame p50 | PSNR dB | change dB |",
                   "|---|---|---|---|---|"]
-        for r in record["precision"]:
-            if "ms_per_frame" in r:
-                lines.append(f"| {r['model']} | {r['precision']} | {r['ms_per_frame']['p50']} | {r['psnr_db']} | "
-                             f"{r['psnr_change_db']} |")
-            else:
-                lines.append(f"| {r['model']} | {r['precision']} | {why(r)} | | |")
+        lines += _rows(record["precision"], "ms_per_frame", ["model", "precision"], 5, lambda r: [
+            r["model"], r["precision"], r["ms_per_frame"]["p50"], r["psnr_db"], r["psnr_change_db"]])
         lines.append("")
     if record["compile"]:
         lines += ["## 3. torch.compile and CUDA graphs", ""]
         for r in record["compile"]:
             lines.append(f"- {r.get('variant', 'all')}: " + (
                 f"first call {r['first_call_s']} s, p50 {r['ms_per_frame']['p50']} ms, p95 {r['ms_per_frame']['p95']} ms"
-                if "ms_per_frame" in r else why(r)))
+                if "ms_per_frame" in r else _why(r)))
         lines.append("")
     if record["latency"]:
         lines += ["## 4. Frame latency through the embedded host (ms)", "",
                   "| scanners | matrix | coils | frame ms | KGMgT p50 | p95 | max | conventional p50 | fallbacks |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        for r in record["latency"]:
-            if "kgmgt_latency_ms" in r:
-                m, c = r["kgmgt_latency_ms"], r["conventional_latency_ms"]
-                lines.append(f"| {r['scanners']} | {r['matrix']} | {r['coils']} | {r['frame_ms']} | {m['p50']} | "
-                             f"{m['p95']} | {m['max']} | {c['p50']} | {r['fallbacks']} |")
-            else:
-                lines.append(f"| {r['scanners']} | {why(r)} | | | | | | | |")
+        lines += _rows(record["latency"], "kgmgt_latency_ms", ["scanners"], 9, lambda r: [
+            r["scanners"], r["matrix"], r["coils"], r["frame_ms"], r["kgmgt_latency_ms"]["p50"],
+            r["kgmgt_latency_ms"]["p95"], r["kgmgt_latency_ms"]["max"], r["conventional_latency_ms"]["p50"],
+            r["fallbacks"]])
         lines.append("")
     if record["cpu"]:
         lines += ["## 5. CPU settings, KGMgT centred, 8 coils, batch 1 (s/frame, median of 3 calls)", "",
                   "| matrix | variant | s/frame |", "|---|---|---|"]
         for r in record["cpu"]:
-            lines.append(f"| {r['matrix']} | {r['variant']} | {r.get('s_per_frame', why(r))} |")
+            lines.append(f"| {r['matrix']} | {r['variant']} | {r.get('s_per_frame', _why(r))} |")
     return "\n".join(lines) + "\n"
 
 

@@ -22,15 +22,13 @@ from datetime import datetime, timezone
 import numpy as np
 
 from models.machine import machine
+from simulator.benchmarks import scan_arguments
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="streamrecon bench host", description=__doc__.splitlines()[0])
-    p.add_argument("--matrix", type=int, default=128)
-    p.add_argument("--coils", type=int, default=8)
-    p.add_argument("--frames", type=int, default=20)
+    scan_arguments(p, matrix=128, frames=20, coils=8)
     p.add_argument("--slices", type=int, default=2)
-    p.add_argument("--frame-ms", type=float, default=36.0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--accel", type=float, nargs="+", default=[1.0, 8.0],
                    help="accelerations for the latency runs (kt-gaussian masks with 16 ACS lines)")

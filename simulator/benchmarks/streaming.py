@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.pipeline_config import shipped_pipeline_with
+from simulator.benchmarks import scan_arguments
 from models.shared_data import shared_data_dir
 from pipelines.processes import free_port, python_env, stop, wait_port
 
@@ -46,11 +47,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="streamrecon bench stream", description=__doc__.splitlines()[0])
-    p.add_argument("--matrix", type=int, default=64)
-    p.add_argument("--frames", type=int, default=24)
-    p.add_argument("--coils", type=int, default=8)
+    scan_arguments(p, matrix=64, frames=24, coils=8)
     p.add_argument("--accel", type=float, default=4.0)
-    p.add_argument("--frame-ms", type=float, default=36.0)
     p.add_argument("--device", default="auto")
     p.add_argument("--sources", default="phantom,real", help="phantom and/or real (the shared real cine)")
     p.add_argument("--scanners", default="1,2,4")
