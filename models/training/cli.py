@@ -36,16 +36,29 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from models import shared_data as model_data
+from models.cine_windows import VALIDATION_CONDITIONS, RealCineSampler, validation_window
+from models.ddei import train_unsupervised
+from models.inference import _set_dc
+from models.kgmgt import KGMgTConfig
 from models.machine import machine
+from models.phantoms import brain_pair
+from models.sgfmri import SGFMRIConfig
+from models.train import TrainConfig, VGG19Features, train
+from models.training_data import CineSampler, PairSampler, SimulationSettings, collate, pair_validation_items, resize
+from models.weights import SHIPPED_DIR, build_model, load_weights, read_card, save_weights
 
 
 def _dataset_images(args) -> tuple[list, list]:
     """Static images and real cines from the dataset options, via ``simulator.readers``."""
-    import numpy as np
     images, cines = [], []
     scans = []
     if args.cmrxrecon or args.ismrmrd or args.fastmri:
-        from simulator import readers
+        from simulator import readers  # inside: models sits below simulator; only --dataset files need its readers
         scans += [readers.read_cmrxrecon(p) for p in args.cmrxrecon]
         for p in args.ismrmrd:
             scans += readers.read_ismrmrd(p)
@@ -62,7 +75,6 @@ def _dataset_images(args) -> tuple[list, list]:
 def _with_dc_per_step(model):
     """The same KGMgT with one DC layer per step, each a copy of its one shared layer (the generator's
     weights kept): fine-tuning a shared-DC network into the per-step form."""
-    from models.weights import build_model
 
     cfg = model.cfg.to_dict()
     cfg["dc_per_step"] = True
@@ -77,10 +89,6 @@ def _with_dc_per_step(model):
 def _unrolled_from(path, cfg):
     """An unrolled SGF-MRI whose guided network starts as ``path``'s one-shot network (the new gate and
     per-cascade DC layers start fresh)."""
-    import torch
-    from safetensors.torch import load_file
-
-    from models.weights import build_model
 
     model = build_model("sgfmri", cfg.to_dict())
     state = load_file(str(path))
@@ -98,9 +106,6 @@ def _unrolled_from(path, cfg):
 def _pair_validation(model_data, items_for) -> list:
     """The held-out pairs (model_data.multicontrast_evaluation_pairs: the middle TCGA slice and the tumour
     slice, every pair kind) at 4x and 8x, each with / without / with a wrong reference (another slice)."""
-    import numpy as np
-
-    from models.training_data import resize
 
     items = []
     evaluation = model_data.multicontrast_evaluation_pairs()
@@ -201,14 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    import numpy as np
-    import torch
 
-    from models.train import TrainConfig, VGG19Features, train
-    from models.training_data import CineSampler, PairSampler, SimulationSettings
-    from models.weights import SHIPPED_DIR, build_model, save_weights
-
-    from models import shared_data as model_data
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -216,8 +214,6 @@ def main(argv: list[str]) -> int:
     val_sampler = None
     val_data = None
     if args.model == "kgmgt" and args.data == "sunnybrook-rt":
-        from models.cine_windows import VALIDATION_CONDITIONS, RealCineSampler, validation_window
-        from models.training_data import collate
         inputs = args.inputs or "view-shared"
         size = args.size or 128
         train_cines = [c for v in model_data.load_sunnybrook().values() for c in v]
@@ -231,10 +227,8 @@ def main(argv: list[str]) -> int:
               f"validation: {len(val_data)} windows of {len(held_out)} held-out hearts at full matrix "
               f"({', '.join(held_out)}) x {len(VALIDATION_CONDITIONS)} conditions")
         task = "cine"
-        from models.kgmgt import KGMgTConfig
         cfg = KGMgTConfig.official() if args.config == "official" else KGMgTConfig.cpu_small()
     elif args.model == "kgmgt" and args.data == "sunnybrook":
-        from models.cine_windows import RealCineSampler
         inputs = args.inputs or "view-shared"
         size = args.size or 96
         train_cines = [c for v in model_data.load_sunnybrook().values() for c in v]
@@ -244,7 +238,6 @@ def main(argv: list[str]) -> int:
         val_sampler = RealCineSampler(val_cines, size=size, accel=tuple(args.accel), inputs=inputs)
         print(f"cine data: {len(train_cines)} Sunnybrook slice-cines (validation: {len(val_cines)} held-out cines)")
         task = "cine"
-        from models.kgmgt import KGMgTConfig
         cfg = KGMgTConfig.official() if args.config == "official" else KGMgTConfig.cpu_small()
     elif args.model == "kgmgt":
         images = model_data.cine_training_images() if args.data == "shared" else []
@@ -257,17 +250,15 @@ def main(argv: list[str]) -> int:
                               cines=cines, settings=settings)
         print(f"cine data: {len(images)} static images, {len(cines)} real cines, phantom fraction {phantom}")
         task = "cine"
-        from models.kgmgt import KGMgTConfig
         cfg = KGMgTConfig.official() if args.config == "official" else KGMgTConfig.cpu_small()
     else:
         pairs = []
         if args.data in ("shared", "brains"):
             pairs = model_data.multicontrast_training_pairs()
         elif args.data == "synthetic":
-            from models.phantoms import brain_pair
             pairs = [tuple(np.abs(a) for a in brain_pair(128, seed=s)) for s in range(64)]
         if args.m4raw:
-            from simulator.readers import read_m4raw_pair
+            from simulator.readers import read_m4raw_pair  # inside: as above, only an M4Raw folder needs it
             for target in ("T2", "FLAIR"):
                 try:
                     ref_scan, tgt_scan = read_m4raw_pair(args.m4raw, reference="T1", target=target)
@@ -281,7 +272,6 @@ def main(argv: list[str]) -> int:
         print(f"multi-contrast data: {len(pairs)} pairs")
         size = args.size or 96
         if args.data == "brains":
-            from models.training_data import collate, pair_validation_items
             sampler = PairSampler.realistic(pairs, size)
             val_data = [collate([item]) for item in _pair_validation(model_data, pair_validation_items)]
             print(f"validation: {len(val_data)} held-out items (with / without / wrong reference)")
@@ -291,19 +281,16 @@ def main(argv: list[str]) -> int:
                                   max_shift_px=args.ref_shift, max_rotation_deg=args.ref_rotation,
                                   reference_noise=tuple(args.ref_noise))
         task = "pair"
-        from models.sgfmri import SGFMRIConfig
         cfg = (SGFMRIConfig.paper() if args.config == "official"
                else SGFMRIConfig.unrolled(args.cascades or 3) if args.config == "unrolled" else SGFMRIConfig.cpu_small())
     init_steps, init_version = 0, None
     if args.init_weights and args.model == "sgfmri" and args.config == "unrolled":
-        from models.weights import read_card
         model, card = _unrolled_from(args.init_weights, cfg), read_card(args.init_weights)
         init_meta = card.get("meta", {})
         init_steps = int(init_meta.get("total_steps", init_meta.get("steps", 0)))
         init_version = card.get("version")
         print(f"unrolled network initialised from {args.init_weights} ({init_version}, {init_steps} steps)")
     elif args.init_weights:
-        from models.weights import load_weights
         model, card = load_weights(args.init_weights)
         if card["architecture"] != args.model:
             print(f"--init-weights holds a {card['architecture']} network, not {args.model}", file=sys.stderr)
@@ -335,7 +322,6 @@ def main(argv: list[str]) -> int:
         if args.init_weights and args.init_residual_scale is not None:
             model.scale_residual(args.init_residual_scale)
     if args.dc_method != "gradient":
-        from models.inference import _set_dc
         print(f"training DC: {_set_dc(model, args.dc_method, args.dc_iterations)}")
     tcfg = TrainConfig(task=task, steps=args.steps, batch=args.batch, lr=args.lr, ssim_weight=args.ssim_weight,
                        loss=args.loss,
@@ -349,7 +335,6 @@ def main(argv: list[str]) -> int:
     print(f"machine: {machine()}")
     if args.export_only:
         # the weights a run kept (best validation, or its last checkpoint), exported without training
-        from safetensors.torch import load_file
         state = json.loads((ckpt / "state.json").read_text())
         weights = ckpt / ("best.safetensors" if args.export_only == "best" else "last.safetensors")
         model.load_state_dict(load_file(str(weights)), strict=True)
@@ -362,7 +347,6 @@ def main(argv: list[str]) -> int:
         if args.model != "kgmgt":
             print("--unsupervised is implemented for the cine model", file=sys.stderr)
             return 2
-        from models.ddei import train_unsupervised
         result = train_unsupervised(model, sampler, tcfg, ckpt_dir=ckpt, resume=args.resume)
     else:
         result = train(model, sampler, tcfg, ckpt_dir=ckpt, resume=args.resume, perceptual=perceptual,

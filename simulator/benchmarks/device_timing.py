@@ -3,8 +3,7 @@
 The machine's versions, synchronised wall-clock timing with warm-up calls,
 peak device memory, autocast per precision, and the inputs: windows of the
 cine phantom at a matrix size and coil count, batched, with the model and
-data-consistency calls timed on them. torch is imported inside the functions:
-``streamrecon bench --help`` lists the benchmarks without loading it.
+data-consistency calls timed on them.
 """
 from __future__ import annotations
 
@@ -15,14 +14,19 @@ from contextlib import nullcontext
 from typing import Any, Callable
 
 import numpy as np
+import torch
+
+from models.cine_windows import window_inputs
+from models.coils import zero_filled
+from models.fft import fft2c
+from models.machine import machine
+from models.masks import line_mask
+from models.phantoms import cardiac_cine
+from models.synthetic import coil_maps
 
 
 # ---------------------------------------------------------------------------- environment
 def versions(device: str) -> dict[str, Any]:
-    import torch
-
-    from models.machine import machine
-
     out = {"machine": machine(device), "python": platform.python_version(), "torch": torch.__version__,
            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
            "device": device, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -36,8 +40,6 @@ def versions(device: str) -> dict[str, Any]:
 
 def synchronize(device: str) -> None:
     if device.startswith("cuda"):
-        import torch
-
         torch.cuda.synchronize(torch.device(device))
 
 
@@ -69,8 +71,6 @@ class PeakMemory:
 
     def __enter__(self):
         if self.device.startswith("cuda"):
-            import torch
-
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
@@ -78,15 +78,11 @@ class PeakMemory:
 
     def __exit__(self, *_):
         if self.device.startswith("cuda"):
-            import torch
-
             torch.cuda.synchronize()
             self.mib = round((torch.cuda.max_memory_allocated() - self.base) / 2**20, 1)
 
 
 def autocast(device: str, precision: str):
-    import torch
-
     if precision == "fp32":
         return nullcontext()
     kind = "cuda" if device.startswith("cuda") else "cpu"
@@ -98,11 +94,6 @@ class CineData:
     """A phantom cine's k-space at ``n``x``n`` with ``coils`` coils, kt-Gaussian 8x, and its windows."""
 
     def __init__(self, n: int, coils: int, frames: int = 12) -> None:
-        from models.fft import fft2c
-        from models.masks import line_mask
-        from models.phantoms import cardiac_cine
-        from models.synthetic import coil_maps
-
         self.truth = cardiac_cine(n, n, frames=frames)
         self.maps = coil_maps(coils, n, n).astype(np.complex64)
         self.masks = line_mask("kt-gaussian", n, frames, accel=8, acs=max(4, n // 16))
@@ -111,7 +102,6 @@ class CineData:
 
     def windows(self, count: int, causal: bool, inputs: str) -> list[dict[str, np.ndarray]]:
         """``count`` single-frame windows, the network's three frames in time order."""
-        from models.cine_windows import window_inputs
 
         frames = len(self.truth)
         order = [2, 1, 0] if causal else [1, 0, 2]  # model order (target, mentor, learner) -> time order
@@ -124,8 +114,6 @@ class CineData:
 
     def pair(self) -> dict[str, np.ndarray]:
         """SGF-MRI inputs: frame 0 fully sampled as the reference, frame 2 undersampled as the target."""
-        from models.coils import zero_filled
-        from models.fft import fft2c
 
         ref = zero_filled(fft2c(self.maps * self.truth[0]), self.maps)
         return {"reference": ref.astype(np.complex64), "target": zero_filled(self.kspace[2], self.maps).astype(np.complex64),
@@ -148,7 +136,6 @@ def model_call(rec, kind: str, batch: dict[str, np.ndarray]) -> Callable[[], np.
 
 def dc_call(rec, batch: dict[str, np.ndarray], device: str) -> Callable[[], Any]:
     """The model's DC step alone on device tensors (what it adds to a frame)."""
-    import torch
 
     x = torch.from_numpy(batch["kspace"][:, 0].copy()).to(device)  # any complex image of the right size
     y = torch.from_numpy(batch["kspace"]).to(device)

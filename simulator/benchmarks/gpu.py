@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
 import time
@@ -40,9 +41,22 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
+from gadgets import host_settings
+from models.inference import load_model
+from models.masks import line_mask
+from models.metrics import psnr
+from pipelines.host import StreamHost
+from pipelines.pipeline_config import shipped_pipeline_with
+from pipelines.session import SessionOptions
+from simulator.acquire import acquisitions
 from simulator.benchmarks.device_timing import (CineData, PeakMemory, autocast, dc_call, model_call, stack_windows,
-                                               stats_ms, timed, versions)
+                                                stats_ms, timed, versions)
+from simulator.client import Pacing, run_session, run_sessions_at_once
+from simulator.header import make_header
+from simulator.results import frame_latencies_ms, percentiles
+from simulator.scan import phantom_scan
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -62,8 +76,6 @@ class Budget:
 
 
 def load(name: str, device: str, weights: dict[str, str]):
-    from models.inference import load_model
-
     try:
         return load_model(name, device=device, weights=weights.get(name) or None), True
     except FileNotFoundError:
@@ -102,8 +114,6 @@ def section_models(recs, cfg, device, budget, out: list, say) -> None:
 
 
 def section_precision(recs, cfg, device, budget, out: list, say) -> None:
-    from models.metrics import psnr
-
     n, coils = cfg["sizes"][-1], cfg["coils"][-1]
     say(f"\n2. precision, KGMgT centred and SGF-MRI, {n}x{n}, {coils} coils, batch 1 (PSNR against the phantom)")
     data = CineData(n, coils)
@@ -140,8 +150,6 @@ def section_precision(recs, cfg, device, budget, out: list, say) -> None:
 
 
 def section_compile(recs, cfg, device, budget, out: list, say) -> None:
-    import torch
-
     say("\n3. torch.compile and CUDA graphs, KGMgT centred, batch 1")
     if not device.startswith("cuda"):
         out.append({"skipped": "CUDA only (torch.compile on a 2-core CPU takes minutes; CUDA graphs need CUDA)"})
@@ -177,16 +185,6 @@ def section_compile(recs, cfg, device, budget, out: list, say) -> None:
 
 def section_latency(cfg, device, weights: dict[str, str], allow_random: bool, frame_ms: float, budget, out: list,
                     say) -> None:
-    from gadgets import host_settings
-    from models.masks import line_mask
-    from pipelines.host import StreamHost
-    from pipelines.pipeline_config import shipped_pipeline_with
-    from pipelines.session import SessionOptions
-    from simulator.acquire import acquisitions
-    from simulator.client import Pacing, run_session, run_sessions_at_once
-    from simulator.header import make_header
-    from simulator.results import frame_latencies_ms, percentiles
-    from simulator.scan import phantom_scan
 
     n, coils, frames = cfg["latency_size"], cfg["latency_coils"], cfg["latency_frames"]
     say(f"\n4. frame latency through the embedded host, {n}x{n}, {coils} coils, {frames} frames paced at {frame_ms:g} ms, "
@@ -225,8 +223,6 @@ def section_latency(cfg, device, weights: dict[str, str], allow_random: bool, fr
 
 
 def section_cpu(cfg, weights, budget, out: list, say) -> None:
-    import torch
-
     say("\n5. CPU settings, KGMgT centred, 8 coils, batch 1 (s/frame, median)")
     rec, _ = load("kgmgt", "cpu", weights)
     threads_before = torch.get_num_threads()
@@ -340,9 +336,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", default=str(RESULTS), help="folder for the JSON and Markdown record")
     p.add_argument("--name", default="", help="file stem (default gpu_<device>[_quick]_<date>)")
     args = p.parse_args(argv)
-    import logging
-
-    import torch
 
     logging.getLogger("gadgets").setLevel(logging.ERROR)  # fallbacks are counted in the figures
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device

@@ -22,7 +22,14 @@ from datetime import datetime, timezone
 import numpy as np
 
 from models.machine import machine
+from models.masks import line_mask
+from pipelines.gadgetron.parent import run_external
+from pipelines.host import StreamHost
+from simulator.acquire import acquisitions
 from simulator.benchmarks import scan_arguments
+from simulator.client import Pacing, run_session
+from simulator.header import make_header
+from simulator.scan import phantom_scan
 
 
 def main(argv: list[str]) -> int:
@@ -33,13 +40,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--accel", type=float, nargs="+", default=[1.0, 8.0],
                    help="accelerations for the latency runs (kt-gaussian masks with 16 ACS lines)")
     args = p.parse_args(argv)
-
-    from pipelines.host import StreamHost
-    from simulator.acquire import acquisitions
-    from simulator.client import Pacing, run_session
-    from pipelines.gadgetron.parent import run_external
-    from simulator.header import make_header
-    from simulator.scan import phantom_scan
 
     scan = phantom_scan("cine", ny=args.matrix, nx=args.matrix, frames=args.frames, slices=args.slices,
                         n_coils=args.coils)
@@ -64,8 +64,6 @@ def main(argv: list[str]) -> int:
     print(f"\ningest throughput (best of {args.repeats}, MB/s of ISMRMRD messages):")
     print(f"  embedded host (socket -> reader -> chain -> consume gadget): {max(host_mbs):8.1f}")
     print(f"  gadgetron.external.Connection (python -m gadgetron ... consume): {max(ext_mbs):8.1f}")
-
-    from models.masks import line_mask
 
     print(f"\nconventional chain frame latency at {args.frame_ms:g} ms per frame "
           f"(last readout sent -> image received):")

@@ -22,10 +22,22 @@ import threading
 import time
 from datetime import datetime, timezone
 
+import numpy as np
+
+from models.machine import machine
+from models.masks import line_mask
+from pipelines.processes import free_port, python_env, stop, wait_port
+from simulator.acquire import acquisitions
+from simulator.benchmarks import soak_dl
+from simulator.benchmarks.soak_dl import proc_sample
+from simulator.client import Pacing, run_session
+from simulator.fuzz import exchange as _exchange, mutate as _mutate, valid_session as _valid_session
+from simulator.header import make_header
+from simulator.scan import phantom_scan
+
 
 def main(argv: list[str]) -> int:
     if "--dl" in argv:  # the deep-learning pipelines, session by session: simulator/benchmarks/soak_dl.py
-        from simulator.benchmarks import soak_dl
 
         return soak_dl.main(argv)
     p = argparse.ArgumentParser(prog="streamrecon bench soak", description=__doc__.splitlines()[0],
@@ -44,20 +56,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("serve_args", nargs=argparse.REMAINDER, help="after --: extra `streamrecon serve` options")
     args = p.parse_args(argv)
-
-    import numpy as np
-
-    from models.masks import line_mask
-    from simulator.acquire import acquisitions
-    from models.machine import machine
-    from simulator.client import Pacing, run_session
-    from simulator.header import make_header
-    from pipelines.processes import free_port, python_env, stop, wait_port
-    from simulator.scan import phantom_scan
-    from simulator.fuzz import exchange as _exchange
-    from simulator.fuzz import mutate as _mutate
-    from simulator.fuzz import valid_session as _valid_session
-    from simulator.benchmarks.soak_dl import proc_sample
 
     print(f"streamrecon bench soak  {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"command: streamrecon bench soak {' '.join(argv)}")

@@ -26,6 +26,7 @@ then valid, image quality is not.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -35,10 +36,24 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.pipeline_config import shipped_pipeline_with
-from simulator.benchmarks import scan_arguments
+from gadgets import host_settings
+from models.inference import DEFAULT_WEIGHTS
+from models.machine import machine
+from models.masks import line_mask
 from models.shared_data import shared_data_dir
+from models.weights import shipped_path
+from pipelines.host import StreamHost
+from pipelines.inference_client import health
+from pipelines.pipeline_config import shipped_pipeline_with
 from pipelines.processes import free_port, python_env, stop, wait_port
+from pipelines.session import SessionOptions
+from simulator.acquire import acquisitions
+from simulator.benchmarks import record_path, scan_arguments
+from simulator.client import Pacing, run_session, run_sessions_at_once
+from simulator.header import make_header
+from simulator.results import frame_latencies_ms, percentiles
+from simulator.scan import phantom_scan
+from simulator.sources import load_source
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,25 +71,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--skip-cold", action="store_true")
     p.add_argument("--kgmgt-weights", default="", help=".safetensors (default: shipped; untrained stand-in if absent)")
     args = p.parse_args(argv)
-    import logging
 
     logging.getLogger("pipelines.inference_client").setLevel(logging.ERROR)  # health polling while it starts
-
-    from models.inference import DEFAULT_WEIGHTS
-    from models.masks import line_mask
-    from models.weights import shipped_path
-    from gadgets import host_settings
-    from pipelines.host import StreamHost
-    from pipelines.session import SessionOptions
-    from pipelines.inference_client import health
-    from simulator.acquire import acquisitions
-    from models.machine import machine
-    from simulator.benchmarks import record_path
-    from simulator.client import Pacing, run_session, run_sessions_at_once
-    from simulator.header import make_header
-    from simulator.results import frame_latencies_ms, percentiles
-    from simulator.scan import phantom_scan
-    from simulator.sources import load_source
 
     weights = args.kgmgt_weights or str(shipped_path(DEFAULT_WEIGHTS["kgmgt"]))
     trained = Path(weights).with_suffix(".safetensors").exists()
