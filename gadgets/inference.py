@@ -1,4 +1,4 @@
-"""The one inference interface the deep-learning gadgets call (DESIGN.md contract 4).
+"""The one inference interface the deep-learning gadgets call (docs/design.md, contract 4).
 
 Two backends answer the same three calls:
 

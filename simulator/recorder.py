@@ -8,7 +8,7 @@ arrival times. Optionally it answers like a conventional reconstruction:
 flagged LAST_IN_SLICE), the root-sum-of-squares zero-filled image on the
 header's recon matrix; that is a real (if naive) reconstruction, not a
 replay of the truth. On a malformed stream it answers TEXT with the reason,
-then CLOSE, as DESIGN.md asks of any host, and keeps serving.
+then CLOSE, as docs/design.md asks of any host, and keeps serving.
 """
 from __future__ import annotations
 

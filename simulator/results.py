@@ -16,7 +16,7 @@ Fallback images (meta ``Fallback``) are flagged per frame in
 on their tiles, ``FALLBACK`` in their GIF titles, so a series that is partly
 the model's and partly classical cannot pass for one that "improves".
 
-Frame latency (DESIGN.md): from the moment the last readout a frame's
+Frame latency (docs/design.md): from the moment the last readout a frame's
 output needs had been sent (frame ``t + lookahead`` of the same slice and
 contrast, clamped to the last frame; ``lookahead = 1`` for a centred
 3-frame window, 0 for conventional pipelines; never a readout sent after

@@ -12,7 +12,7 @@ Three figures, one run, one machine:
    Python gadget costs inside a real Gadgetron.
 3. Frame latency of ``cine_conventional``: the cine replayed in real time
    at ``--frame-ms`` per frame; per frame, from sending its last readout to
-   its image arriving (DESIGN.md's definition; no look-ahead), p50/p95/max.
+   its image arriving (docs/design.md's definition; no look-ahead), p50/p95/max.
 """
 from __future__ import annotations
 

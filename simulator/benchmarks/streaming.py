@@ -6,7 +6,7 @@ Figures, one run, one machine:
    the built-in cine phantom and the real cine (``giraf_sax_cine25.mat`` in
    the shared data folder) replayed in real time at ``--frame-ms`` per frame
    through the embedded host (model in process, already loaded). Latency per
-   DESIGN.md: from sending the last readout the frame's output needs (frame
+   docs/design.md: from sending the last readout the frame's output needs (frame
    t+1 for centered, t for causal) to the image's arrival; p50/p95/max, for
    the KGMgT series and, for comparison, the conventional series (no
    look-ahead). Also the model's own time per call (``InferenceMs`` meta).
