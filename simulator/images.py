@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel
 import numpy as np
+from PIL import Image
 
-
+from .readers import read_mat_arrays
 from .scan import Scan, dicom_uid, scan_from_images, square_fov_mm
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".npy", ".mat")
@@ -23,8 +25,6 @@ def file_suffix(path: Path) -> str:
 
 
 def _resize(frames: np.ndarray, matrix: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
     out = [np.asarray(Image.fromarray(f.astype(np.float32), mode="F").resize((matrix[1], matrix[0]), Image.BICUBIC)) for f in frames]
     return np.clip(np.stack(out), 0, None)
 
@@ -62,12 +62,8 @@ def read_image_file(path: str | Path, *, variable: str | None = None, slice_inde
     path = Path(path)
     suf = file_suffix(path)
     if suf in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"):
-        from PIL import Image
-
         arr = np.asarray(Image.open(path).convert("L"), dtype=np.float32)[None]
     elif suf in (".nii", ".nii.gz"):
-        import nibabel
-
         vol = np.asarray(nibabel.load(str(path)).get_fdata(dtype=np.float32))
         if vol.ndim == 3:
             z = vol.shape[2] // 2 if slice_index is None else slice_index
@@ -78,8 +74,6 @@ def read_image_file(path: str | Path, *, variable: str | None = None, slice_inde
         else:
             arr = vol[None] if vol.ndim == 2 else vol
     elif suf == ".mat":
-        from .readers import read_mat_arrays
-
         arrays = read_mat_arrays(path)
         if not arrays:
             raise ValueError(f"{path}: holds no numeric array (only text, cells or structs)")
@@ -116,7 +110,6 @@ def image_file_geometry(path: str | Path) -> tuple[tuple[float, float] | None, f
     path = Path(path)
     if file_suffix(path) not in (".nii", ".nii.gz"):
         return None, None
-    import nibabel
 
     zooms = [float(z) for z in nibabel.load(str(path)).header.get_zooms()[:3]]
     if len(zooms) < 2:

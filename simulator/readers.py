@@ -31,10 +31,12 @@ import h5py
 import ismrmrd
 import ismrmrd.xsd
 import numpy as np
+from scipy.io import loadmat
 
+from gadgets.header import oversampling_factor, time_dimension
 from models.coils import rss
 from models.fft import ifft2c
-from gadgets.header import oversampling_factor, time_dimension
+from models.masks import line_mask_from_array
 
 from .scan import RawStream, Scan, dicom_uid
 
@@ -310,7 +312,6 @@ def read_mat_arrays(path: str | Path) -> dict[str, np.ndarray]:
                         ds.dtype.names or np.issubdtype(ds.dtype, np.number) or ds.dtype == bool):
                     out[key] = _h5_complex(ds) if ds.dtype.names else np.asarray(ds[()])
         return out
-    from scipy.io import loadmat
 
     try:
         contents = loadmat(str(path))
@@ -363,8 +364,6 @@ def read_cmrxrecon(path: str | Path, *, key: str = "kspace_full", readout_oversa
     if key.startswith("kspace_sub"):
         mask_key = "mask" + key[-2:] if "mask" + key[-2:] in mask_arrays else mask_key
     if mask_key is not None:
-        from models.masks import line_mask_from_array
-
         scan.file_mask = line_mask_from_array(mask_arrays[mask_key], ny, t)
     if key != "kspace_full":
         # Undersampled k-space: only its acquired lines are measurements.
@@ -380,7 +379,6 @@ def read_cmrxrecon(path: str | Path, *, key: str = "kspace_full", readout_oversa
 
 def read_mask_file(path: str | Path, ny: int, frames: int) -> np.ndarray:
     """A mask file (.mat v5/v7.3 with ``mask*``, or .npy) as ``(frames, ny)``, used as it is."""
-    from models.masks import line_mask_from_array
 
     path = Path(path)
     if path.suffix == ".npy":

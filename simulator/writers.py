@@ -11,6 +11,7 @@ from typing import Any, Iterable
 import h5py
 import ismrmrd
 import numpy as np
+from scipy.io import savemat
 
 from models.coils import rss
 from models.fft import fft2c, ifft2c
@@ -128,8 +129,6 @@ def write_cmrxrecon(path: str | Path, kspace_full: np.ndarray, *, version: str =
     if version == "7.3":
         _write_mat73(path, arrays)
     elif version == "5":
-        from scipy.io import savemat
-
         savemat(str(path), {k: np.transpose(v) for k, v in arrays.items()}, do_compression=False)
     else:
         raise ValueError("version must be '7.3' or '5'")
