@@ -28,6 +28,7 @@ import ismrmrd.xsd
 import numpy as np
 
 from .acquire import frame_key
+from .results import image_array
 from .scan import Scan, dicom_uid
 
 BITS_STORED = 12
@@ -134,10 +135,9 @@ def cardiac_attributes(scan: Scan, frame: int) -> dict:
 def save_dicom(out_dir: Path, images: list[ismrmrd.Image], scans: list[Scan],
                header: ismrmrd.xsd.ismrmrdHeader | None = None) -> int:
     """One MR DICOM file per image into ``out_dir``; returns the count written."""
+    # pydicom is optional (pip install 'streamrecon[dicom]'): imported only when DICOM is written
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
-    from .results import image_array
 
     out_dir.mkdir(parents=True, exist_ok=True)
     scan = scans[-1]

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import ismrmrd
+import ismrmrd.xsd
 import numpy as np
 
 from models.evaluation.strips import save_pictures
@@ -24,8 +25,9 @@ from models.masks import achieved_acceleration, acs_lines
 from .acquire import normalise_mask
 from .client import StreamResult
 from .header import make_header
+from .dicom import save_dicom
 from .replay_streams import raw_stream
-from .results import (by_series, fallback_of, frame_latencies_ms, image_array, intensity_ratio, percentiles, save_dicom,
+from .results import (by_series, fallback_of, frame_latencies_ms, image_array, intensity_ratio, percentiles,
                       save_images_h5, score_frames, summarise, view_shared_images, write_report, zero_filled_images)
 from .scan import Scan
 
@@ -187,8 +189,6 @@ def _source_header(scans: list[Scan]):
     """The header that describes the source: a file's own, or the simulated scanner's for a simulated scan."""
     target = scans[-1]
     if target.raw is not None:
-        import ismrmrd.xsd
-
         return ismrmrd.xsd.CreateFromDocument(target.raw.xml)
     return make_header(target) if target.coil_maps is not None else None
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import ismrmrd
 import numpy as np
+from tqdm import tqdm
 
 from models.masks import achieved_acceleration, acs_lines, centre_run, line_mask, lines_in_every_frame
 
@@ -178,8 +179,6 @@ class Progress:
         self.lock = threading.Lock()
         self.bar = None
         if enabled:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=readouts, unit="readout", desc="sending", file=sys.stderr, leave=False)
 
     def sent(self, _item: object) -> None:

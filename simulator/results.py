@@ -218,13 +218,6 @@ def save_images_h5(path: Path, images: list[ismrmrd.Image]) -> None:
         dset.close()
 
 
-def save_dicom(out_dir: Path, images: list[ismrmrd.Image], scans: list[Scan], header=None) -> int:
-    """One MR DICOM file per image (see :mod:`simulator.dicom`)."""
-    from .dicom import save_dicom as _save
-
-    return _save(out_dir, images, scans, header)
-
-
 def write_report(path: Path, report: dict) -> None:
     def clean(o):
         if isinstance(o, dict):
@@ -281,4 +274,4 @@ def format_table(report: dict) -> str:
 
 __all__ = ["image_array", "by_series", "intensity_ratio", "zero_filled_images", "view_shared_images", "fallback_of",
            "score_frames", "summarise", "frame_latencies_ms", "percentiles",
-           "save_images_h5", "save_dicom", "write_report", "format_table"]
+           "save_images_h5", "write_report", "format_table"]
