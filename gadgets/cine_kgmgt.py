@@ -74,7 +74,8 @@ from models.view_sharing import LineHistory, SharedFrame, add_lookahead
 
 from . import host_settings, model_gadget, properties
 from .conventional import conventional_image
-from .frames import Frame, time_dimension
+from .frames import Frame
+from .header import time_dimension
 from .image_headers import image_from_frame
 from .inference import InferenceError
 from .model_gadget import ModelStream, pixels_of, recon_kspace

@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from . import wire
 from .external_link import PeerGone, drain, harden
 
 log = logging.getLogger(__name__)
-
-GADGETRON_ERROR_ID = 8
-
 
 @dataclass(frozen=True)
 class GadgetError:
@@ -31,8 +28,7 @@ class GadgetError:
 
 
 def _write_gadgetron_error(destination: Any, error: GadgetError) -> None:
-    data = error.text.encode("utf-8")
-    destination.write(struct.pack("<HQ", GADGETRON_ERROR_ID, len(data)) + data)
+    destination.write(wire.error_bytes(error.text))
 
 
 def send_error(connection: Any, text: str) -> None:

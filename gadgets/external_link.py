@@ -28,20 +28,18 @@ but the gadget module, so the gadget is the one place to fix it.
 from __future__ import annotations
 
 import logging
-import os
 import select
 import socket
-import struct
 import threading
 import time
 from typing import Any
 
+from . import host_settings, wire
+
 log = logging.getLogger(__name__)
 
-CLOSE_ID = 4
-DEFAULT_STALL_S = 5.0
+DEFAULT_STALL_S = float(host_settings.BY_NAME["peer_stall_s"].default)
 DEFAULT_DRAIN_IDLE_S = 60.0
-STALL_ENV = "STREAMRECON_PEER_STALL_S"
 
 
 class PeerGone(Exception):
@@ -57,12 +55,12 @@ class PeerStalled(PeerGone):
 
 
 def stall_seconds() -> float:
-    """The stall bound: ``STREAMRECON_PEER_STALL_S`` (the host operator's), else 5 s."""
-    text = os.environ.get(STALL_ENV, "")
+    """The stall bound: the operator setting ``peer_stall_s`` of this process (``STREAMRECON_PEER_STALL_S``
+    or the config file), else 5 s; an unreadable or non-positive value is logged and replaced by 5 s."""
     try:
-        value = float(text) if text else DEFAULT_STALL_S
-    except ValueError:
-        log.warning("%s=%r is not a number; using %.0f s", STALL_ENV, text, DEFAULT_STALL_S)
+        value = float(host_settings.load().peer_stall_s)
+    except ValueError as exc:
+        log.warning("%s; using %.0f s", exc, DEFAULT_STALL_S)
         return DEFAULT_STALL_S
     return value if value > 0 else DEFAULT_STALL_S
 
@@ -126,7 +124,7 @@ class SafeLink:
         """Send CLOSE (unless the link is broken), then close the socket."""
         try:
             if not self.broken:
-                self.write(struct.pack("<H", CLOSE_ID))
+                self.write(wire.message_id(wire.CLOSE))
         except PeerGone:
             pass
         finally:

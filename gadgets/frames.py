@@ -24,6 +24,7 @@ from gadgetron.types.recon_data import ReconBit, ReconBuffer, ReconData, Samplin
 
 from . import host_settings, properties
 from .errors import reports_errors
+from .header import time_dimension
 from .header_checks import require_supported
 from .samples import NonFiniteCounter, mark_late
 
@@ -141,25 +142,6 @@ def frames_from(item: Any) -> Iterator[Frame]:
             # A reference buffer usually has a single N; use the matching one if any.
             ref = refs.get(index) or refs.get((0,) + index[1:]) or (None, None)
             yield Frame(kspace, sampled, headers, bit.data.sampling, ref[0], ref[1])
-
-
-def time_dimension(header: Any, override: str = "") -> str:
-    """"phase" (gated cine) or "repetition" (real time), from the encoding limits unless overridden."""
-    if override:
-        if override not in ("phase", "repetition"):
-            raise ValueError(f"time_dimension must be 'phase' or 'repetition', not {override!r}")
-        return override
-    limits = header.encoding[0].encodingLimits
-
-    def maximum(name: str) -> int:
-        lim = getattr(limits, name, None)
-        return int(lim.maximum) if lim is not None and lim.maximum is not None else 0
-
-    if maximum("phase") > 0:
-        return "phase"
-    if maximum("repetition") > 0:
-        return "repetition"
-    return "phase"
 
 
 def sampling_description(header: Any, nx: int, ny: int) -> SamplingDescription:

@@ -91,6 +91,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_coils", int, 64, "most receiver channels a header or readout may claim"),
     Setting("max_open_frames", int, 64, "frames open at once per session (the oldest is closed beyond)"),
     Setting("max_cache_entries", int, 64, "slices whose coil maps a session keeps (oldest dropped beyond)"),
+    Setting("reference_store_max_age_s", float, 7200.0, "age limit of a stored reference (a pipeline may only shorten it)"),
+    Setting("reference_store_max_entries", int, 512, "references the store keeps (oldest dropped beyond)"),
+    Setting("reference_store_max_mb", float, 256.0, "MiB the reference store may hold (oldest dropped beyond)"),
+    Setting("peer_stall_s", float, 5.0, "seconds a gadget waits on a peer that stopped reading before giving up"),
 )
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 # `serve --reference-store` is added with the reference store's own rework; the

@@ -1,6 +1,6 @@
 """Building ``ismrmrd.Image`` objects a scanner can file and display.
 
-Contract 3 of DESIGN.md: matrix size, field of view, position and
+Contract 3 of docs/design.md: matrix size, field of view, position and
 direction vectors, slice/phase/contrast/repetition/set counters,
 acquisition and physiology time stamps, image and series indices, image
 type and meta. Position, directions, time stamps and counters come from the

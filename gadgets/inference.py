@@ -1,4 +1,4 @@
-"""The one inference interface the deep-learning gadgets call (DESIGN.md contract 4).
+"""The one inference interface the deep-learning gadgets call (docs/design.md, contract 4).
 
 Three backends answer the same calls, for any model of :mod:`models.registry`:
 

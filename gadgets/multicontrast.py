@@ -174,8 +174,8 @@ class SGFMRIStream(ModelStream):
         self.min_match_confidence = properties.get(config, "min_match_confidence", 4.5)
         self.store = None
         if properties.get(config, "use_reference_store", True):
-            store_settings = StoreSettings.from_environment()
-            if self.settings.reference_store:  # the embedded host's operator setting, else the environment's
+            store_settings = StoreSettings.from_settings(self.settings)
+            if self.settings.reference_store:  # the embedded host's operator setting
                 store_settings = dataclasses.replace(store_settings, folder=Path(self.settings.reference_store))
             self.store = ReferenceStore(store_settings, max_age_s=properties.get(config, "reference_max_age_s", 0.0) or None)
             try:

@@ -17,19 +17,10 @@ from models.fft import fft1c, ifft1c
 
 from . import host_settings
 from .errors import reports_errors
+from .header import oversampling_factor
 from .runtime import single_threaded_blas
 
 log = logging.getLogger(__name__)
-
-
-def oversampling_factor(header: Any) -> float:
-    """Encoded over recon field of view along the readout (1.0 when absent)."""
-    enc = header.encoding[0]
-    try:
-        ratio = float(enc.encodedSpace.fieldOfView_mm.x) / float(enc.reconSpace.fieldOfView_mm.x)
-    except (AttributeError, TypeError, ZeroDivisionError):
-        return 1.0
-    return ratio if ratio > 1.0 + 1e-3 else 1.0
 
 
 def crop_readout(data: np.ndarray, keep: int) -> np.ndarray:

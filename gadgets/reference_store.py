@@ -3,9 +3,9 @@
 Gadgetron starts a new process per scan, so a reference contrast acquired
 in an earlier scan of the same exam must outlive its process (and the host
 restarting). The store is the host's, not a client's: its folder, age limit
-and size bounds come from the host operator (:func:`StoreSettings.from_environment`:
-``STREAMRECON_REFERENCE_STORE`` and friends, which ``streamrecon serve
---reference-store`` sets), never from a pipeline property a client sends.
+and size bounds come from the host operator (:meth:`StoreSettings.from_settings`:
+the operator settings ``reference_store`` and ``reference_store_max_*``,
+:mod:`gadgets.host_settings`), never from a pipeline property a client sends.
 
 Each reference is two files in one folder:
 
@@ -43,20 +43,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import host_settings
+
 log = logging.getLogger(__name__)
 
 POSITION_DECIMALS = 1  # mm
 ORIENTATION_TOLERANCE = 1e-3  # direction cosines
-ENV_FOLDER = "STREAMRECON_REFERENCE_STORE"
-ENV_MAX_AGE = "STREAMRECON_REFERENCE_MAX_AGE_S"
-ENV_MAX_ENTRIES = "STREAMRECON_REFERENCE_MAX_ENTRIES"
-ENV_MAX_MB = "STREAMRECON_REFERENCE_MAX_MB"
 PURGE_INTERVAL_S = 3600.0
 
 
 def default_folder() -> Path:
-    env = os.environ.get(ENV_FOLDER)
-    return Path(env) if env else Path.home() / ".cache" / "streamrecon" / "references"
+    """Where the store lives when the operator names no folder."""
+    return Path.home() / ".cache" / "streamrecon" / "references"
 
 
 @dataclass(frozen=True)
@@ -69,19 +67,15 @@ class StoreSettings:
     max_bytes: int = 256 * 2 ** 20
 
     @classmethod
-    def from_environment(cls) -> "StoreSettings":
-        def number(name: str, default: float) -> float:
-            text = os.environ.get(name, "")
-            try:
-                value = float(text) if text else default
-            except ValueError:
-                raise ValueError(f"${name} must be a number, not {text!r}") from None
-            if not value > 0:
-                raise ValueError(f"${name} must be positive, not {text!r}")
-            return value
-
-        return cls(default_folder(), number(ENV_MAX_AGE, 7200.0), int(number(ENV_MAX_ENTRIES, 512)),
-                   int(number(ENV_MAX_MB, 256) * 2 ** 20))
+    def from_settings(cls, settings: host_settings.OperatorSettings | None = None) -> "StoreSettings":
+        """The operator's store: ``settings`` (the host's), else those of this process (environment, config file)."""
+        settings = settings if settings is not None else host_settings.load()
+        for name in ("reference_store_max_age_s", "reference_store_max_entries", "reference_store_max_mb"):
+            if not getattr(settings, name) > 0:
+                raise ValueError(f"operator setting {name} must be positive, not {getattr(settings, name)!r}")
+        folder = Path(settings.reference_store).expanduser() if settings.reference_store else default_folder()
+        return cls(folder, float(settings.reference_store_max_age_s), int(settings.reference_store_max_entries),
+                   int(settings.reference_store_max_mb * 2 ** 20))
 
 
 def identity_hash(header: Any) -> str:
@@ -122,7 +116,7 @@ class ReferenceStore:
     """References by (identity, frame of reference UID, slice position) in the host's folder."""
 
     def __init__(self, settings: StoreSettings | None = None, max_age_s: float | None = None) -> None:
-        self.settings = settings or StoreSettings.from_environment()
+        self.settings = settings or StoreSettings.from_settings()
         self.folder = Path(self.settings.folder)
         # a pipeline may ask for a stricter age limit, never a longer one than the host's
         self.max_age_s = min(self.settings.max_age_s, max_age_s) if max_age_s else self.settings.max_age_s
@@ -250,4 +244,4 @@ def start_purging(store: ReferenceStore, interval_s: float = PURGE_INTERVAL_S) -
 
 
 __all__ = ["ReferenceStore", "StoredReference", "StoreSettings", "identity_hash", "store_key", "default_folder",
-           "position_text", "start_purging", "ENV_FOLDER"]
+           "position_text", "start_purging"]

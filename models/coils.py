@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .fft import fft2c, ifft2c
+from .masks import centre_run
 
 _EPS = 1e-12
 
@@ -32,19 +33,9 @@ def calibration_region(kspace: np.ndarray, sampled_lines: np.ndarray | None = No
     sample. Returns ``(start, stop)`` line indices (stop exclusive); an
     empty run returns ``(c, c)`` with ``c = ny // 2``.
     """
-    ny = kspace.shape[-2]
     if sampled_lines is None:
         sampled_lines = np.any(np.abs(kspace) > 0, axis=tuple(i for i in range(kspace.ndim) if i != kspace.ndim - 2))
-    sampled_lines = np.asarray(sampled_lines, dtype=bool)
-    c = ny // 2
-    if not sampled_lines[c]:
-        return c, c
-    start, stop = c, c + 1
-    while start > 0 and sampled_lines[start - 1]:
-        start -= 1
-    while stop < ny and sampled_lines[stop]:
-        stop += 1
-    return start, stop
+    return centre_run(sampled_lines)
 
 
 def estimate_coil_maps(

@@ -17,32 +17,26 @@ def _is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch")
 
 
-def fft2c(x: Any, axes: Sequence[int] = (-2, -1)) -> Any:
-    """Image -> k-space over ``axes`` (default: the last two)."""
+def _centered(x: Any, axes: Sequence[int], inverse: bool) -> Any:
+    """``fftshift(F(ifftshift(x)))`` over ``axes`` with the orthonormal (inverse) FFT, NumPy or torch."""
     axes = tuple(axes)
     if _is_torch(x):
-        import torch
+        import torch  # inside: NumPy callers (the gadgets' readout crop) never pay for importing torch
 
-        x = torch.fft.ifftshift(x, dim=axes)
-        x = torch.fft.fftn(x, dim=axes, norm="ortho")
-        return torch.fft.fftshift(x, dim=axes)
-    x = np.fft.ifftshift(x, axes=axes)
-    x = np.fft.fftn(x, axes=axes, norm="ortho")
-    return np.fft.fftshift(x, axes=axes)
+        transform = torch.fft.ifftn if inverse else torch.fft.fftn
+        return torch.fft.fftshift(transform(torch.fft.ifftshift(x, dim=axes), dim=axes, norm="ortho"), dim=axes)
+    transform = np.fft.ifftn if inverse else np.fft.fftn
+    return np.fft.fftshift(transform(np.fft.ifftshift(x, axes=axes), axes=axes, norm="ortho"), axes=axes)
+
+
+def fft2c(x: Any, axes: Sequence[int] = (-2, -1)) -> Any:
+    """Image -> k-space over ``axes`` (default: the last two)."""
+    return _centered(x, axes, inverse=False)
 
 
 def ifft2c(x: Any, axes: Sequence[int] = (-2, -1)) -> Any:
     """k-space -> image over ``axes`` (default: the last two)."""
-    axes = tuple(axes)
-    if _is_torch(x):
-        import torch
-
-        x = torch.fft.ifftshift(x, dim=axes)
-        x = torch.fft.ifftn(x, dim=axes, norm="ortho")
-        return torch.fft.fftshift(x, dim=axes)
-    x = np.fft.ifftshift(x, axes=axes)
-    x = np.fft.ifftn(x, axes=axes, norm="ortho")
-    return np.fft.fftshift(x, axes=axes)
+    return _centered(x, axes, inverse=True)
 
 
 def fft1c(x: Any, axis: int = -1) -> Any:

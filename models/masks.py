@@ -123,18 +123,36 @@ def achieved_acceleration(mask: np.ndarray) -> float:
     return float(mask.size / max(int(mask.sum()), 1))
 
 
+def centre_run(lines: np.ndarray) -> tuple[int, int]:
+    """The contiguous run of true entries through ``ny // 2`` of a ``(ny,)`` line vector: ``(start, stop)``.
+
+    ``stop`` is exclusive; when line ``ny // 2`` itself is false the run is
+    empty, ``(ny // 2, ny // 2)``. The one centre-run rule behind the ACS
+    length of a mask, the calibration lines of a frame and the calibration
+    block a replay announces.
+    """
+    lines = np.asarray(lines, dtype=bool)
+    ny = lines.shape[0]
+    c = ny // 2
+    if not lines[c]:
+        return c, c
+    start, stop = c, c + 1
+    while start > 0 and lines[start - 1]:
+        start -= 1
+    while stop < ny and lines[stop]:
+        stop += 1
+    return start, stop
+
+
+def lines_in_every_frame(mask: np.ndarray) -> np.ndarray:
+    """``(ny,)``: the lines a ``(..., ny)`` mask samples in every frame."""
+    return np.asarray(mask, dtype=bool).reshape(-1, np.shape(mask)[-1]).all(axis=0)
+
+
 def acs_lines(mask: np.ndarray) -> int:
     """Length of the contiguous run of lines around ``ny // 2`` sampled in every frame."""
-    m = np.asarray(mask, dtype=bool).reshape(-1, np.shape(mask)[-1]).all(axis=0)
-    c = m.shape[0] // 2
-    if not m[c]:
-        return 0
-    lo, hi = c, c + 1
-    while lo > 0 and m[lo - 1]:
-        lo -= 1
-    while hi < m.shape[0] and m[hi]:
-        hi += 1
-    return hi - lo
+    start, stop = centre_run(lines_in_every_frame(mask))
+    return stop - start
 
 
 def line_mask_from_array(array: np.ndarray, ny: int, frames: int) -> np.ndarray:

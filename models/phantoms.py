@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .synthetic import _grid, cardiac_waveform, smooth_phase
+from .synthetic import centred_grid, cardiac_waveform, smooth_phase
 
 
 def _soft(signed_dist: np.ndarray, width: float) -> np.ndarray:
@@ -61,7 +61,7 @@ def cardiac_cine(ny: int = 128, nx: int = 128, frames: int = 20, *, seed: int = 
     slices towards the apex). Magnitude maximum is 1.
     """
     rng = np.random.default_rng(seed)
-    yy, xx = _grid(ny, nx)
+    yy, xx = centred_grid(ny, nx)
     w = 1.2 / min(ny, nx)  # edge width: about 0.6 pixel each side
     jit = lambda s=0.04: 1.0 + rng.uniform(-s, s)  # noqa: E731  (small per-seed anatomical variation)
     # Static anatomy.
@@ -124,7 +124,7 @@ def cardiac_cine(ny: int = 128, nx: int = 128, frames: int = 20, *, seed: int = 
 
 def _brain_geometry(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Soft tissue-membership maps of one synthetic axial brain slice."""
-    yy, xx = _grid(n, n)
+    yy, xx = centred_grid(n, n)
     w = 1.2 / n
     j = lambda s=0.04: 1.0 + rng.uniform(-s, s)  # noqa: E731
     head = (0.0, 0.0, 0.86 * j(), 0.70 * j())

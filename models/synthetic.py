@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .coils import rss
 
-def _grid(ny: int, nx: int) -> tuple[np.ndarray, np.ndarray]:
+
+def centred_grid(ny: int, nx: int) -> tuple[np.ndarray, np.ndarray]:
     """Normalised coordinates in [-1, 1) with 0 at index ``n // 2`` (rows y, columns x)."""
     y = (np.arange(ny) - ny // 2) / max(ny / 2, 1)
     x = (np.arange(nx) - nx // 2) / max(nx / 2, 1)
@@ -30,7 +32,7 @@ def smooth_phase(shape: tuple[int, int], *, seed: int = 0, max_rad: float = np.p
     """
     ny, nx = shape
     rng = np.random.default_rng(seed)
-    yy, xx = _grid(ny, nx)
+    yy, xx = centred_grid(ny, nx)
     terms = [np.ones_like(xx), xx, yy, xx * yy, xx ** 2 - 1 / 3, yy ** 2 - 1 / 3]
     coef = rng.normal(size=len(terms))
     phase = sum(c * t for c, t in zip(coef, terms))
@@ -58,7 +60,7 @@ def coil_maps(n_coils: int, ny: int, nx: int, *, seed: int = 0, radius: float = 
     if n_coils == 1:
         return np.ones((1, ny, nx), dtype=np.complex64)
     rng = np.random.default_rng(seed)
-    yy, xx = _grid(ny, nx)
+    yy, xx = centred_grid(ny, nx)
     per_ring = min(n_coils, 8)
     maps = []
     for c in range(n_coils):
@@ -73,7 +75,7 @@ def coil_maps(n_coils: int, ny: int, nx: int, *, seed: int = 0, radius: float = 
         phase = rng.uniform(-np.pi, np.pi) + 0.8 * np.sqrt(d2) + 0.3 * rng.normal() * (xx * np.cos(theta) + yy * np.sin(theta))
         maps.append(mag * np.exp(1j * phase))
     maps = np.stack(maps)
-    norm = np.sqrt(np.sum(np.abs(maps) ** 2, axis=0))
+    norm = rss(maps)
     return (maps / norm[None]).astype(np.complex64)
 
 

@@ -41,7 +41,7 @@ from gadgetron.external import Connection
 from gadgets.errors import send_error
 from gadgets.external_link import PeerGone, SafeLink, drain, harden
 
-from .pipeline_config import (DEFAULT_GADGET_PACKAGES, PIPELINE_DIR, GadgetSpec, Pipeline, PipelineError, _tag,
+from .pipeline_config import (DEFAULT_GADGET_PACKAGES, PIPELINE_DIR, GadgetSpec, Pipeline, PipelineError, xml_tag,
                               load_gadgets)
 
 log = logging.getLogger(__name__)
@@ -95,12 +95,12 @@ def served_gadgets(folders: Sequence[Path], allowed_packages: Sequence[str] = DE
             log.warning("pipeline %s skipped: %s", path.name, exc)
             continue
         for node in root.iter():
-            if _tag(node) != "external":
+            if xml_tag(node) != "external":
                 continue
-            connect = next((c for c in node if _tag(c) == "connect"), None)
+            connect = next((c for c in node if xml_tag(c) == "connect"), None)
             if connect is None:
                 continue
-            execute = next((c for c in node if _tag(c) == "execute"), None)
+            execute = next((c for c in node if xml_tag(c) == "execute"), None)
             if execute is None or not execute.get("name") or not execute.get("target"):
                 raise PipelineError(f"{path.name}: <external name={node.get('name')!r}> connects to port "
                                     f"{connect.get('port')} but names no <execute name= target=> for the gadget-server")
@@ -108,7 +108,7 @@ def served_gadgets(folders: Sequence[Path], allowed_packages: Sequence[str] = DE
                 port = int(connect.get("port", ""))
             except ValueError:
                 raise PipelineError(f"{path.name}: <connect port={connect.get('port')!r}> is not a port number") from None
-            config = next((c for c in node if _tag(c) == "configuration"), None)
+            config = next((c for c in node if xml_tag(c) == "configuration"), None)
             spec = GadgetSpec(module=execute.get("name"), target=execute.get("target"),
                               config=config if config is not None else ET.Element("configuration"),
                               name=node.get("name", ""))

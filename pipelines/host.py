@@ -12,21 +12,20 @@ import argparse
 import importlib
 import inspect
 import logging
-import os
 import socket
 import socketserver
-import struct
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Sequence
 
-from gadgets import host_settings
+from gadgets import host_settings, wire
+from gadgets.reference_store import ReferenceStore, StoreSettings, start_purging
 
 from .pipeline_config import DEFAULT_GADGET_PACKAGES, PIPELINE_DIR, PipelineError, load_gadgets, parse_pipeline
 from .process_memory import release_free_memory
-from .protocol import CLOSE, TEXT, Limits
+from .protocol import Limits
 from .session import Session, SessionOptions
 from .cli import HelpFormatter
 
@@ -110,13 +109,7 @@ def _close_gently(sock: socket.socket, rfile, wfile) -> None:
         wfile.flush()
     except OSError:
         pass
-    try:
-        sock.shutdown(socket.SHUT_WR)
-        sock.settimeout(2.0)
-        while sock.recv(1 << 16):
-            pass
-    except OSError:
-        pass
+    _half_close_and_drain(sock, 2.0)
     for f in (rfile, wfile):
         if f is None:
             continue
@@ -131,15 +124,25 @@ def _refuse_busy(sock: socket.socket, reason: str) -> None:
     # On the accepting thread: never wait long on this peer.
     try:
         sock.settimeout(0.5)
-        sock.sendall(error_text_bytes(reason) + struct.pack("<H", CLOSE))
+        sock.sendall(wire.text_bytes(reason) + wire.message_id(wire.CLOSE))
+    except OSError:
+        pass
+    else:
+        _half_close_and_drain(sock, 0.2)
+    finally:
+        sock.close()
+
+
+def _half_close_and_drain(sock: socket.socket, timeout_s: float) -> None:
+    """Half-close, then read what the peer still sends until it closes or ``timeout_s`` of silence: closing
+    with unread input would make the kernel send RST, which can destroy our last messages in flight."""
+    try:
         sock.shutdown(socket.SHUT_WR)
-        sock.settimeout(0.2)
+        sock.settimeout(timeout_s)
         while sock.recv(1 << 16):
             pass
     except OSError:
         pass
-    finally:
-        sock.close()
 
 
 class StreamHost(socketserver.ThreadingTCPServer):
@@ -231,12 +234,6 @@ class StreamHost(socketserver.ThreadingTCPServer):
         return thread
 
 
-def error_text_bytes(text: str) -> bytes:
-    """A TEXT message (uint16 id, uint32 length, UTF-8)."""
-    data = text.encode("utf-8")
-    return struct.pack("<HI", TEXT, len(data)) + data
-
-
 def run_stream(stdin=None, stdout=None, options: SessionOptions | None = None) -> int:
     """One session from a byte stream to a byte stream; exit status 1 on errors."""
     stdin = stdin or sys.stdin.buffer
@@ -268,32 +265,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-preload-models", action="store_true",
                    help="do not load the deep-learning pipelines' in-process models at start")
     p.add_argument("--reference-store", type=Path, default=None,
-                   help="folder of the multi-contrast reference store (sets $STREAMRECON_REFERENCE_STORE; "
-                        "default that variable, else ~/.cache/streamrecon/references); purged at start and hourly")
+                   help="folder of the multi-contrast reference store (operator setting reference_store; "
+                        "default $STREAMRECON_REFERENCE_STORE, else ~/.cache/streamrecon/references); "
+                        "purged at start and hourly")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     host_settings.add_arguments(p)
     return p
 
 
-def configure_reference_store(folder: Path | None) -> threading.Event:
-    """The host's reference store: ``folder`` (else the environment's) for every gadget of this process and
-    the Gadgetron-style children it starts; entries past their age are purged now and hourly."""
-    from gadgets.reference_store import ENV_FOLDER, ReferenceStore, start_purging
-
-    if folder is not None:
-        os.environ[ENV_FOLDER] = str(folder.expanduser().resolve())
-    store = ReferenceStore()
+def configure_reference_store(settings: host_settings.OperatorSettings) -> threading.Event:
+    """The host's reference store (operator settings ``reference_store*``, which every session's gadgets get
+    through their connection); entries past their age are purged now and hourly."""
+    store = ReferenceStore(StoreSettings.from_settings(settings))
     log.info("reference store %s (age limit %.0f s, at most %d entries, %d MiB)", store.folder,
              store.settings.max_age_s, store.settings.max_entries, store.settings.max_bytes // 2**20)
     return start_purging(store)
 
 
 def options_from_args(args: argparse.Namespace) -> SessionOptions:
+    operator = host_settings.from_args(args)
+    if args.reference_store is not None:
+        operator = operator.with_values(reference_store=str(args.reference_store.expanduser().resolve()))
     return SessionOptions(
         limits=Limits(max_payload_bytes=int(args.max_message_mb * 2**20)),
         search_dirs=tuple(args.pipelines),
         allowed_packages=tuple(DEFAULT_GADGET_PACKAGES) + tuple(args.gadget_package),
-        operator=host_settings.from_args(args),
+        operator=operator,
     )
 
 
@@ -325,10 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = options_from_args(args)
-    # Gadget processes this host starts (and gadgets that read the environment)
-    # see the same operator settings as the in-process gadgets.
-    os.environ.update(options.operator.environment())
-    configure_reference_store(args.reference_store)
+    # Every gadget of this host gets these settings through its connection (and the preload hooks as an
+    # argument): nothing is handed over through this process's environment.
+    configure_reference_store(options.operator)
     problem = operator_weights_problem(options.operator)
     if problem is not None:
         print(f"streamrecon serve: {problem}", file=sys.stderr)

@@ -58,8 +58,8 @@ class Pipeline:
     gadgets: list[GadgetSpec]
 
 
-def _tag(element: ET.Element) -> str:
-    # Gadgetron pipelines sometimes carry a default namespace.
+def xml_tag(element: ET.Element) -> str:
+    """An element's tag without its namespace (Gadgetron pipelines sometimes carry a default one)."""
     return element.tag.rsplit("}", 1)[-1]
 
 
@@ -107,19 +107,19 @@ def parse_pipeline(xml_text: str | bytes, name: str = "CONFIG_TEXT", max_nodes: 
         root = ET.fromstring(xml_text)
     except ET.ParseError as exc:
         raise PipelineError(f"pipeline {name} is not well-formed XML: {exc}") from None
-    if _tag(root) != "configuration":
-        raise PipelineError(f"pipeline {name}: root element is <{_tag(root)}>, expected <configuration>")
-    version = next((c for c in root if _tag(c) == "version"), None)
+    if xml_tag(root) != "configuration":
+        raise PipelineError(f"pipeline {name}: root element is <{xml_tag(root)}>, expected <configuration>")
+    version = next((c for c in root if xml_tag(c) == "version"), None)
     if version is None or (version.text or "").strip() != "2":
         raise PipelineError(f"pipeline {name}: only Gadgetron version-2 pipelines are supported (<version>2</version>)")
-    stream = next((c for c in root if _tag(c) == "stream"), None)
+    stream = next((c for c in root if xml_tag(c) == "stream"), None)
     if stream is None:
         raise PipelineError(f"pipeline {name} has no <stream>")
     if len(stream) > max_nodes:
         raise PipelineError(f"pipeline {name} has {len(stream)} nodes; this host runs at most {max_nodes}")
     gadgets: list[GadgetSpec] = []
     for node in stream:
-        tag = _tag(node)
+        tag = xml_tag(node)
         if tag == "external":
             gadgets.append(_external(node, name))
         elif tag == "gadget":
@@ -135,9 +135,9 @@ def parse_pipeline(xml_text: str | bytes, name: str = "CONFIG_TEXT", max_nodes: 
 def _external(node: ET.Element, pipeline: str) -> GadgetSpec:
     # A connect-mode node (pipelines/*_connect.xml) also names its gadget in
     # <execute>: Gadgetron connects, this host runs the gadget in process.
-    execute = next((c for c in node if _tag(c) == "execute"), None)
+    execute = next((c for c in node if xml_tag(c) == "execute"), None)
     if execute is None:
-        if any(_tag(c) == "connect" for c in node):
+        if any(xml_tag(c) == "connect" for c in node):
             raise PipelineError(f"pipeline {pipeline}: <external><connect> (an already running module) is not supported")
         raise PipelineError(f"pipeline {pipeline}: <external> without <execute>")
     kind = execute.get("type", "python")
@@ -146,7 +146,7 @@ def _external(node: ET.Element, pipeline: str) -> GadgetSpec:
     module, target = execute.get("name"), execute.get("target")
     if not module or not target:
         raise PipelineError(f"pipeline {pipeline}: <execute> needs both name= (module) and target=")
-    config = next((c for c in node if _tag(c) == "configuration"), None)
+    config = next((c for c in node if xml_tag(c) == "configuration"), None)
     if config is None:
         config = ET.Element("configuration")
     refused = host_settings.operator_properties(config)
@@ -200,10 +200,10 @@ def with_properties(xml_text: str, module: str, **props: object) -> str:
     """Pipeline XML with properties of the gadget from ``module`` set (added when absent)."""
     root = ET.fromstring(xml_text)
     for ext in root.iter("external"):
-        execute = next((c for c in ext if _tag(c) == "execute"), None)
+        execute = next((c for c in ext if xml_tag(c) == "execute"), None)
         if execute is None or execute.get("name") != module:
             continue
-        cfg = next((c for c in ext if _tag(c) == "configuration"), None)
+        cfg = next((c for c in ext if xml_tag(c) == "configuration"), None)
         if cfg is None:
             cfg = ET.SubElement(ext, "configuration")
         for key, value in props.items():

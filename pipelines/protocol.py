@@ -16,22 +16,10 @@ from typing import Any, BinaryIO, Callable
 
 import ismrmrd
 from ismrmrd.image import get_dtype_from_data_type
-from ismrmrd.serialization import ConfigFile, ConfigText, ISMRMRDMessageID, ProtocolSerializer
+from ismrmrd.serialization import ConfigFile, ConfigText, ProtocolSerializer
 
-CONFIG_FILE = 1
-CONFIG_TEXT = 2
-HEADER = 3
-CLOSE = 4
-TEXT = 5
-ERROR = 8  # Gadgetron's external-module error report: uint64 length + text
-ACQUISITION = 1008
-IMAGE = 1022
-WAVEFORM = 1026
-
-MESSAGE_NAMES = {
-    CONFIG_FILE: "CONFIG_FILE", CONFIG_TEXT: "CONFIG_TEXT", HEADER: "HEADER", CLOSE: "CLOSE", TEXT: "TEXT",
-    ERROR: "ERROR", ACQUISITION: "ACQUISITION", IMAGE: "IMAGE", WAVEFORM: "WAVEFORM",
-}
+from gadgets.wire import (ACQUISITION, CLOSE, CONFIG_FILE, CONFIG_TEXT, ERROR, HEADER, IMAGE, MESSAGE_NAMES, TEXT,
+                         WAVEFORM)
 
 # The <version> of the ISMRMRD XML header that ISMRMRD 1.14 (Gadgetron 4.7)
 # writes and demands: its C++ serialiser refuses any other value when
@@ -256,14 +244,6 @@ class MessageWriter:
         self._serializer.close()
 
 
-def error_message_bytes(text: str) -> bytes:
-    """Gadgetron's ERROR message (id 8): uint16 id, uint64 length, UTF-8 text."""
-    data = text.encode("utf-8")
-    return struct.pack("<HQ", ERROR, len(data)) + data
-
-
 __all__ = [
-    "CONFIG_FILE", "CONFIG_TEXT", "HEADER", "CLOSE", "TEXT", "ERROR", "ACQUISITION", "IMAGE", "WAVEFORM",
     "Limits", "MessageReader", "MessageWriter", "ProtocolError", "TruncatedMessage", "StreamEnded", "Header",
-    "ConfigFile", "ConfigText", "ISMRMRDMessageID", "error_message_bytes",
 ]

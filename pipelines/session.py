@@ -19,12 +19,13 @@ import ismrmrd
 
 from gadgets.header_checks import unsupported_reason
 from gadgets import host_settings
+from gadgets.wire import ACQUISITION, CLOSE, CONFIG_FILE, CONFIG_TEXT, ERROR, HEADER, IMAGE, MESSAGE_NAMES, TEXT, WAVEFORM
 
 from .chain import Chain
 from .pipeline_config import (DEFAULT_GADGET_PACKAGES, PipelineError, pipeline_from_config_file,
                               pipeline_from_config_text)
-from .protocol import (ACQUISITION, CLOSE, CONFIG_FILE, CONFIG_TEXT, ERROR, HEADER, IMAGE, ISMRMRD_HEADER_VERSION,
-                       MESSAGE_NAMES, TEXT, WAVEFORM, Limits, MessageReader, MessageWriter, ProtocolError, StreamEnded, TruncatedMessage)
+from .protocol import (ISMRMRD_HEADER_VERSION, Limits, MessageReader, MessageWriter, ProtocolError, StreamEnded,
+                       TruncatedMessage)
 
 log = logging.getLogger(__name__)
 

@@ -27,14 +27,15 @@ from dataclasses import dataclass, field
 
 import ismrmrd
 import ismrmrd.xsd
-from ismrmrd.serialization import ConfigFile, ConfigText, ISMRMRDMessageID, ProtocolDeserializer, ProtocolSerializer
+from ismrmrd.serialization import ConfigFile, ConfigText, ProtocolDeserializer, ProtocolSerializer
+
+from gadgets import wire
 
 from .acquire import TICK_MS, frame_key
 from .faults import StreamFault, corrupt_xml
 
 log = logging.getLogger(__name__)
 
-GADGETRON_ERROR_ID = 8
 # Readouts that belong to no image frame: their send time is no frame's.
 _NOT_IMAGING = (ismrmrd.ACQ_IS_NOISE_MEASUREMENT, ismrmrd.ACQ_IS_NAVIGATION_DATA, ismrmrd.ACQ_IS_PHASECORR_DATA,
                 ismrmrd.ACQ_IS_DUMMYSCAN_DATA)
@@ -181,12 +182,12 @@ def _receive(sock: socket.socket, result: StreamResult, on_image: Callable[[ismr
                 return
             if len(head) < 2:
                 raise EOFError("stream ended inside a message id")
-            msg_id = struct.unpack("<H", head)[0]
-            if msg_id == GADGETRON_ERROR_ID:
+            (msg_id,) = wire.MESSAGE_ID.unpack(head)
+            if msg_id == wire.ERROR:
                 (length,) = struct.unpack("<Q", _read_exactly(reader, 8))
                 result.errors.append(_read_exactly(reader, length).decode("utf-8", "replace").rstrip("\0"))
                 continue
-            if msg_id == ISMRMRDMessageID.CLOSE:
+            if msg_id == wire.CLOSE:
                 result.closed = True
                 return
             reader.pending = head
@@ -240,16 +241,12 @@ def _message_bytes(obj: object) -> bytes:
     return buf.getvalue()
 
 
-def _close_bytes() -> bytes:
-    return struct.pack("<H", ISMRMRDMessageID.CLOSE)
-
-
 def config_text_bytes(text: str, trailing_nul: bool = False) -> bytes:
     """CONFIG_TEXT message; with ``trailing_nul`` the text carries a NUL the length counts."""
     if not trailing_nul:
         return _message_bytes(ConfigText(text))
     payload = text.encode("utf-8") + b"\0"
-    return struct.pack("<HI", ISMRMRDMessageID.CONFIG_TEXT, len(payload)) + payload
+    return wire.length_prefixed(wire.CONFIG_TEXT, payload)
 
 
 def run_session(
@@ -302,10 +299,10 @@ def run_session(
         xml = header if isinstance(header, str) else None
         if fault is not None and fault.kind == "corrupt-header":
             bad = corrupt_xml(xml if xml is not None else header.toXML())
-            send(struct.pack("<HI", ISMRMRDMessageID.HEADER, len(bad)) + bad)
+            send(wire.length_prefixed(wire.HEADER, bad))
         elif xml is not None:
             raw = xml.encode("utf-8")
-            send(struct.pack("<HI", ISMRMRDMessageID.HEADER, len(raw)) + raw)
+            send(wire.length_prefixed(wire.HEADER, raw))
         else:
             send(_message_bytes(header))
         for i, item in enumerate(items):
@@ -349,7 +346,7 @@ def run_session(
                 return result
             sock.shutdown(socket.SHUT_WR)
         else:
-            send(_close_bytes())
+            send(wire.message_id(wire.CLOSE))
     except OSError as exc:
         result.send_error = f"{type(exc).__name__}: {exc}"
         log.warning("sending stopped: %s", result.send_error)
@@ -385,4 +382,4 @@ def run_sessions_at_once(host: str, port: int, scanners: int, **session) -> tupl
     return results, time.perf_counter() - t0
 
 
-__all__ = ["Pacing", "StreamResult", "Interrupt", "run_session", "run_sessions_at_once", "config_text_bytes", "GADGETRON_ERROR_ID"]
+__all__ = ["Pacing", "StreamResult", "Interrupt", "run_session", "run_sessions_at_once", "config_text_bytes"]

@@ -18,16 +18,18 @@ import logging
 import sys
 from pathlib import Path
 
-from pipelines.host import StreamHost
+import torch
+
 from pipelines.cli import HelpFormatter
+from pipelines.host import StreamHost
+from simulator import replay
+from simulator.replay import PIPELINE_HELP, pipeline_names
 
 
 def main(argv: list[str]) -> int:
-    from simulator.replay import PIPELINE_HELP, _pipeline_names
-
     p = argparse.ArgumentParser(prog="streamrecon demo", description=__doc__.splitlines()[0],
                                 formatter_class=HelpFormatter)
-    p.add_argument("--pipeline", default="kgmgt_cine", help=f"{PIPELINE_HELP} (shipped: {_pipeline_names()})")
+    p.add_argument("--pipeline", default="kgmgt_cine", help=f"{PIPELINE_HELP} (shipped: {pipeline_names()})")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
     p.add_argument("--accel", type=float, default=8.0, help="net acceleration, ACS included")
     p.add_argument("--mask", default="kt-gaussian", help="mask family (see `streamrecon replay --help`)")
@@ -38,11 +40,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
-    from simulator import replay
-
     if args.frame_ms is None:
-        import torch
-
         args.frame_ms = 36.0 if torch.cuda.is_available() else 400.0
         if not torch.cuda.is_available():
             print("no GPU: frames paced at 400 ms so the CPU network keeps up (--frame-ms 36 for scanner pace; "

@@ -28,7 +28,8 @@ import ismrmrd.xsd
 import numpy as np
 
 from .acquire import frame_key
-from .scan import Scan, _uid
+from .results import image_array
+from .scan import Scan, dicom_uid
 
 BITS_STORED = 12
 MAX_STORED = (1 << BITS_STORED) - 1
@@ -65,7 +66,7 @@ def identity(scan: Scan, header: ismrmrd.xsd.ismrmrdHeader | None) -> dict:
         "PatientID": _text(subj.patientID if subj else None, "SIMULATED" if simulated else scan.name),
         "PatientBirthDate": _dicom_date(subj.patientBirthdate if subj else None),
         "PatientSex": {"M": "M", "F": "F", "O": "O"}.get(_text(subj.patientGender if subj else None)[:1].upper(), ""),
-        "StudyInstanceUID": _text(study.studyInstanceUID if study else None) or _uid(scan.frame_of_reference_uid, 0, "study"),
+        "StudyInstanceUID": _text(study.studyInstanceUID if study else None) or dicom_uid(scan.frame_of_reference_uid, 0, "study"),
         "StudyDate": _dicom_date(study.studyDate if study else None) or now.strftime("%Y%m%d"),
         "StudyTime": _dicom_time(study.studyTime if study else None) or now.strftime("%H%M%S"),
         "StudyID": (_text(study.studyID if study else None) or scan.measurement_id)[:16],
@@ -134,10 +135,9 @@ def cardiac_attributes(scan: Scan, frame: int) -> dict:
 def save_dicom(out_dir: Path, images: list[ismrmrd.Image], scans: list[Scan],
                header: ismrmrd.xsd.ismrmrdHeader | None = None) -> int:
     """One MR DICOM file per image into ``out_dir``; returns the count written."""
+    # pydicom is optional (pip install 'streamrecon[dicom]'): imported only when DICOM is written
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
-    from .results import image_array
 
     out_dir.mkdir(parents=True, exist_ok=True)
     scan = scans[-1]

@@ -74,30 +74,27 @@ def _chosen_readouts(items: list, count: int | None, fraction: float | None,
 def drop_readouts(items: Iterable, *, count: int | None = None, fraction: float | None = None,
                   indices: Iterable[int] | None = None, seed: int = 0) -> list:
     """Remove readouts (by readout index, or ``count``/``fraction`` chosen at random); other items pass."""
-    items = list(items)
-    chosen = _chosen_readouts(items, count, fraction, indices, seed)
-    out, r = [], 0
-    for it in items:
-        if _is_readout(it):
-            r += 1
-            if r - 1 in chosen:
-                continue
-        out.append(it)
-    return out
+    return _copies(items, 0, count, fraction, indices, seed)
 
 
 def duplicate_readouts(items: Iterable, *, count: int | None = None, fraction: float | None = None,
                        indices: Iterable[int] | None = None, seed: int = 0) -> list:
     """Send chosen readouts twice in a row (a retransmission)."""
+    return _copies(items, 2, count, fraction, indices, seed)
+
+
+def _copies(items: Iterable, copies: int, count: int | None, fraction: float | None, indices: Iterable[int] | None,
+            seed: int) -> list:
+    """``items`` with each chosen readout sent ``copies`` times (0: dropped) and everything else once."""
     items = list(items)
     chosen = _chosen_readouts(items, count, fraction, indices, seed)
     out, r = [], 0
     for it in items:
-        out.append(it)
+        n = 1
         if _is_readout(it):
-            if r in chosen:
-                out.append(it)
+            n = copies if r in chosen else 1
             r += 1
+        out.extend([it] * n)
     return out
 
 

@@ -4,46 +4,57 @@ from __future__ import annotations
 import io
 import socket
 import struct
+from typing import BinaryIO
 
 import ismrmrd
 import numpy as np
 from ismrmrd.serialization import ConfigFile, ProtocolSerializer
 
+from gadgets import wire
 from simulator.acquire import acquisitions
 from simulator.header import make_header
 
 
-def exchange(port: int, payload: bytes, timeout: float) -> tuple[list[str], bool, list]:
-    """Send a session's bytes, half-close, read every answer: (texts, closed, images); waveforms pass through."""
+def read_answer(f: BinaryIO) -> tuple[list[str], bool, list]:
+    """Read a host's answer to its end, byte by byte as sent: (texts, closed, images).
+
+    Raw on purpose (no ``ProtocolDeserializer``): a hostile session's test must see
+    exactly what the host wrote. Waveforms and acquisitions pass through unread.
+    """
+    texts, images, closed = [], [], False
+    while True:
+        head = f.read(2)
+        if len(head) < 2:
+            break
+        (mid,) = wire.MESSAGE_ID.unpack(head)
+        if mid == wire.TEXT:
+            (n,) = struct.unpack("<I", f.read(4))
+            texts.append(f.read(n).decode())
+        elif mid == wire.CLOSE:
+            closed = True
+            break
+        elif mid == wire.IMAGE:
+            images.append(ismrmrd.Image.deserialize_from(f.read))
+        elif mid == wire.WAVEFORM:
+            ismrmrd.Waveform.deserialize_from(f.read)
+        elif mid == wire.ACQUISITION:
+            ismrmrd.Acquisition.deserialize_from(f.read)
+        else:
+            raise AssertionError(f"unexpected message id {mid} from the host")
+    return texts, closed, images
+
+
+def exchange(port: int, payload: bytes, timeout: float, half_close: bool = True) -> tuple[list[str], bool, list]:
+    """Send a session's bytes, half-close (unless told not to), read every answer (:func:`read_answer`)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     try:
         try:
             sock.sendall(payload)
-            sock.shutdown(socket.SHUT_WR)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
         except OSError:  # the host may refuse and close before it has read everything
             pass
-        f = sock.makefile("rb")
-        texts, images, closed = [], [], False
-        while True:
-            head = f.read(2)
-            if len(head) < 2:
-                break
-            (mid,) = struct.unpack("<H", head)
-            if mid == 5:
-                (n,) = struct.unpack("<I", f.read(4))
-                texts.append(f.read(n).decode())
-            elif mid == 4:
-                closed = True
-                break
-            elif mid == 1022:
-                images.append(ismrmrd.Image.deserialize_from(f.read))
-            elif mid == 1026:
-                ismrmrd.Waveform.deserialize_from(f.read)
-            elif mid == 1008:
-                ismrmrd.Acquisition.deserialize_from(f.read)
-            else:
-                raise AssertionError(f"unexpected message id {mid} from the host")
-        return texts, closed, images
+        return read_answer(sock.makefile("rb"))
     finally:
         sock.close()
 
@@ -72,7 +83,8 @@ def mutate(data: bytes, starts: list[int], rng: np.random.Generator) -> bytes:
         b = b[:rng.integers(len(b))]
     elif kind == 2:  # overwrite a message id
         i = starts[rng.integers(len(starts) - 1)]
-        b[i:i + 2] = struct.pack("<H", int(rng.choice([0, 2, 3, 4, 5, 8, 1008, 1022, 1026, 65535])))
+        b[i:i + 2] = struct.pack("<H", int(rng.choice([0, wire.CONFIG_TEXT, wire.HEADER, wire.CLOSE, wire.TEXT, wire.ERROR,
+                                                    wire.ACQUISITION, wire.IMAGE, wire.WAVEFORM, 65535])))
     elif kind == 3:  # huge or zero lengths / counts right after a message id
         i = starts[rng.integers(len(starts) - 1)] + 2
         b[i:i + 4] = struct.pack("<I", int(rng.choice([0, 1, 2**31, 2**32 - 1, int(rng.integers(2**20))])))

@@ -140,12 +140,4 @@ def make_header(scan: Scan, *, accel: float = 1.0, calib_lines: int = 0, n_contr
     )
 
 
-def header_time_dimension(header: x.ismrmrdHeader) -> str:
-    """``"phase"`` when the header's phase limit spans frames, else ``"repetition"``."""
-    lim = header.encoding[0].encodingLimits
-    if lim.phase is not None and lim.phase.maximum > 0:
-        return "phase"
-    return "repetition"
-
-
-__all__ = ["make_header", "nominal_tr_ms", "header_time_dimension"]
+__all__ = ["make_header", "nominal_tr_ms"]

@@ -21,9 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import numpy as np
 
-from .scan import Scan, _uid, scan_from_images, square_fov_mm
+from .scan import Scan, dicom_uid, scan_from_images, square_fov_mm
 
 
 @dataclass
@@ -78,8 +79,6 @@ def _normalised(frames: np.ndarray, what: str) -> np.ndarray:
 
 def image_h5_datasets(path: str | Path) -> list[str]:
     """The names of the image datasets (2-D to 4-D, numeric) of an HDF5 file."""
-    import h5py
-
     names: list[str] = []
     with h5py.File(path, "r") as f:
         def visit(name, obj):
@@ -92,8 +91,6 @@ def image_h5_datasets(path: str | Path) -> list[str]:
 def read_h5_series(path: str | Path, dataset: str | None = None, slice_choice: str | None = None,
                    max_frames: int | None = None) -> ImageSeries:
     """One dataset of an image HDF5 file: ``(slices, frames, rows, cols)``, ``(frames, rows, cols)`` or 2-D."""
-    import h5py
-
     path = Path(path)
     names = image_h5_datasets(path)
     if not names:
@@ -147,7 +144,7 @@ def read_h5_series(path: str | Path, dataset: str | None = None, slice_choice: s
 
 def _pydicom():
     try:
-        import pydicom
+        import pydicom  # optional (pip install 'streamrecon[dicom]'): only DICOM sources need it
     except ImportError:
         raise ValueError("reading DICOM needs pydicom: pip install 'streamrecon[dicom]'") from None
     return pydicom
@@ -182,7 +179,7 @@ def read_dicom_series(folder: str | Path, series: str | None = None, slice_choic
     Stored values go through the modality LUT (RescaleSlope/Intercept).
     """
     pydicom = _pydicom()
-    from pydicom.pixels import apply_modality_lut
+    from pydicom.pixels import apply_modality_lut  # pydicom is optional: _pydicom() said so if it is missing
 
     folder = Path(folder)
     files = dicom_files(folder)
@@ -273,7 +270,7 @@ def scan_from_series(series: ImageSeries, **kw) -> Scan:
     if series.trigger_times_ms is not None and not kw.get("time_dimension"):
         kw["time_dimension"] = "phase"  # stored with trigger times: an ECG-gated cine
     kw.setdefault("name", series.name)
-    kw.setdefault("frame_of_reference_uid", _uid(series.name, int(kw.get("seed", 0)), "for"))
+    kw.setdefault("frame_of_reference_uid", dicom_uid(series.name, int(kw.get("seed", 0)), "for"))
     scan = scan_from_images(frames, fov_mm=square_fov_mm(ny, nx, series.pixel_mm, series.thickness_mm), **kw)
     if series.positions_mm is not None:
         scan.slice_positions_mm = np.asarray(series.positions_mm, dtype=np.float32).reshape(scan.slices, 3)

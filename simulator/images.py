@@ -7,48 +7,24 @@ transformed and optionally made noisy (:func:`simulator.scan.scan_from_images`).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+import nibabel
 import numpy as np
+from PIL import Image
 
-from .scan import Scan, _uid, scan_from_images, square_fov_mm
+from .readers import read_mat_arrays
+from .scan import Scan, dicom_uid, scan_from_images, square_fov_mm
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".npy", ".mat")
 
 
-DATA_SUBFOLDERS = ("cine", "multicontrast")
-
-
-def shared_data_dir() -> Path:
-    """``$STREAMRECON_DATA`` or ``../shared/data`` beside the repository.
-
-    ``STREAMRECON_DATA`` names the data folder itself: the one that holds
-    ``cine/`` and ``multicontrast/``, not its parent.
-    """
-    env = os.environ.get("STREAMRECON_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def data_dir_problem() -> str | None:
-    """What is wrong with the data folder, in one line a user can act on; None when it looks right."""
-    d = shared_data_dir()
-    if any((d / sub).is_dir() for sub in DATA_SUBFOLDERS):
-        return None
-    where = f"STREAMRECON_DATA={d}" if os.environ.get("STREAMRECON_DATA") else f"the default data folder {d}"
-    inner = [p for p in (d.iterdir() if d.is_dir() else []) if p.is_dir() and any((p / s).is_dir() for s in DATA_SUBFOLDERS)]
-    hint = f" (did you mean {inner[0]}?)" if inner else ""
-    return (f"{where} holds no {' or '.join(s + '/' for s in DATA_SUBFOLDERS)}; set STREAMRECON_DATA to the data "
-            f"folder itself, the one that holds them{hint}")
-
-
-def _suffix(path: Path) -> str:
+def file_suffix(path: Path) -> str:
+    """The lower-case suffix that says a file's format, ``.nii.gz`` as one."""
     return ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix.lower()
 
 
 def _resize(frames: np.ndarray, matrix: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
     out = [np.asarray(Image.fromarray(f.astype(np.float32), mode="F").resize((matrix[1], matrix[0]), Image.BICUBIC)) for f in frames]
     return np.clip(np.stack(out), 0, None)
 
@@ -84,14 +60,10 @@ def read_image_file(path: str | Path, *, variable: str | None = None, slice_inde
     ``matrix`` resizes (bicubic) to ``n`` x ``n`` or ``(ny, nx)``.
     """
     path = Path(path)
-    suf = _suffix(path)
+    suf = file_suffix(path)
     if suf in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"):
-        from PIL import Image
-
         arr = np.asarray(Image.open(path).convert("L"), dtype=np.float32)[None]
     elif suf in (".nii", ".nii.gz"):
-        import nibabel
-
         vol = np.asarray(nibabel.load(str(path)).get_fdata(dtype=np.float32))
         if vol.ndim == 3:
             z = vol.shape[2] // 2 if slice_index is None else slice_index
@@ -102,8 +74,6 @@ def read_image_file(path: str | Path, *, variable: str | None = None, slice_inde
         else:
             arr = vol[None] if vol.ndim == 2 else vol
     elif suf == ".mat":
-        from .readers import read_mat_arrays
-
         arrays = read_mat_arrays(path)
         if not arrays:
             raise ValueError(f"{path}: holds no numeric array (only text, cells or structs)")
@@ -138,9 +108,8 @@ def image_file_geometry(path: str | Path) -> tuple[tuple[float, float] | None, f
     """``(pixel spacing (dy, dx), slice thickness)`` in mm of an image file as :func:`read_image_file`
     shows it, when the file says (NIfTI); ``(None, None)`` for PNG, .mat, .npy."""
     path = Path(path)
-    if _suffix(path) not in (".nii", ".nii.gz"):
+    if file_suffix(path) not in (".nii", ".nii.gz"):
         return None, None
-    import nibabel
 
     zooms = [float(z) for z in nibabel.load(str(path)).header.get_zooms()[:3]]
     if len(zooms) < 2:
@@ -178,7 +147,7 @@ def image_pair_scans(reference: str | Path, target: str | Path, *, variables: tu
     seed = kw.pop("seed", 0)
     matrix = kw.pop("matrix", None)
     slice_index = kw.pop("slice_index", None)
-    for_uid = _uid(str(Path(reference).resolve()), seed, "for")
+    for_uid = dicom_uid(str(Path(reference).resolve()), seed, "for")
     out = []
     for c, (p, var) in enumerate(zip((reference, target), variables)):
         frames = read_image_file(p, variable=var, matrix=matrix, slice_index=slice_index)
@@ -188,4 +157,4 @@ def image_pair_scans(reference: str | Path, target: str | Path, *, variables: tu
     return out
 
 
-__all__ = ["shared_data_dir", "data_dir_problem", "read_image_file", "scan_from_image_file", "image_pair_scans", "IMAGE_SUFFIXES"]
+__all__ = ["read_image_file", "scan_from_image_file", "image_pair_scans", "IMAGE_SUFFIXES"]

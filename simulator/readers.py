@@ -31,10 +31,14 @@ import h5py
 import ismrmrd
 import ismrmrd.xsd
 import numpy as np
+from scipy.io import loadmat
 
+from gadgets.header import oversampling_factor, time_dimension
+from models.coils import rss
 from models.fft import ifft2c
+from models.masks import line_mask_from_array
 
-from .scan import RawStream, Scan, _uid
+from .scan import RawStream, Scan, dicom_uid
 
 # -- helpers -----------------------------------------------------------------
 
@@ -49,12 +53,19 @@ def center_crop(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def rss_reference(kspace: np.ndarray, recon_shape: tuple[int, int]) -> np.ndarray:
     """RSS magnitude of ``(..., coils, ky, kx)`` k-space, centre-cropped to ``recon_shape``, complex64."""
-    img = np.sqrt(np.sum(np.abs(ifft2c(kspace)) ** 2, axis=-3))
+    img = rss(ifft2c(kspace), axis=-3)
     return center_crop(img, recon_shape).astype(np.complex64)
 
 
-def _oversampling(kx: int, recon_x: int) -> int:
-    return 2 if recon_x * 2 == kx else 1
+def _oversampling(hdr: ismrmrd.xsd.ismrmrdHeader, kx: int, path: str | Path) -> int:
+    """The header's readout oversampling (:func:`gadgets.header.oversampling_factor`) as the whole
+    number a :class:`Scan` holds; a ratio that is not one, or does not divide the readout, is refused."""
+    factor = oversampling_factor(hdr)
+    whole = int(round(factor))
+    if abs(factor - whole) > 1e-3 or kx % whole:
+        raise ValueError(f"{path}: readout oversampling {factor:g} (encoded / recon field of view) with {kx}-sample "
+                         f"readouts; replay handles whole factors that divide the readout")
+    return whole
 
 
 def _geometry_from_header(hdr: ismrmrd.xsd.ismrmrdHeader) -> dict:
@@ -126,14 +137,17 @@ def read_ismrmrd(path: str | Path, *, dataset: str = "dataset") -> list[Scan]:
         raise ValueError(f"{path}: imaging readouts differ in samples or channels; replay needs one readout shape")
     if max(a.idx.kspace_encode_step_1 for a in acqs) >= ny:
         raise ValueError(f"{path}: a readout's line counter exceeds the encoded matrix ({ny} lines)")
-    phases = max(a.idx.phase for a in acqs)
-    reps = max(a.idx.repetition for a in acqs)
-    time_dim = "phase" if phases >= reps and phases > 0 else "repetition"
+    time_dim = time_dimension(hdr)
+    other = "repetition" if time_dim == "phase" else "phase"
+    if max(getattr(a.idx, time_dim) for a in acqs) == 0 and max(getattr(a.idx, other) for a in acqs) > 0:
+        # The host frames by the header's rule too: it would fold these frames into one.
+        raise ValueError(f"{path}: readouts count frames in their {other} counter but the header's encoding limits "
+                         f"declare {'no phase' if other == 'phase' else 'phases'}; the host would read the {time_dim} counter")
     frame_of = (lambda a: a.idx.phase) if time_dim == "phase" else (lambda a: a.idx.repetition)
     slices = max(a.idx.slice for a in acqs) + 1
     frames = max(frame_of(a) for a in acqs) + 1
     contrasts = sorted({a.idx.contrast for a in acqs})
-    os_ = _oversampling(kx, recon[1])
+    os_ = _oversampling(hdr, kx, path)
     lim = enc.encodingLimits.kspace_encoding_step_1
     geo = _geometry_from_header(hdr)
     first = acqs[0]
@@ -156,7 +170,7 @@ def read_ismrmrd(path: str | Path, *, dataset: str = "dataset") -> list[Scan]:
             if a.idx.contrast == c:
                 k[a.idx.slice, frame_of(a), :, a.idx.kspace_encode_step_1, :] = a.data
                 got[a.idx.slice, frame_of(a), a.idx.kspace_encode_step_1] = True
-        ref = rss_reference(k, (min(recon[0], ny), recon[1] if os_ == 1 else kx // 2))
+        ref = rss_reference(k, (min(recon[0], ny), recon[1] if os_ == 1 else kx // os_))
         scans.append(Scan(
             kspace=k, reference=ref, coil_maps=None, readout_oversampling=os_, slice_positions_mm=positions,
             read_dir=tuple(first.read_dir), phase_dir=tuple(first.phase_dir), slice_dir=tuple(first.slice_dir),
@@ -200,12 +214,12 @@ def read_fastmri(path: str | Path, *, slices: slice | list[int] | None = None, c
     pad_left = ny // 2 - int(lim.center)
     pad_right = pad_left + int(lim.maximum) + 1
     recon = (int(enc.reconSpace.matrixSize.y), int(enc.reconSpace.matrixSize.x))
-    os_ = _oversampling(kx, recon[1])
+    os_ = _oversampling(hdr, kx, path)
     ref = rss_reference(kspace, (min(recon[0], ny), kx // os_))
     geo = _geometry_from_header(hdr)
     name = Path(path).stem
     geo.setdefault("measurement_id", f"fastmri_{zlib.crc32(name.encode()) % 100000:05d}")
-    geo.setdefault("frame_of_reference_uid", _uid(str(attrs.get("patient_id", name)), 0, "for"))
+    geo.setdefault("frame_of_reference_uid", dicom_uid(str(attrs.get("patient_id", name)), 0, "for"))
     n_sl = kspace.shape[0]
     thick = geo["fov_mm"][2]
     positions = np.zeros((n_sl, 3), dtype=np.float32)
@@ -254,7 +268,7 @@ def read_m4raw_pair(folder: str | Path, *, study: str | None = None, reference: 
     out = []
     for c, label in enumerate((reference.upper(), target.upper())):
         s = read_fastmri(g[label][0], slices=slices, contrast=c)
-        s.frame_of_reference_uid = _uid(study, 0, "for")
+        s.frame_of_reference_uid = dicom_uid(study, 0, "for")
         s.name = f"m4raw_{study}_{label}"
         out.append(s)
     return out
@@ -298,7 +312,6 @@ def read_mat_arrays(path: str | Path) -> dict[str, np.ndarray]:
                         ds.dtype.names or np.issubdtype(ds.dtype, np.number) or ds.dtype == bool):
                     out[key] = _h5_complex(ds) if ds.dtype.names else np.asarray(ds[()])
         return out
-    from scipy.io import loadmat
 
     try:
         contents = loadmat(str(path))
@@ -343,7 +356,7 @@ def read_cmrxrecon(path: str | Path, *, key: str = "kspace_full", readout_oversa
     scan = Scan(
         kspace=kspace, reference=ref, coil_maps=None, fov_mm=fov_mm, readout_oversampling=readout_oversampling,
         slice_positions_mm=positions, frame_ms=frame_ms or 1000.0 / t, time_dimension="phase", name=f"cmrxrecon_{name}",
-        frame_of_reference_uid=_uid(str(Path(path).resolve().parent), 0, "for"),
+        frame_of_reference_uid=dicom_uid(str(Path(path).resolve().parent), 0, "for"),
         measurement_id=f"cmrx_{zlib.crc32(str(path).encode()) % 100000:05d}",
     )
     mask_arrays = read_mat_arrays(mask_path) if mask_path is not None else arrays
@@ -351,8 +364,6 @@ def read_cmrxrecon(path: str | Path, *, key: str = "kspace_full", readout_oversa
     if key.startswith("kspace_sub"):
         mask_key = "mask" + key[-2:] if "mask" + key[-2:] in mask_arrays else mask_key
     if mask_key is not None:
-        from models.masks import line_mask_from_array
-
         scan.file_mask = line_mask_from_array(mask_arrays[mask_key], ny, t)
     if key != "kspace_full":
         # Undersampled k-space: only its acquired lines are measurements.
@@ -368,7 +379,6 @@ def read_cmrxrecon(path: str | Path, *, key: str = "kspace_full", readout_oversa
 
 def read_mask_file(path: str | Path, ny: int, frames: int) -> np.ndarray:
     """A mask file (.mat v5/v7.3 with ``mask*``, or .npy) as ``(frames, ny)``, used as it is."""
-    from models.masks import line_mask_from_array
 
     path = Path(path)
     if path.suffix == ".npy":

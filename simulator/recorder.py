@@ -8,7 +8,7 @@ arrival times. Optionally it answers like a conventional reconstruction:
 flagged LAST_IN_SLICE), the root-sum-of-squares zero-filled image on the
 header's recon matrix; that is a real (if naive) reconstruction, not a
 replay of the truth. On a malformed stream it answers TEXT with the reason,
-then CLOSE, as DESIGN.md asks of any host, and keeps serving.
+then CLOSE, as docs/design.md asks of any host, and keeps serving.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import ismrmrd.xsd
 import numpy as np
 from ismrmrd.serialization import ConfigFile, ConfigText, ProtocolDeserializer, ProtocolSerializer
 
+from models.coils import rss
 from models.fft import ifft2c
 
 from .acquire import frame_key
@@ -161,7 +162,7 @@ class RecordingHost:
         coil = ifft2c(kspace)
         nx = enc.reconSpace.matrixSize.x
         c0 = coil.shape[-1] // 2 - nx // 2
-        img = np.sqrt(np.sum(np.abs(coil[..., c0:c0 + nx]) ** 2, axis=0)).astype(np.float32)
+        img = rss(coil[..., c0:c0 + nx]).astype(np.float32)
         image = ismrmrd.Image.from_array(img, acquisition=acq)
         image.image_type = ismrmrd.IMTYPE_MAGNITUDE
         image.image_index = rec.images_sent + 1

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.coils import sense_combine
+from models.coils import rss, sense_combine
 from models.fft import fft2c, ifft2c
 from models.phantoms import brain_pair, cardiac_cine
 from models.synthetic import coil_maps as synthetic_coil_maps
@@ -40,9 +40,14 @@ class RawStream:
     acquisitions: list
 
 
-def _uid(name: str, seed: int, what: str) -> str:
+def dicom_uid(name: str, seed: int, what: str) -> str:
     """A deterministic DICOM-style UID (2.25.<uuid int>) for reproducible runs."""
     return "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, f"streamrecon/{what}/{name}/{seed}").int)
+
+
+def _kspace_axis(axis: int, doc: str) -> property:
+    """A read-only ``int`` property: the length of ``kspace`` along ``axis``."""
+    return property(lambda self: int(self.kspace.shape[axis]), doc=doc)
 
 
 @dataclass
@@ -75,7 +80,7 @@ class Scan:
     time_dimension: str = "repetition"
     contrast: int = 0
     name: str = ""
-    frame_of_reference_uid: str = field(default_factory=lambda: _uid("anon", 0, "for"))
+    frame_of_reference_uid: str = field(default_factory=lambda: dicom_uid("anon", 0, "for"))
     measurement_id: str = "streamrecon_00000"
     protocol_name: str = ""
     field_strength_t: float = 1.5
@@ -123,25 +128,12 @@ class Scan:
             raise ValueError(f"reference {self.reference.shape} does not match kspace {self.kspace.shape}")
         self.slice_positions_mm = np.asarray(self.slice_positions_mm, dtype=np.float32).reshape(s, 3)
 
-    @property
-    def slices(self) -> int:
-        return self.kspace.shape[0]
-
-    @property
-    def frames(self) -> int:
-        return self.kspace.shape[1]
-
-    @property
-    def coils(self) -> int:
-        return self.kspace.shape[2]
-
-    @property
-    def ny(self) -> int:
-        return self.kspace.shape[3]
-
-    @property
-    def kx_encoded(self) -> int:
-        return self.kspace.shape[4]
+    # The sizes are read off ``kspace`` (slices, frames, coils, ky, kx), never stored twice.
+    slices = _kspace_axis(0, "slices")
+    frames = _kspace_axis(1, "frames per slice")
+    coils = _kspace_axis(2, "receiver coils")
+    ny = _kspace_axis(3, "phase-encode lines (the encoded matrix)")
+    kx_encoded = _kspace_axis(4, "readout samples, oversampling included")
 
     @property
     def recon_shape(self) -> tuple[int, int]:
@@ -178,7 +170,7 @@ def coil_images_to_recon(kspace: np.ndarray, nx: int, maps: np.ndarray | None = 
     """
     imgs = crop_readout(ifft2c(kspace), nx)
     if maps is None:
-        return np.sqrt(np.sum(np.abs(imgs) ** 2, axis=-3)).astype(np.complex64)
+        return rss(imgs, axis=-3).astype(np.complex64)
     flat = imgs.reshape(-1, *imgs.shape[-3:])
     out = np.stack([sense_combine(x, maps) for x in flat])
     return out.reshape(imgs.shape[:-3] + imgs.shape[-2:])
@@ -277,7 +269,7 @@ def scan_from_images(
         time_dimension=time_dimension,
         contrast=contrast,
         name=name,
-        frame_of_reference_uid=frame_of_reference_uid or _uid(name or "images", seed, "for"),
+        frame_of_reference_uid=frame_of_reference_uid or dicom_uid(name or "images", seed, "for"),
         measurement_id=measurement_id or f"streamrecon_{zlib.crc32(f'{name}/{seed}/{contrast}'.encode()) % 100000:05d}",
         protocol_name=name,
     )
@@ -316,7 +308,7 @@ def phantom_scan(
         tgt = np.stack([p[1] for p in pairs])[:, None]
         kw.setdefault("fov_mm", (220.0, 220.0, 5.0))
         kw.setdefault("frame_ms", 1000.0)
-        for_uid = _uid("phantom_brain", seed, "for")
+        for_uid = dicom_uid("phantom_brain", seed, "for")
         scans = []
         for contrast, imgs, label in ((0, ref, "T1w"), (1, tgt, "T2w")):
             scans.append(scan_from_images(imgs, n_coils=n_coils, seed=seed, name=f"phantom_brain_{label}", contrast=contrast,
@@ -325,4 +317,4 @@ def phantom_scan(
     raise ValueError(f"unknown phantom {name!r}; known: cine, brain")
 
 
-__all__ = ["Scan", "RawStream", "scan_from_images", "square_fov_mm", "phantom_scan", "crop_readout", "pad_readout", "coil_images_to_recon"]
+__all__ = ["Scan", "RawStream", "dicom_uid", "scan_from_images", "square_fov_mm", "phantom_scan", "crop_readout", "pad_readout", "coil_images_to_recon"]

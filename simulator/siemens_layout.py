@@ -31,6 +31,7 @@ import numpy as np
 from models.phantoms import brain_pair
 from simulator.header import make_header
 from simulator.scan import Scan, scan_from_images
+from simulator.writers import write_dataset
 
 CALIBRATION_LINES = 28
 
@@ -118,11 +119,5 @@ def write_siemens_pi(path: Path, mode: str = "embedded", *, matrix: int = 96, co
     acqs[-1].set_flag(ismrmrd.ACQ_LAST_IN_MEASUREMENT)
     path = Path(path)
     path.unlink(missing_ok=True)  # ismrmrd.Dataset appends to an existing file
-    dset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=True)
-    try:
-        dset.write_xml_header(header.toXML())
-        for acq in acqs:
-            dset.append_acquisition(acq)
-    finally:
-        dset.close()
+    write_dataset(path, header, acqs)
     return SiemensFile(path, scan, mode, acceleration, calib, noise_std)

@@ -18,9 +18,9 @@ from pathlib import Path
 import h5py
 
 from .image_series import dicom_files, read_dicom_series, read_h5_series, scan_from_series
-from .images import IMAGE_SUFFIXES, _suffix, image_pair_scans, scan_from_image_file
+from .images import IMAGE_SUFFIXES, file_suffix, image_pair_scans, scan_from_image_file
 from .readers import pair_m4raw, read_cmrxrecon, read_fastmri, read_ismrmrd, read_m4raw_pair, read_mat_arrays
-from .scan import Scan, phantom_scan
+from .scan import Scan, dicom_uid, phantom_scan
 
 PHANTOMS = ("cine", "brain")
 
@@ -77,7 +77,7 @@ def load_source(source: str, **kw) -> list[Scan]:
     if "+" in source and not Path(source).exists():
         ref, tgt = source.split("+", 1)
         pair_kw = dict(kw, time_dimension=None, frame_ms=None, max_frames=None)
-        if all(_suffix(Path(split_selector(p)[0])) in IMAGE_SUFFIXES and not split_selector(p)[1] for p in (ref, tgt)):
+        if all(file_suffix(Path(split_selector(p)[0])) in IMAGE_SUFFIXES and not split_selector(p)[1] for p in (ref, tgt)):
             return image_pair_scans(ref, tgt, **_only(pair_kw, _IMAGE_KW - {"variable"}))
         return pair_from_sources(ref, tgt, **pair_kw)
     source, selector = split_selector(source)
@@ -94,7 +94,7 @@ def load_source(source: str, **kw) -> list[Scan]:
             return [_announce(scan_from_series(series, **_image_series_kw(kw)), series.notes)]
         raise ValueError(f"{path}: a folder with neither DICOM images nor an M4Raw study "
                          "(<study>_<T1|T2|FLAIR><n>.h5); give a file or a DICOM series folder")
-    suf = _suffix(path)
+    suf = file_suffix(path)
     if suf == ".h5":
         keys = _h5_keys(path)
         if "kspace" in keys:
@@ -125,15 +125,13 @@ def _announce(scan: Scan, notes: list[str]) -> Scan:
 def pair_from_sources(reference: str, target: str, **kw) -> list[Scan]:
     """Two single-frame sources of any kind (``FILE.mat:T1_pre``, a DICOM folder, ...) as
     ``[reference (contrast 0), target (contrast 1)]`` of one exam: same coils, same frame of reference."""
-    from .scan import _uid
-
     scans = []
     for c, src in enumerate((reference, target)):
         one = load_source(src, **dict(kw, seed=kw.get("seed", 0)))
         if len(one) != 1 or one[0].raw is not None:
             raise ValueError(f"{src}: a pair takes two image sources (one scan each)")
         scans.append(one[0])
-    for_uid = _uid(str(reference), int(kw.get("seed") or 0), "for")
+    for_uid = dicom_uid(str(reference), int(kw.get("seed") or 0), "for")
     for c, scan in enumerate(scans):
         scan.contrast, scan.frame_of_reference_uid = c, for_uid
         scan.kspace, scan.reference = scan.kspace[:, :1], scan.reference[:, :1]

@@ -6,15 +6,20 @@ users can convert a phantom into any of them to try another tool).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Iterable
 
 import h5py
 import ismrmrd
 import numpy as np
+from scipy.io import savemat
+
+from models.coils import rss
+from models.fft import fft2c, ifft2c
 
 from .acquire import acquisitions
 from .header import make_header
 from .readers import center_crop
-from .scan import Scan
+from .scan import Scan, pad_readout
 
 MAT73_USERBLOCK = 512
 
@@ -22,13 +27,20 @@ MAT73_USERBLOCK = 512
 def write_ismrmrd(path: str | Path, scan: Scan, mask: np.ndarray | None = None, *, order: str = "realtime",
                   dataset: str = "dataset", **acq_kw) -> int:
     """Write ``scan`` as an ISMRMRD .h5 dataset (header + readouts as they would be streamed); returns the readout count."""
+    return write_dataset(path, make_header(scan), acquisitions(scan, mask, order=order, **acq_kw), dataset=dataset)
+
+
+def write_dataset(path: str | Path, header: Any, items: Iterable[Any], *, dataset: str = "dataset") -> int:
+    """An ISMRMRD .h5 dataset of ``header`` (an ``ismrmrdHeader`` or its XML) and the acquisitions among ``items``
+    (other items, such as waveforms, are not stored); returns the acquisition count."""
     dset = ismrmrd.Dataset(str(path), dataset, create_if_needed=True)
+    n = 0
     try:
-        dset.write_xml_header(make_header(scan).toXML())
-        n = 0
-        for acq in acquisitions(scan, mask, order=order, **acq_kw):
-            dset.append_acquisition(acq)
-            n += 1
+        dset.write_xml_header(header if isinstance(header, (str, bytes)) else header.toXML())
+        for item in items:
+            if isinstance(item, ismrmrd.Acquisition):
+                dset.append_acquisition(item)
+                n += 1
     finally:
         dset.close()
     return n
@@ -59,16 +71,10 @@ def write_fastmri(path: str | Path, scan: Scan, *, pad_columns: int = 0, single_
     """
     k = scan.kspace[:, 0]  # (slices, coils, ky, kx)
     if single_coil:
-        from models.fft import fft2c
-
-        from .scan import pad_readout
-
         k = fft2c(pad_readout(scan.reference[:, 0], scan.kx_encoded))[:, None]
     k = np.pad(k, ((0, 0), (0, 0), (pad_columns, pad_columns), (0, 0)))
     k = np.transpose(k, (0, 1, 3, 2)).astype(np.complex64)  # -> (slices, coils, kx, W)
-    from models.fft import ifft2c
-
-    img = np.sqrt(np.sum(np.abs(ifft2c(k)) ** 2, axis=1))  # (slices, kx, W)
+    img = rss(ifft2c(k), axis=1)  # (slices, kx, W)
     recon = center_crop(img, (scan.kx_encoded // scan.readout_oversampling, scan.recon_shape[0])).astype(np.float32)
     with h5py.File(path, "w") as f:
         f.create_dataset("kspace", data=k[:, 0] if single_coil else k)
@@ -123,8 +129,6 @@ def write_cmrxrecon(path: str | Path, kspace_full: np.ndarray, *, version: str =
     if version == "7.3":
         _write_mat73(path, arrays)
     elif version == "5":
-        from scipy.io import savemat
-
         savemat(str(path), {k: np.transpose(v) for k, v in arrays.items()}, do_compression=False)
     else:
         raise ValueError("version must be '7.3' or '5'")

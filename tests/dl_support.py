@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from pipelines.pipeline_config import shipped_pipeline_with as pipeline_text  # noqa: F401  (tests import it from here)
-from simulator.processes import (free_port, python_env, start_triton_server, stop, stop_group,  # noqa: F401
+from pipelines.processes import (free_port, python_env, start_inference_service, start_triton_server, stop, stop_group,  # noqa: F401
                                  triton_python)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,26 +92,9 @@ def pixels(image) -> np.ndarray:
 
 def start_service(weights: dict[str, Path], models: str = "kgmgt", tmp: Path | None = None,
                   extra: list[str] | None = None, timeout: float = 90.0) -> tuple[subprocess.Popen, str]:
-    """``streamrecon infer-server`` in its own process on a free port; returns (process, endpoint) once healthy."""
-    from pipelines.inference_client import health
-
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    env = python_env()
-    cmd = [sys.executable, "-m", "pipelines.cli", "infer-server", "--bind", endpoint, "--device", "cpu",
-           "--models", models, "--kgmgt-weights", str(weights["kgmgt"]), "--sgfmri-weights", str(weights["sgfmri"]),
-           "--log-level", "WARNING"] + (extra or [])
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"infer-server exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            health(endpoint, timeout_ms=500)
-            return proc, endpoint
-        except Exception:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("infer-server did not become healthy")
+    """``streamrecon infer-server`` on the given weights, CPU, in its own process; (process, endpoint) once healthy."""
+    return start_inference_service(["--device", "cpu", "--models", models, "--kgmgt-weights", str(weights["kgmgt"]),
+                                    "--sgfmri-weights", str(weights["sgfmri"])] + (extra or []), timeout=timeout)
 
 
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from tests.dl_support import ROOT
-from simulator.processes import python_env
+from pipelines.processes import python_env
 
 
 def test_bench_gpu_quick_on_cpu_writes_every_figure(tmp_path):

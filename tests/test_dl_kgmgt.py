@@ -19,7 +19,7 @@ from models.weights import shipped_path
 from pipelines.pipeline_config import parse_pipeline
 from simulator.acquire import acquisitions
 from simulator.client import run_session
-from simulator.gadgetron_parent import run_pipeline_as_externals
+from pipelines.gadgetron.parent import run_pipeline_as_externals
 from simulator.header import make_header
 from simulator.scan import crop_readout
 from tests.dl_support import (UNREACHED_LAG_MS, SimulatedTimeBackend, operate, pipeline_text, pixels, series,

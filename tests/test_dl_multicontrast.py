@@ -22,7 +22,7 @@ from simulator.acquire import acquisitions, exam_acquisitions
 from simulator.client import run_session
 from simulator.header import make_header
 from simulator.scan import scan_from_images
-from simulator.processes import python_env, stop, wait_port
+from pipelines.processes import python_env, stop, wait_port
 from tests.dl_support import free_port, operate, pipeline_text, pixels, series, tiny_weights
 
 N = 48
@@ -365,7 +365,7 @@ def test_shipped_weights_beat_zero_filled(stream_host, tmp_path, monkeypatch):
 def test_reference_crosses_gadgetron_processes_through_the_store(weights, tmp_path, monkeypatch):
     """As Gadgetron runs it: every scan in fresh `python -m gadgetron` processes, one after the other."""
     from pipelines.pipeline_config import parse_pipeline
-    from simulator.gadgetron_parent import run_pipeline_as_externals
+    from pipelines.gadgetron.parent import run_pipeline_as_externals
 
     ref, tgt = brain(uid="2.25.gadgetron", slices=1)
     gadgets = parse_pipeline(_xml(weights)).gadgets

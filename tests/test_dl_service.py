@@ -284,7 +284,7 @@ def test_health_check_from_the_command_line(service):
 def test_gadgetron_external_processes_use_the_warm_service(weights, service, monkeypatch):
     """Contract 4 as deployed: Gadgetron's per-scan `python -m gadgetron` process reaches the warm service."""
     from pipelines.pipeline_config import parse_pipeline
-    from simulator.gadgetron_parent import run_pipeline_as_externals
+    from pipelines.gadgetron.parent import run_pipeline_as_externals
 
     scan, mask = _scan(slices=1, frames=3)
     before = health(service)["counts"].get("cine", 0)
@@ -303,7 +303,7 @@ def test_operator_points_execute_mode_gadgets_at_the_warm_service(stream_host, w
     """Gadgetron's execute mode loads the model per scan; the operator's inference_override sends the in-process
     pipeline's model calls to the warm service instead. A pipeline can neither set nor undo it."""
     from pipelines.pipeline_config import parse_pipeline
-    from simulator.gadgetron_parent import run_pipeline_as_externals
+    from pipelines.gadgetron.parent import run_pipeline_as_externals
 
     scan, mask = _scan(slices=1, frames=3)
     before = health(service)["counts"].get("cine", 0)

@@ -6,6 +6,7 @@ import struct
 
 import pytest
 
+from gadgets import wire
 from gadgets.external_link import PeerClosed, PeerGone, PeerStalled, SafeLink, drain
 
 
@@ -42,7 +43,7 @@ class _Conn:
 
     def next(self):
         (mid,) = struct.unpack("<H", self.socket.read(2))
-        if mid == 4:
+        if mid == wire.CLOSE:
             raise StopIteration
         return mid, self.socket.read(4)
 
@@ -50,7 +51,7 @@ class _Conn:
 def test_drain_reads_to_the_peers_close_and_gives_up_on_silence():
     a, b = socket.socketpair()
     conn = _Conn(SafeLink(a, stall_s=1))
-    b.sendall(b"".join(struct.pack("<H", 1008) + b"data" for _ in range(100)) + struct.pack("<H", 4))
+    b.sendall(b"".join(wire.message_id(wire.ACQUISITION) + b"data" for _ in range(100)) + wire.message_id(wire.CLOSE))
     assert drain(conn) == 100 and conn.filters == []
     # Silence with the peer still connected: drain gives up after idle_s by itself (the peer closes
     # only after drain returned; waiting for that close would hang until pytest's timeout).

@@ -19,7 +19,7 @@ import ismrmrd
 import numpy as np
 import pytest
 
-from simulator.processes import free_port, stop, wait_port
+from pipelines.processes import free_port, stop, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER = ROOT.parent / "shared" / "tools" / "python-ismrmrd-server"

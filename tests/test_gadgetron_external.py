@@ -1,6 +1,6 @@
 """The same gadget files run the way Gadgetron 4.x runs them.
 
-:mod:`simulator.gadgetron_parent` plays Gadgetron's part: for every
+:mod:`pipelines.gadgetron.parent` plays Gadgetron's part: for every
 ``<external>`` node it listens on a port, launches ``python -m gadgetron
 PORT MODULE TARGET`` (the ``gadgetron`` package's own launcher), sends
 CONFIG (id 2), HEADER (id 3), the items and CLOSE, and reads back what the
@@ -18,7 +18,7 @@ import numpy as np
 
 from pipelines.pipeline_config import parse_pipeline
 from simulator.acquire import acquisitions
-from simulator.gadgetron_parent import run_external, run_pipeline_as_externals
+from pipelines.gadgetron.parent import run_external, run_pipeline_as_externals
 from simulator.header import make_header
 from tests.streams import direct_sense, images_by_key, small_cine
 

@@ -1,6 +1,6 @@
 """The gadgets under a real Gadgetron 4.7.2: every shipped pipeline, failures, connect mode.
 
-One Gadgetron (``simulator.gadgetron_server``) serves this module on a free
+One Gadgetron (``pipelines.gadgetron.server``) serves this module on a free
 loopback port with this venv's ``python`` first on its PATH; one in-process
 ``streamrecon gadget-server`` serves the connect-mode pipelines (rewritten to
 free ports). Every shipped pipeline is sent the same scan three ways - to
@@ -25,13 +25,13 @@ import pytest
 from models.masks import line_mask
 from models.phantoms import brain_pair
 from pipelines.gadget_server import GadgetServer, served_gadgets
-from pipelines.pipeline_config import shipped_pipeline_with
 from simulator.acquire import acquisitions, exam_acquisitions
 from simulator.client import run_session
-from simulator.gadgetron_server import (CLIENT_RACE, missing_reason, read_images_h5, run_ismrmrd_client, start_gadgetron,
+from pipelines.gadgetron.server import (CLIENT_RACE, missing_reason, read_images_h5, run_ismrmrd_client, start_gadgetron,
                                         tagged_processes)
 from simulator.header import make_header
-from simulator.processes import free_port
+from simulator.writers import write_dataset
+from pipelines.processes import free_port
 from simulator.scan import scan_from_images
 from tests.streams import small_cine
 
@@ -149,13 +149,7 @@ def assert_same(got, expected, what: str) -> None:
 
 
 def _write_h5(path: Path, header, items) -> None:
-    dset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=True)
-    try:
-        dset.write_xml_header(header.toXML())
-        for item in items:
-            dset.append_acquisition(item)
-    finally:
-        dset.close()
+    write_dataset(path, header, items)
 
 
 def _results(result) -> list:

@@ -13,6 +13,7 @@ from ismrmrd.serialization import ConfigFile, ConfigText, ProtocolSerializer
 
 from simulator.acquire import acquisitions
 from simulator.client import run_session
+from simulator.fuzz import exchange
 from simulator.header import make_header
 from tests.streams import small_cine
 
@@ -32,31 +33,7 @@ def _bytes(*items) -> bytes:
 
 def _exchange(port: int, payload: bytes, *, half_close: bool = True, timeout: float = 20.0):
     """Send raw bytes, then read the host's answer to the end: (texts, closed, images)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    try:
-        sock.sendall(payload)
-        if half_close:
-            sock.shutdown(socket.SHUT_WR)
-        f = sock.makefile("rb")
-        texts, images, closed = [], [], False
-        while True:
-            head = f.read(2)
-            if len(head) < 2:
-                break
-            (mid,) = struct.unpack("<H", head)
-            if mid == 5:
-                (n,) = struct.unpack("<I", f.read(4))
-                texts.append(f.read(n).decode())
-            elif mid == 4:
-                closed = True
-                break
-            elif mid == 1022:
-                images.append(ismrmrd.Image.deserialize_from(f.read))
-            else:
-                raise AssertionError(f"unexpected message id {mid} from the host")
-        return texts, closed, images
-    finally:
-        sock.close()
+    return exchange(port, payload, timeout, half_close)
 
 
 def _good_session_still_works(port: int, scan) -> None:

@@ -9,8 +9,8 @@ import pytest
 
 from models.inference import load_model
 from models.metrics import psnr
-from simulator import cine_evaluation as ce
-from simulator import model_data
+from models.evaluation import cine as ce
+from models import shared_data as model_data
 
 pytestmark = pytest.mark.skipif(not model_data.have_data(), reason="no ../shared/data (set STREAMRECON_DATA)")
 

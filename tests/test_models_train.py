@@ -114,7 +114,7 @@ def test_train_cli_reads_a_cmrxrecon_file(tmp_path, capsys):
     from models.fft import fft2c
     from models.phantoms import cardiac_cine
     from models.synthetic import coil_maps
-    from simulator.train_cli import main
+    from models.training.cli import main
     from simulator.writers import write_cmrxrecon
 
     video = cardiac_cine(32, 28, 5, seed=1)                       # (t, ky, kx)
@@ -133,7 +133,7 @@ def test_train_cli_fine_tunes_from_weights_with_the_prox_dc(tmp_path, capsys):
     import json
 
     from models.weights import load_weights, save_weights
-    from simulator.train_cli import main
+    from models.training.cli import main
 
     torch.manual_seed(0)
     base = KGMgT(KGMgTConfig(**{**TINY_K.to_dict(), "dc_mode": "soft", "dc_learnable": True}))

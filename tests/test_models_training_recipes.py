@@ -154,9 +154,9 @@ def test_realistic_pair_sampler_draws_wrong_and_missing_references():
 
 
 def test_headline_and_pair_summary_tables():
-    from simulator.cine_evaluation import headline_table
-    from simulator.evaluate_cli import pair_summary
-    from models.evaluate import Score
+    from models.evaluation.cine import headline_table
+    from models.evaluation.cli import pair_summary
+    from models.evaluation.scores import Score
 
     rows = [{"case": "A", "family": "vd-random", "accel": 8.0, "method": m, "psnr": p}
             for m, p in (("view-sharing SENSE (centred)", 30.0), ("view-sharing SENSE (causal)", 29.0),

@@ -7,7 +7,8 @@ import time
 import pytest
 
 from gadgets.model_turns import ModelTurns
-from gadgets.realtime_scheduler import SAFETY, Job, RealtimeScheduler, ServiceTime, plan
+from gadgets.realtime_scheduler import Job, RealtimeScheduler, plan
+from gadgets.service_time import SAFETY, ServiceTime
 from tests.virtual_clock import VirtualClock
 
 

@@ -7,7 +7,7 @@ import ismrmrd
 import numpy as np
 
 from simulator.client import StreamResult
-from simulator.replay import _warnings, fallback_summary
+from simulator.replay_report import fallback_summary, report_warnings
 from simulator.replay import main as replay_main
 from simulator.results import frame_latencies_ms
 from tests.test_user_facing import write_undersampled_ismrmrd
@@ -31,7 +31,7 @@ def test_fallback_reasons_add_up_to_the_count():
     assert sum(r["images"] for r in fb["reasons"]) == 40
     assert fb["reasons"][0]["images"] == 30 and fb["reasons"][0]["reason"].startswith("model busy: its image expected in 2000")
     report = {"series": {"1": {"name": "KGMgT", "fallbacks": fb, "model_ms_per_image": {"n": 0}}}, "frame_ms": 36}
-    text = _warnings(report)[0]
+    text = report_warnings(report)[0]
     assert "40 of 44 images are fallbacks" in text and "1 more for 1 other reasons" in text
 
 
@@ -41,10 +41,10 @@ def _lag_report(order: str, time_dimension: str, frames: int) -> dict:
 
 
 def test_lag_warning_only_for_real_time_cine():
-    assert any("slower than real time" in w for w in _warnings(_lag_report("realtime", "repetition", 20)))
+    assert any("slower than real time" in w for w in report_warnings(_lag_report("realtime", "repetition", 20)))
     for report in (_lag_report("segmented", "phase", 20), _lag_report("realtime", "phase", 20),
                    _lag_report("realtime", "repetition", 1)):
-        assert not any("slower than real time" in w for w in _warnings(report)), report
+        assert not any("slower than real time" in w for w in report_warnings(report)), report
 
 
 def test_latency_is_never_negative_with_lookahead():
@@ -100,16 +100,16 @@ def test_ctrl_c_keeps_the_images_already_received(stream_host, tmp_path, monkeyp
     import signal
     import threading
 
-    from simulator import replay as replay_module
+    from simulator import replay_streams as replay_module
 
     first_image = threading.Event()
-    original = replay_module._Progress.image
+    original = replay_module.Progress.image
 
     def image(self, im):
         original(self, im)
         first_image.set()
 
-    monkeypatch.setattr(replay_module._Progress, "image", image)
+    monkeypatch.setattr(replay_module.Progress, "image", image)
 
     def press_ctrl_c():
         if first_image.wait(60):

@@ -15,7 +15,8 @@ from models.phantoms import brain_pair, cardiac_cine
 from models.synthetic import cardiac_waveform, coil_maps, periodic_motion, smooth_phase
 from simulator.acquire import acquisitions, exam_acquisitions, frame_key, iter_kspace
 from simulator.client import Pacing, run_session
-from simulator.header import header_time_dimension, make_header
+from gadgets.header import time_dimension
+from simulator.header import make_header
 from simulator.recorder import RecordingHost
 from simulator.scan import coil_images_to_recon, phantom_scan, scan_from_images
 
@@ -97,7 +98,7 @@ def test_header_round_trip(cine):
     assert enc.parallelImaging.calibrationMode.value == "embedded"
     assert back.acquisitionSystemInformation.receiverChannels == 4
     assert back.measurementInformation.frameOfReferenceUID == cine.frame_of_reference_uid
-    assert header_time_dimension(back) == "repetition"
+    assert time_dimension(back) == "repetition"
 
 
 def test_acquisitions_counters_and_flags(cine):
@@ -157,7 +158,7 @@ def test_segmented_completes_frames_only_at_the_end():
     first_beat_phases = [a.idx.phase for a in acqs[:5 * 8]]
     assert sorted(set(first_beat_phases)) == [0, 1, 2, 3, 4]
     h = make_header(s)
-    assert header_time_dimension(h) == "phase"
+    assert time_dimension(h) == "phase"
 
 
 def test_exam_contrast_stream():

@@ -8,7 +8,8 @@ import pytest
 from models.masks import FAMILIES, achieved_acceleration, acs_lines, line_mask, line_mask_from_array
 from models.metrics import psnr
 from simulator.acquire import acquisitions
-from simulator.images import image_pair_scans, read_image_file, shared_data_dir
+from models.shared_data import shared_data_dir
+from simulator.images import image_pair_scans, read_image_file
 from simulator.readers import pair_m4raw, read_cmrxrecon, read_fastmri, read_ismrmrd, read_mask_file, read_mat_arrays
 from simulator.scan import phantom_scan
 from simulator.sources import load_source

@@ -319,7 +319,7 @@ def test_informational_host_texts_do_not_fail_the_replay(tmp_path, capsys):
 
 
 def test_data_folder_variable_must_name_the_folder_itself(tmp_path, monkeypatch):
-    from simulator.images import data_dir_problem
+    from models.shared_data import data_dir_problem
 
     (tmp_path / "data" / "cine").mkdir(parents=True)
     monkeypatch.setenv("STREAMRECON_DATA", str(tmp_path))
@@ -400,7 +400,7 @@ def test_partial_fallbacks_are_marked_per_frame_in_report_pictures_and_dicom(str
 def test_fallback_frames_are_marked_in_strips_and_gifs(tmp_path):
     from PIL import Image
 
-    from simulator.results import LABEL_WIDTH, TITLE_HEIGHT, save_pictures
+    from models.evaluation.strips import LABEL_WIDTH, TITLE_HEIGHT, save_pictures
 
     n = 32
     ref = np.ones((3, n, n), np.float32)
@@ -429,7 +429,7 @@ def _image(series: int, frame: int, **meta) -> ismrmrd.Image:
 
 
 def test_partial_fallbacks_and_a_slow_model_are_explained():
-    from simulator.replay import _warnings, fallback_summary, model_time_ms
+    from simulator.replay_report import fallback_summary, model_time_ms, report_warnings
 
     images = ([_image(1, t, InferenceMs=600.0, Batch=2) for t in range(6)]
               + [_image(1, 6 + t, Fallback="model behind", InferenceMs=1.0) for t in range(3)])
@@ -437,15 +437,15 @@ def test_partial_fallbacks_and_a_slow_model_are_explained():
     assert fb == {"images": 9, "count": 3, "all": False, "reasons": [{"reason": "model behind", "kind": "model behind", "images": 3}]}
     assert ms["p50"] == 300.0 and ms["n"] == 6  # a batch's time shared by its images; fallbacks are not model time
     report = {"frame_ms": 36.0, "series": {"1": {"name": "KGMgT", "fallbacks": fb, "model_ms_per_image": ms}}}
-    text = "\n".join(_warnings(report))
+    text = "\n".join(report_warnings(report))
     assert "3 of 9 images are fallbacks" in text and "model behind (3)" in text
     assert "took 300 ms an image here" in text and "36 ms a frame" in text
 
 
 def test_progress_shows_the_wait_for_images_after_the_scan_is_sent():
-    from simulator.replay import _Progress
+    from simulator.replay_streams import Progress
 
-    p = _Progress(readouts=3, frames_expected=2, enabled=True)
+    p = Progress(readouts=3, frames_expected=2, enabled=True)
     for _ in range(3):
         p.sent(None)
     p.image(_image(0, 0))
@@ -472,7 +472,7 @@ def test_replay_lists_every_file_it_wrote(stream_host, tmp_path, capsys):
 def test_strip_rows_are_labelled_with_one_scale_each_and_error_rows(tmp_path):
     from PIL import Image
 
-    from simulator.results import LABEL_WIDTH, TITLE_HEIGHT, save_pictures
+    from models.evaluation.strips import LABEL_WIDTH, TITLE_HEIGHT, save_pictures
 
     rng = np.random.default_rng(0)
     ref = rng.random((4, 16, 16)).astype(np.float32) + 0.5
@@ -557,13 +557,13 @@ def test_replay_after_the_host_is_killed_mid_scan_writes_the_report_with_the_rea
     import sys
     import threading
 
-    from simulator import replay
-    from simulator.processes import free_port, python_env, wait_port
+    from pipelines.processes import free_port, python_env, wait_port
+    from simulator import replay_streams
 
     # Killed when its second image reaches the client, not on a timer: on a loaded machine a 1.5 s timer
     # fired before the first image and the test saw no frame at all.
     seen = []
-    image = replay._Progress.image
+    image = replay_streams.Progress.image
 
     def image_then_kill(progress, img):
         image(progress, img)
@@ -571,7 +571,7 @@ def test_replay_after_the_host_is_killed_mid_scan_writes_the_report_with_the_rea
         if len(seen) == 2:
             host.send_signal(signal.SIGKILL)
 
-    monkeypatch.setattr(replay._Progress, "image", image_then_kill)
+    monkeypatch.setattr(replay_streams.Progress, "image", image_then_kill)
 
     port = free_port()
     host = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--no-preload-models"],

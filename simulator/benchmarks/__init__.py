@@ -1,27 +1,20 @@
 """Benchmarks: scripts that measure and print, never assert (``streamrecon bench NAME``)."""
 from __future__ import annotations
 
+import argparse
 import os
-import platform
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
 
-def machine(device: str = "") -> str:
-    """One line naming the machine a benchmark ran on: CPU model, cores, GPU, Python, torch (threads)."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    text = (f"{cpu}, {os.cpu_count()} cores, {gpu}, Python {platform.python_version()}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads)")
-    return f"{text}, device {device}" if device else text
+def scan_arguments(parser: argparse.ArgumentParser, *, matrix: int, frames: int, coils: int,
+                   frame_ms: float = 36.0) -> None:
+    """``--matrix``, ``--frames``, ``--coils``, ``--frame-ms``: the phantom scan a benchmark streams."""
+    parser.add_argument("--matrix", type=int, default=matrix)
+    parser.add_argument("--frames", type=int, default=frames)
+    parser.add_argument("--coils", type=int, default=coils)
+    parser.add_argument("--frame-ms", type=float, default=frame_ms)
 
 
 def record_path(path: str | os.PathLike) -> str:

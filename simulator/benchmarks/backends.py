@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -24,6 +25,24 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from gadgets import host_settings
+from models.inference import DEFAULT_WEIGHTS
+from models.machine import machine
+from models.masks import line_mask
+from models.weights import shipped_path
+from pipelines.host import StreamHost
+from pipelines.inference_client import health as service_health
+from pipelines.pipeline_config import shipped_pipeline_with
+from pipelines.processes import free_port, python_env, start_triton_server, stop, stop_group, triton_python
+from pipelines.session import SessionOptions
+from pipelines.triton_client import health as triton_health
+from simulator.acquire import acquisitions
+from simulator.benchmarks import record_path
+from simulator.client import Pacing, run_session, run_sessions_at_once
+from simulator.header import make_header
+from simulator.results import frame_latencies_ms, percentiles
+from simulator.scan import phantom_scan
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -62,26 +81,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--note", default="", help="a line for the record")
     p.add_argument("--out", default="", help="write JSON + Markdown here (a folder)")
     args = p.parse_args(argv)
-    import logging
 
     logging.getLogger("gadgets").setLevel(logging.ERROR)
     logging.getLogger("pipelines").setLevel(logging.ERROR)
-    from gadgets import host_settings
-    from models.inference import DEFAULT_WEIGHTS
-    from models.masks import line_mask
-    from models.weights import shipped_path
-    from pipelines.host import StreamHost
-    from pipelines.inference_client import health as service_health
-    from pipelines.pipeline_config import shipped_pipeline_with
-    from pipelines.session import SessionOptions
-    from pipelines.triton_client import health as triton_health
-    from simulator.acquire import acquisitions
-    from simulator.benchmarks import machine, record_path
-    from simulator.client import Pacing, run_session, run_sessions_at_once
-    from simulator.header import make_header
-    from simulator.processes import free_port, python_env, start_triton_server, stop, stop_group, triton_python
-    from simulator.results import frame_latencies_ms, percentiles
-    from simulator.scan import phantom_scan
 
     weights = args.kgmgt_weights or str(shipped_path(DEFAULT_WEIGHTS["kgmgt"]))
     n, started = args.matrix, datetime.now(timezone.utc)

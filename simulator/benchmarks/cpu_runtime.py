@@ -25,6 +25,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from models.inference import load_model
+from models.machine import machine
+from models.runtimes import runtime_missing
+from simulator.benchmarks.device_timing import CineData, stack_windows
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "simulator" / "benchmarks" / "results"
@@ -41,14 +47,10 @@ def _median_s(call, calls: int) -> float:
 
 def measure(n: int, threads: int, runtimes: list[str], calls: int, weights: str, say) -> list[dict]:
     """One size and thread count: every runtime's rows (the torch row first)."""
-    import torch
-
-    from models.inference import load_model
-    from simulator.benchmarks.gpu import CineData, _stack
 
     torch.set_num_threads(threads)
     recs = {r: load_model("kgmgt", weights=weights or None, runtime=r) for r in ["torch", *runtimes]}
-    batch = _stack(CineData(n, 8).windows(3, False, recs["torch"].inputs), 1)
+    batch = stack_windows(CineData(n, 8).windows(3, False, recs["torch"].inputs), 1)
     args = (batch["frames"][0], batch["kspace"][0], batch["mask"][0], batch["maps"][0])
     h, w = n + (-n) % 4, n + (-n) % 4
     g = torch.Generator().manual_seed(0)
@@ -120,10 +122,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", default="", help="folder for <name>.json and .md (default: print only)")
     p.add_argument("--name", default="", help="record name (default cpu_runtime_<date>)")
     args = p.parse_args(argv)
-    import torch
-
-    from models.runtimes import runtime_missing
-    from simulator.benchmarks import machine
 
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     missing = {r: runtime_missing(r) for r in runtimes if runtime_missing(r)}

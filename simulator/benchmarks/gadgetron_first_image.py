@@ -32,11 +32,11 @@ import numpy as np
 
 from models.masks import line_mask
 from simulator.acquire import acquisitions
-from simulator.benchmarks import machine
+from models.machine import machine
 from simulator.client import run_session
-from simulator.gadgetron_server import missing_reason, start_gadgetron
+from pipelines.gadgetron.server import missing_reason, start_gadgetron
 from simulator.header import make_header
-from simulator.processes import free_port, python_env, stop, wait_port
+from pipelines.processes import free_port, python_env, start_inference_service, stop, wait_port
 from simulator.scan import phantom_scan
 
 
@@ -70,25 +70,6 @@ def _spawn(args: list[str], port: int) -> subprocess.Popen:
     return proc
 
 
-def _service(endpoint: str) -> tuple[subprocess.Popen, str]:
-    """A warm ``streamrecon infer-server`` at ``endpoint``, once it answers its health check."""
-    from pipelines.inference_client import health
-
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "infer-server", "--bind", endpoint, "--log-level",
-                             "WARNING"], env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"infer-server exited with {proc.returncode}")
-        try:
-            health(endpoint, timeout_ms=500)
-            return proc, endpoint
-        except Exception:
-            time.sleep(0.3)
-    stop(proc)
-    raise RuntimeError("infer-server did not become ready")
-
-
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="streamrecon bench gadgetron", description=__doc__.splitlines()[0])
     p.add_argument("--pipelines", default="cine_conventional,kgmgt_cine")
@@ -108,7 +89,7 @@ def main(argv: list[str]) -> int:
     host_port = free_port()
     host = _spawn(["serve", "--port", str(host_port), "--log-level", "WARNING"], host_port)
     gadgets = _spawn(["gadget-server", "--log-level", "WARNING"], 18001)
-    service = _service(f"tcp://127.0.0.1:{free_port()}")
+    service = start_inference_service([])
     gadgetron = start_gadgetron()
     warm_gadgetron = start_gadgetron(env={"STREAMRECON_INFERENCE_OVERRIDE": "service",
                                           "STREAMRECON_INFERENCE_ENDPOINT": service[1]})

@@ -31,9 +31,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
-import os
-import platform
 import sys
 import time
 from contextlib import nullcontext
@@ -42,6 +41,22 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
+
+from gadgets import host_settings
+from models.inference import load_model
+from models.masks import line_mask
+from models.metrics import psnr
+from pipelines.host import StreamHost
+from pipelines.pipeline_config import shipped_pipeline_with
+from pipelines.session import SessionOptions
+from simulator.acquire import acquisitions
+from simulator.benchmarks.device_timing import (CineData, PeakMemory, autocast, dc_call, model_call, stack_windows,
+                                                stats_ms, timed, versions)
+from simulator.client import Pacing, run_session, run_sessions_at_once
+from simulator.header import make_header
+from simulator.results import frame_latencies_ms, percentiles
+from simulator.scan import phantom_scan
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -49,151 +64,6 @@ FULL = dict(sizes=[192, 256], coils=[8, 16], batches=[1, 4, 8], frames=100, warm
             latency_size=256, latency_coils=16, latency_frames=40, scanners=[1, 4], cpu_sizes=[128, 192, 256])
 QUICK = dict(sizes=[32], coils=[4], batches=[1, 2], frames=4, warmup=1,
              latency_size=32, latency_coils=4, latency_frames=5, scanners=[1, 2], cpu_sizes=[32])
-
-
-# ---------------------------------------------------------------------------- environment
-def versions(device: str) -> dict[str, Any]:
-    import torch
-
-    from simulator.benchmarks import machine
-
-    out = {"machine": machine(device), "python": platform.python_version(), "torch": torch.__version__,
-           "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
-           "device": device, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-           "load_average_1min": os.getloadavg()[0]}
-    if device.startswith("cuda"):
-        p = torch.cuda.get_device_properties(torch.device(device))
-        out["gpu"] = {"name": p.name, "memory_gib": round(p.total_memory / 2**30, 1),
-                      "capability": f"{p.major}.{p.minor}", "bf16": torch.cuda.is_bf16_supported()}
-    return out
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize(torch.device(device))
-
-
-def timed(call: Callable[[], Any], device: str, calls: int, warmup: int) -> list[float]:
-    """Seconds of each of ``calls`` calls after ``warmup`` untimed ones, synchronised with the device."""
-    for _ in range(warmup):
-        call()
-    out = []
-    for _ in range(calls):
-        _sync(device)
-        t0 = time.perf_counter()
-        call()
-        _sync(device)
-        out.append(time.perf_counter() - t0)
-    return out
-
-
-def stats_ms(seconds: list[float], per: int = 1) -> dict[str, float]:
-    v = np.asarray(seconds) * 1000.0 / per
-    return {"p50": round(float(np.percentile(v, 50)), 3), "p95": round(float(np.percentile(v, 95)), 3),
-            "n": int(len(v) * per)}
-
-
-class PeakMemory:
-    """Peak device memory above the start, MiB (CUDA); None elsewhere."""
-
-    def __init__(self, device: str) -> None:
-        self.device, self.mib = device, None
-
-    def __enter__(self):
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        return self
-
-    def __exit__(self, *_):
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.synchronize()
-            self.mib = round((torch.cuda.max_memory_allocated() - self.base) / 2**20, 1)
-
-
-def autocast(device: str, precision: str):
-    import torch
-
-    if precision == "fp32":
-        return nullcontext()
-    kind = "cuda" if device.startswith("cuda") else "cpu"
-    return torch.autocast(kind, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-# ---------------------------------------------------------------------------- inputs
-class CineData:
-    """A phantom cine's k-space at ``n``x``n`` with ``coils`` coils, kt-Gaussian 8x, and its windows."""
-
-    def __init__(self, n: int, coils: int, frames: int = 12) -> None:
-        from models.fft import fft2c
-        from models.masks import line_mask
-        from models.phantoms import cardiac_cine
-        from models.synthetic import coil_maps
-
-        self.truth = cardiac_cine(n, n, frames=frames)
-        self.maps = coil_maps(coils, n, n).astype(np.complex64)
-        self.masks = line_mask("kt-gaussian", n, frames, accel=8, acs=max(4, n // 16))
-        k = fft2c(self.maps[None] * self.truth[:, None])
-        self.kspace = (k * self.masks[:, None, :, None]).astype(np.complex64)
-
-    def windows(self, count: int, causal: bool, inputs: str) -> list[dict[str, np.ndarray]]:
-        """``count`` single-frame windows, the network's three frames in time order."""
-        from models.cine_windows import window_inputs
-
-        frames = len(self.truth)
-        order = [2, 1, 0] if causal else [1, 0, 2]  # model order (target, mentor, learner) -> time order
-        out = []
-        for i in range(count):
-            t = 2 + i % (frames - 4)
-            f = window_inputs(self.kspace, self.masks, self.maps, t, causal, inputs=inputs)[order]
-            out.append({"frames": f, "kspace": self.kspace[t], "mask": self.masks[t], "maps": self.maps, "t": t})
-        return out
-
-    def pair(self) -> dict[str, np.ndarray]:
-        """SGF-MRI inputs: frame 0 fully sampled as the reference, frame 2 undersampled as the target."""
-        from models.coils import zero_filled
-        from models.fft import fft2c
-
-        ref = zero_filled(fft2c(self.maps * self.truth[0]), self.maps)
-        return {"reference": ref.astype(np.complex64), "target": zero_filled(self.kspace[2], self.maps).astype(np.complex64),
-                "kspace": self.kspace[2], "mask": self.masks[2], "maps": self.maps, "t": 2}
-
-
-def _stack(items: list[dict[str, np.ndarray]], b: int, start: int = 0) -> dict[str, np.ndarray]:
-    chosen = [items[(start + i) % len(items)] for i in range(b)]
-    return {k: np.stack([c[k] for c in chosen]) for k in chosen[0] if k != "t"} | {"t": [c["t"] for c in chosen]}
-
-
-def model_call(rec, kind: str, batch: dict[str, np.ndarray]) -> Callable[[], np.ndarray]:
-    if kind == "sgfmri":
-        return lambda: rec.reconstruct_pair_batch(batch["reference"], batch["target"], batch["kspace"], batch["mask"],
-                                                  batch["maps"])
-    causal = kind == "kgmgt-causal"
-    return lambda: rec.reconstruct_cine_batch(batch["frames"], batch["kspace"], batch["mask"], batch["maps"],
-                                              causal=causal)
-
-
-def dc_call(rec, batch: dict[str, np.ndarray], device: str) -> Callable[[], Any]:
-    """The model's DC step alone on device tensors (what it adds to a frame)."""
-    import torch
-
-    x = torch.from_numpy(batch["kspace"][:, 0].copy()).to(device)  # any complex image of the right size
-    y = torch.from_numpy(batch["kspace"]).to(device)
-    m = torch.from_numpy(np.asarray(batch["mask"], bool)).to(device)
-    s = torch.from_numpy(batch["maps"]).to(device)
-
-    def call():
-        with torch.no_grad():
-            return rec.model.dc(x, y, m, s)
-
-    return call
 
 
 # ---------------------------------------------------------------------------- sections
@@ -206,8 +76,6 @@ class Budget:
 
 
 def load(name: str, device: str, weights: dict[str, str]):
-    from models.inference import load_model
-
     try:
         return load_model(name, device=device, weights=weights.get(name) or None), True
     except FileNotFoundError:
@@ -228,7 +96,7 @@ def section_models(recs, cfg, device, budget, out: list, say) -> None:
                     if budget.left() <= 0:
                         out.append({**row, "skipped": "time budget spent"})
                         continue
-                    batch = _stack(items, b)
+                    batch = stack_windows(items, b)
                     calls = max(math.ceil(cfg["frames"] / b), 3)
                     try:
                         with PeakMemory(device) as mem:
@@ -246,15 +114,13 @@ def section_models(recs, cfg, device, budget, out: list, say) -> None:
 
 
 def section_precision(recs, cfg, device, budget, out: list, say) -> None:
-    from models.metrics import psnr
-
     n, coils = cfg["sizes"][-1], cfg["coils"][-1]
     say(f"\n2. precision, KGMgT centred and SGF-MRI, {n}x{n}, {coils} coils, batch 1 (PSNR against the phantom)")
     data = CineData(n, coils)
     for kind in ("kgmgt-centred", "sgfmri"):
         rec = recs["sgfmri" if kind == "sgfmri" else "kgmgt"]
         items = [data.pair()] if kind == "sgfmri" else data.windows(4, False, rec.inputs)
-        batch = _stack(items, len(items))
+        batch = stack_windows(items, len(items))
         truth = data.truth[batch["t"]]
         base = None
         for precision in ("fp32", "bf16", "fp16"):
@@ -265,7 +131,7 @@ def section_precision(recs, cfg, device, budget, out: list, say) -> None:
             if precision == "fp16" and not device.startswith("cuda"):
                 out.append({**row, "skipped": "fp16 autocast is for CUDA"})
                 continue
-            one = _stack(items, 1)
+            one = stack_windows(items, 1)
             try:
                 with autocast(device, precision):
                     images = model_call(rec, kind, batch)()
@@ -284,8 +150,6 @@ def section_precision(recs, cfg, device, budget, out: list, say) -> None:
 
 
 def section_compile(recs, cfg, device, budget, out: list, say) -> None:
-    import torch
-
     say("\n3. torch.compile and CUDA graphs, KGMgT centred, batch 1")
     if not device.startswith("cuda"):
         out.append({"skipped": "CUDA only (torch.compile on a 2-core CPU takes minutes; CUDA graphs need CUDA)"})
@@ -293,7 +157,7 @@ def section_compile(recs, cfg, device, budget, out: list, say) -> None:
         return
     n, coils = cfg["sizes"][-1], cfg["coils"][-1]
     rec = recs["kgmgt"]
-    batch = _stack(CineData(n, coils).windows(4, False, rec.inputs), 1)
+    batch = stack_windows(CineData(n, coils).windows(4, False, rec.inputs), 1)
     eager = rec.model
     try:
         for label, mode in (("eager", None), ("torch.compile", "default"), ("CUDA graphs (reduce-overhead)", "reduce-overhead")):
@@ -321,16 +185,6 @@ def section_compile(recs, cfg, device, budget, out: list, say) -> None:
 
 def section_latency(cfg, device, weights: dict[str, str], allow_random: bool, frame_ms: float, budget, out: list,
                     say) -> None:
-    from gadgets import host_settings
-    from models.masks import line_mask
-    from pipelines.host import StreamHost
-    from pipelines.pipeline_config import shipped_pipeline_with
-    from pipelines.session import SessionOptions
-    from simulator.acquire import acquisitions
-    from simulator.client import Pacing, run_session, run_sessions_at_once
-    from simulator.header import make_header
-    from simulator.results import frame_latencies_ms, percentiles
-    from simulator.scan import phantom_scan
 
     n, coils, frames = cfg["latency_size"], cfg["latency_coils"], cfg["latency_frames"]
     say(f"\n4. frame latency through the embedded host, {n}x{n}, {coils} coils, {frames} frames paced at {frame_ms:g} ms, "
@@ -369,8 +223,6 @@ def section_latency(cfg, device, weights: dict[str, str], allow_random: bool, fr
 
 
 def section_cpu(cfg, weights, budget, out: list, say) -> None:
-    import torch
-
     say("\n5. CPU settings, KGMgT centred, 8 coils, batch 1 (s/frame, median)")
     rec, _ = load("kgmgt", "cpu", weights)
     threads_before = torch.get_num_threads()
@@ -381,7 +233,7 @@ def section_cpu(cfg, weights, budget, out: list, say) -> None:
                 ("1 thread, bf16 autocast", 1, nullcontext, False, "bf16")]
     try:
         for n in cfg["cpu_sizes"]:
-            batch = _stack(CineData(n, 8).windows(3, False, rec.inputs), 1)
+            batch = stack_windows(CineData(n, 8).windows(3, False, rec.inputs), 1)
             for label, threads, ctx, channels_last, precision in variants:
                 row = {"variant": label, "matrix": n}
                 if budget.left() <= 0:
@@ -405,6 +257,23 @@ def section_cpu(cfg, weights, budget, out: list, say) -> None:
 
 
 # ---------------------------------------------------------------------------- report
+def _why(record: dict[str, Any]) -> str:
+    return str(record.get("skipped") or record.get("error"))
+
+
+def _rows(records: list[dict[str, Any]], measured: str, lead: list[str], columns: int,
+          cells: Callable[[dict[str, Any]], list[Any]]) -> list[str]:
+    """Markdown table rows: a measured record's ``cells``; else its ``lead`` fields, why not, and empty cells."""
+    rows = []
+    for r in records:
+        if measured in r:
+            rows.append("| " + " | ".join(str(c) for c in cells(r)) + " |")
+        else:
+            head = [str(r[k]) for k in lead] + [_why(r)]
+            rows.append("| " + " | ".join(head) + " |" + " |" * (columns - len(head)))
+    return rows
+
+
 def markdown(record: dict[str, Any]) -> str:
     v = record["versions"]
     lines = [f"# streamrecon bench gpu ({record['mode']}), {record['date']}", "",
@@ -414,52 +283,40 @@ def markdown(record: dict[str, Any]) -> str:
              f"Weights: {record['weights']}", f"Wall time: {record['wall_s']:.0f} s", ""]
     if record.get("note"):
         lines += [f"Note: {record['note']}", ""]
-    why = lambda r: str(r.get("skipped") or r.get("error"))  # noqa: E731
     if record["models"]:
         lines += ["## 1. Model time per frame (ms, host arrays in and out, DC included)", "",
                   "| model | matrix | coils | batch | p50 | p95 | DC p50 | peak MiB |", "|---|---|---|---|---|---|---|---|"]
-        for r in record["models"]:
-            if "ms_per_frame" in r:
-                lines.append(f"| {r['model']} | {r['matrix']} | {r['coils']} | {r['batch']} | {r['ms_per_frame']['p50']} | "
-                             f"{r['ms_per_frame']['p95']} | {r['dc_ms_per_frame']['p50']} | "
-                             f"{r['peak_mib'] if r['peak_mib'] is not None else '-'} |")
-            else:
-                lines.append(f"| {r['model']} | {r['matrix']} | {r['coils']} | {r['batch']} | {why(r)} | | | |")
+        lines += _rows(record["models"], "ms_per_frame", ["model", "matrix", "coils", "batch"], 8, lambda r: [
+            r["model"], r["matrix"], r["coils"], r["batch"], r["ms_per_frame"]["p50"], r["ms_per_frame"]["p95"],
+            r["dc_ms_per_frame"]["p50"], r["peak_mib"] if r["peak_mib"] is not None else "-"])
         lines.append("")
     if record["precision"]:
         lines += ["## 2. Precision (autocast)", "", "| model | precision | ms/frame p50 | PSNR dB | change dB |",
                   "|---|---|---|---|---|"]
-        for r in record["precision"]:
-            if "ms_per_frame" in r:
-                lines.append(f"| {r['model']} | {r['precision']} | {r['ms_per_frame']['p50']} | {r['psnr_db']} | "
-                             f"{r['psnr_change_db']} |")
-            else:
-                lines.append(f"| {r['model']} | {r['precision']} | {why(r)} | | |")
+        lines += _rows(record["precision"], "ms_per_frame", ["model", "precision"], 5, lambda r: [
+            r["model"], r["precision"], r["ms_per_frame"]["p50"], r["psnr_db"], r["psnr_change_db"]])
         lines.append("")
     if record["compile"]:
         lines += ["## 3. torch.compile and CUDA graphs", ""]
         for r in record["compile"]:
             lines.append(f"- {r.get('variant', 'all')}: " + (
                 f"first call {r['first_call_s']} s, p50 {r['ms_per_frame']['p50']} ms, p95 {r['ms_per_frame']['p95']} ms"
-                if "ms_per_frame" in r else why(r)))
+                if "ms_per_frame" in r else _why(r)))
         lines.append("")
     if record["latency"]:
         lines += ["## 4. Frame latency through the embedded host (ms)", "",
                   "| scanners | matrix | coils | frame ms | KGMgT p50 | p95 | max | conventional p50 | fallbacks |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        for r in record["latency"]:
-            if "kgmgt_latency_ms" in r:
-                m, c = r["kgmgt_latency_ms"], r["conventional_latency_ms"]
-                lines.append(f"| {r['scanners']} | {r['matrix']} | {r['coils']} | {r['frame_ms']} | {m['p50']} | "
-                             f"{m['p95']} | {m['max']} | {c['p50']} | {r['fallbacks']} |")
-            else:
-                lines.append(f"| {r['scanners']} | {why(r)} | | | | | | | |")
+        lines += _rows(record["latency"], "kgmgt_latency_ms", ["scanners"], 9, lambda r: [
+            r["scanners"], r["matrix"], r["coils"], r["frame_ms"], r["kgmgt_latency_ms"]["p50"],
+            r["kgmgt_latency_ms"]["p95"], r["kgmgt_latency_ms"]["max"], r["conventional_latency_ms"]["p50"],
+            r["fallbacks"]])
         lines.append("")
     if record["cpu"]:
         lines += ["## 5. CPU settings, KGMgT centred, 8 coils, batch 1 (s/frame, median of 3 calls)", "",
                   "| matrix | variant | s/frame |", "|---|---|---|"]
         for r in record["cpu"]:
-            lines.append(f"| {r['matrix']} | {r['variant']} | {r.get('s_per_frame', why(r))} |")
+            lines.append(f"| {r['matrix']} | {r['variant']} | {r.get('s_per_frame', _why(r))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -479,9 +336,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", default=str(RESULTS), help="folder for the JSON and Markdown record")
     p.add_argument("--name", default="", help="file stem (default gpu_<device>[_quick]_<date>)")
     args = p.parse_args(argv)
-    import logging
-
-    import torch
 
     logging.getLogger("gadgets").setLevel(logging.ERROR)  # fallbacks are counted in the figures
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device

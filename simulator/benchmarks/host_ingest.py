@@ -12,7 +12,7 @@ Three figures, one run, one machine:
    Python gadget costs inside a real Gadgetron.
 3. Frame latency of ``cine_conventional``: the cine replayed in real time
    at ``--frame-ms`` per frame; per frame, from sending its last readout to
-   its image arriving (DESIGN.md's definition; no look-ahead), p50/p95/max.
+   its image arriving (docs/design.md's definition; no look-ahead), p50/p95/max.
 """
 from __future__ import annotations
 
@@ -21,27 +21,25 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from simulator.benchmarks import machine
+from models.machine import machine
+from models.masks import line_mask
+from pipelines.gadgetron.parent import run_external
+from pipelines.host import StreamHost
+from simulator.acquire import acquisitions
+from simulator.benchmarks import scan_arguments
+from simulator.client import Pacing, run_session
+from simulator.header import make_header
+from simulator.scan import phantom_scan
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="streamrecon bench host", description=__doc__.splitlines()[0])
-    p.add_argument("--matrix", type=int, default=128)
-    p.add_argument("--coils", type=int, default=8)
-    p.add_argument("--frames", type=int, default=20)
+    scan_arguments(p, matrix=128, frames=20, coils=8)
     p.add_argument("--slices", type=int, default=2)
-    p.add_argument("--frame-ms", type=float, default=36.0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--accel", type=float, nargs="+", default=[1.0, 8.0],
                    help="accelerations for the latency runs (kt-gaussian masks with 16 ACS lines)")
     args = p.parse_args(argv)
-
-    from pipelines.host import StreamHost
-    from simulator.acquire import acquisitions
-    from simulator.client import Pacing, run_session
-    from simulator.gadgetron_parent import run_external
-    from simulator.header import make_header
-    from simulator.scan import phantom_scan
 
     scan = phantom_scan("cine", ny=args.matrix, nx=args.matrix, frames=args.frames, slices=args.slices,
                         n_coils=args.coils)
@@ -66,8 +64,6 @@ def main(argv: list[str]) -> int:
     print(f"\ningest throughput (best of {args.repeats}, MB/s of ISMRMRD messages):")
     print(f"  embedded host (socket -> reader -> chain -> consume gadget): {max(host_mbs):8.1f}")
     print(f"  gadgetron.external.Connection (python -m gadgetron ... consume): {max(ext_mbs):8.1f}")
-
-    from models.masks import line_mask
 
     print(f"\nconventional chain frame latency at {args.frame_ms:g} ms per frame "
           f"(last readout sent -> image received):")

@@ -22,12 +22,16 @@ import sys
 import time
 
 import numpy as np
+import torch
 
-from simulator.benchmarks import machine
+from models.baselines import bart_available, bart_pics, tv_temporal
+from models.evaluation.scores import measure
+from models.kgmgt import KGMgT, KGMgTConfig
+from models.machine import machine
+from models.sgfmri import SGFMRI, SGFMRIConfig
 
 
 def _inputs(b: int, n: int, coils: int, device):
-    import torch
     g = torch.Generator().manual_seed(0)
     x = torch.randn(b, 2, n, n, generator=g)
     k = torch.complex(torch.randn(b, coils, n, n, generator=g), torch.randn(b, coils, n, n, generator=g))
@@ -46,20 +50,16 @@ MODELS = {
 
 
 def _kgmgt(kind):
-    from models.kgmgt import KGMgT, KGMgTConfig
     return KGMgT(getattr(KGMgTConfig, kind)())
 
 
 def _sgfmri(kind):
-    from models.sgfmri import SGFMRI, SGFMRIConfig
     return SGFMRI(getattr(SGFMRIConfig, kind)())
 
 
 def run_one(key: str, n: int, b: int, device: str, repeats: int, coils: int = 8) -> str:
     """One configuration in this (fresh) process: ``ONE params seconds_per_frame peak_MiB``."""
-    import torch
 
-    from models.evaluate import measure
     torch.manual_seed(0)
     model = MODELS[key][1]().to(device).eval()
     x, k, maps, mask = _inputs(b, n, coils, device)
@@ -104,15 +104,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--skip-official", action="store_true", help="time only the shipped small configs")
     p.add_argument("--one", nargs=3, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    import torch
 
     if args.one:  # child process: one configuration
         if args.threads:
             torch.set_num_threads(args.threads)
         print(run_one(args.one[0], int(args.one[1]), int(args.one[2]), args.device, args.repeats))
         return 0
-    from models.baselines import bart_available, bart_pics, tv_temporal
-    from models.evaluate import measure
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -24,6 +24,15 @@ from pathlib import Path
 import ismrmrd
 import numpy as np
 
+from models.baselines import cg_sense
+from models.coils import estimate_coil_maps
+from models.machine import machine
+from pipelines.host import StreamHost
+from pipelines.session import SessionOptions
+from simulator.client import run_session
+from simulator.readers import read_ismrmrd
+from simulator.siemens_layout import write_siemens_pi
+
 PIPELINE = Path(__file__).resolve().parents[2] / "pipelines" / "cine_conventional.xml"
 CALIBRATION = (ismrmrd.ACQ_IS_PARALLEL_CALIBRATION, ismrmrd.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING)
 MODES = ("embedded", "separate", "interleaved")
@@ -57,8 +66,6 @@ def offline_cg_sense(written, raw, slice_: int, repetition: int, iterations: int
     interleaved calibration, from the time average of the slice's first two
     repetitions, as a scanner's TSENSE does.
     """
-    from models.baselines import cg_sense
-    from models.coils import estimate_coil_maps
 
     ny, nx = written.scan.reference.shape[-2:]
     coils, kx = written.scan.kspace.shape[2], written.scan.kspace.shape[-1]
@@ -90,12 +97,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--noise", type=float, default=0.05, help="k-space noise standard deviation")
     p.add_argument("--out", default="", help="also write this markdown file")
     args = p.parse_args(argv)
-    from pipelines.host import StreamHost
-    from pipelines.session import SessionOptions
-    from simulator.benchmarks import machine
-    from simulator.client import run_session
-    from simulator.readers import read_ismrmrd
-    from simulator.siemens_layout import write_siemens_pi
 
     lines = [f"# streamrecon bench pi, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "",
              f"Command: `{('streamrecon bench pi ' + ' '.join(argv)).strip()}`", "",

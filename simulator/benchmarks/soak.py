@@ -22,22 +22,22 @@ import threading
 import time
 from datetime import datetime, timezone
 
+import numpy as np
 
-def _proc_sample(pid: int) -> tuple[float, int, int]:
-    """(RSS MiB, threads, open fds) of process ``pid``."""
-    rss, threads = 0.0, 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) / 1024
-            elif line.startswith("Threads:"):
-                threads = int(line.split()[1])
-    return rss, threads, len(os.listdir(f"/proc/{pid}/fd"))
+from models.machine import machine
+from models.masks import line_mask
+from pipelines.processes import free_port, python_env, stop, wait_port
+from simulator.acquire import acquisitions
+from simulator.benchmarks import soak_dl
+from simulator.benchmarks.soak_dl import proc_sample
+from simulator.client import Pacing, run_session
+from simulator.fuzz import exchange as _exchange, mutate as _mutate, valid_session as _valid_session
+from simulator.header import make_header
+from simulator.scan import phantom_scan
 
 
 def main(argv: list[str]) -> int:
     if "--dl" in argv:  # the deep-learning pipelines, session by session: simulator/benchmarks/soak_dl.py
-        from simulator.benchmarks import soak_dl
 
         return soak_dl.main(argv)
     p = argparse.ArgumentParser(prog="streamrecon bench soak", description=__doc__.splitlines()[0],
@@ -56,19 +56,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("serve_args", nargs=argparse.REMAINDER, help="after --: extra `streamrecon serve` options")
     args = p.parse_args(argv)
-
-    import numpy as np
-
-    from models.masks import line_mask
-    from simulator.acquire import acquisitions
-    from simulator.benchmarks import machine
-    from simulator.client import Pacing, run_session
-    from simulator.header import make_header
-    from simulator.processes import free_port, python_env, stop, wait_port
-    from simulator.scan import phantom_scan
-    from simulator.fuzz import exchange as _exchange
-    from simulator.fuzz import mutate as _mutate
-    from simulator.fuzz import valid_session as _valid_session
 
     print(f"streamrecon bench soak  {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"command: streamrecon bench soak {' '.join(argv)}")
@@ -131,7 +118,7 @@ def main(argv: list[str]) -> int:
     print(f"\n{'t (s)':>6s} {'RSS MiB':>8s} {'threads':>7s} {'fds':>5s} {'good':>5s} {'hostile':>7s}")
     try:
         while any(t.is_alive() for t in threads):
-            rss, nthreads, fds = _proc_sample(host.pid)
+            rss, nthreads, fds = proc_sample(host.pid)
             samples.append((time.monotonic() - t0, rss, nthreads, fds))
             with lock:
                 print(f"{samples[-1][0]:6.0f} {rss:8.1f} {nthreads:7d} {fds:5d} {stats['good']:5d} {stats['hostile']:7d}",
@@ -140,7 +127,7 @@ def main(argv: list[str]) -> int:
         for t in threads:
             t.join()
         time.sleep(2.0)  # let the last sessions' threads end
-        rss, nthreads, fds = _proc_sample(host.pid)
+        rss, nthreads, fds = proc_sample(host.pid)
         samples.append((time.monotonic() - t0, rss, nthreads, fds))
         alive = host.poll() is None
     finally:

@@ -28,6 +28,15 @@ from typing import Callable
 
 import numpy as np
 
+from models.machine import machine
+from models.masks import line_mask
+from models.phantoms import brain_pair
+from pipelines.processes import free_port, python_env, stop, wait_port
+from simulator.acquire import acquisitions, exam_acquisitions
+from simulator.client import Pacing, run_session
+from simulator.header import make_header
+from simulator.scan import phantom_scan, scan_from_images
+
 PIPELINES = ("kgmgt_cine", "sgfmri_multicontrast")
 
 
@@ -54,10 +63,6 @@ class Session:
 
 def session_for(pipeline: str, matrix: int, coils: int, frames: int) -> Session:
     """The fixed scan the soak sends to ``pipeline`` (``kgmgt_cine*`` or ``sgfmri_multicontrast*``)."""
-    from models.masks import line_mask
-    from simulator.acquire import acquisitions, exam_acquisitions
-    from simulator.header import make_header
-    from simulator.scan import phantom_scan, scan_from_images
 
     n = matrix
     if pipeline.startswith("kgmgt"):
@@ -67,8 +72,6 @@ def session_for(pipeline: str, matrix: int, coils: int, frames: int) -> Session:
         return Session(make_header(scan, accel=4, calib_lines=8), list(acquisitions(scan, mask, calib_lines=calib)),
                        2 * frames)
     if pipeline.startswith("sgfmri"):
-        from models.phantoms import brain_pair
-
         ref, tgt = brain_pair(n, seed=0)
         kw = dict(n_coils=coils, seed=0, fov_mm=(220.0, 220.0, 5.0), frame_ms=1000.0, frame_of_reference_uid="2.25.9090")
         scans = [scan_from_images(ref[None, None], name="brain_T1w", contrast=0, **kw),
@@ -115,8 +118,6 @@ def soak(pipeline: str, sessions: int, *, matrix: int = 32, coils: int = 4, fram
          serve_args: list[str] | None = None, settle_s: float = 5.0, env: dict | None = None,
          progress: Callable[[tuple], None] | None = None) -> SoakResult:
     """Run ``sessions`` scans of ``pipeline`` one after another against a fresh ``streamrecon serve``."""
-    from simulator.client import Pacing, run_session
-    from simulator.processes import free_port, python_env, stop, wait_port
 
     scan = session_for(pipeline, matrix, coils, frames)
     result = SoakResult(pipeline)
@@ -164,7 +165,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--json", default="", help="also write every sample to this JSON file")
     p.add_argument("serve_args", nargs=argparse.REMAINDER, help="after --: extra `streamrecon serve` options")
     args = p.parse_args(argv)
-    from simulator.benchmarks import machine
 
     serve_args = [a for a in args.serve_args if a != "--"]
     print(f"streamrecon bench soak --dl  {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")

@@ -6,7 +6,7 @@ Figures, one run, one machine:
    the built-in cine phantom and the real cine (``giraf_sax_cine25.mat`` in
    the shared data folder) replayed in real time at ``--frame-ms`` per frame
    through the embedded host (model in process, already loaded). Latency per
-   DESIGN.md: from sending the last readout the frame's output needs (frame
+   docs/design.md: from sending the last readout the frame's output needs (frame
    t+1 for centered, t for causal) to the image's arrival; p50/p95/max, for
    the KGMgT series and, for comparison, the conventional series (no
    look-ahead). Also the model's own time per call (``InferenceMs`` meta).
@@ -26,6 +26,7 @@ then valid, image quality is not.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -35,9 +36,24 @@ from pathlib import Path
 
 import numpy as np
 
+from gadgets import host_settings
+from models.inference import DEFAULT_WEIGHTS
+from models.machine import machine
+from models.masks import line_mask
+from models.shared_data import shared_data_dir
+from models.weights import shipped_path
+from pipelines.host import StreamHost
+from pipelines.inference_client import health
 from pipelines.pipeline_config import shipped_pipeline_with
-from simulator.images import shared_data_dir
-from simulator.processes import free_port, python_env, stop, wait_port
+from pipelines.processes import free_port, python_env, stop, wait_port
+from pipelines.session import SessionOptions
+from simulator.acquire import acquisitions
+from simulator.benchmarks import record_path, scan_arguments
+from simulator.client import Pacing, run_session, run_sessions_at_once
+from simulator.header import make_header
+from simulator.results import frame_latencies_ms, percentiles
+from simulator.scan import phantom_scan
+from simulator.sources import load_source
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,11 +62,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="streamrecon bench stream", description=__doc__.splitlines()[0])
-    p.add_argument("--matrix", type=int, default=64)
-    p.add_argument("--frames", type=int, default=24)
-    p.add_argument("--coils", type=int, default=8)
+    scan_arguments(p, matrix=64, frames=24, coils=8)
     p.add_argument("--accel", type=float, default=4.0)
-    p.add_argument("--frame-ms", type=float, default=36.0)
     p.add_argument("--device", default="auto")
     p.add_argument("--sources", default="phantom,real", help="phantom and/or real (the shared real cine)")
     p.add_argument("--scanners", default="1,2,4")
@@ -58,24 +71,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--skip-cold", action="store_true")
     p.add_argument("--kgmgt-weights", default="", help=".safetensors (default: shipped; untrained stand-in if absent)")
     args = p.parse_args(argv)
-    import logging
 
     logging.getLogger("pipelines.inference_client").setLevel(logging.ERROR)  # health polling while it starts
-
-    from models.inference import DEFAULT_WEIGHTS
-    from models.masks import line_mask
-    from models.weights import shipped_path
-    from gadgets import host_settings
-    from pipelines.host import StreamHost
-    from pipelines.session import SessionOptions
-    from pipelines.inference_client import health
-    from simulator.acquire import acquisitions
-    from simulator.benchmarks import machine, record_path
-    from simulator.client import Pacing, run_session, run_sessions_at_once
-    from simulator.header import make_header
-    from simulator.results import frame_latencies_ms, percentiles
-    from simulator.scan import phantom_scan
-    from simulator.sources import load_source
 
     weights = args.kgmgt_weights or str(shipped_path(DEFAULT_WEIGHTS["kgmgt"]))
     trained = Path(weights).with_suffix(".safetensors").exists()

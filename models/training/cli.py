@@ -3,13 +3,13 @@
 Data (``--data``):
 - ``shared`` (default): real images from ``../shared/data`` (qMRLab volumes;
   for pairs also one TCGA patient and CDLMRI patientA; see
-  ``simulator.model_data`` for the splits -- the real cine, the other TCGA
+  ``models.shared_data`` for the splits -- the real cine, the other TCGA
   patient and the CDLMRI tumour slice are held out for ``streamrecon evaluate``), plus, for cine, the
   built-in beating-heart phantom (``--phantom-fraction``);
 - ``sunnybrook`` (cine): real hearts, the Sunnybrook short-axis cines of the
   training patients, simulated as real-time scans with view-shared inputs
   (``models.cine_windows``); validation on the held-out patient
-  (``simulator.model_data.SUNNYBROOK_VALIDATION``) and the GIRAF cine;
+  (``models.shared_data.SUNNYBROOK_VALIDATION``) and the GIRAF cine;
 - ``synthetic``: the built-in phantoms only (no files needed);
 - ``none``: only the files given below.
 
@@ -32,34 +32,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+from safetensors.torch import load_file
 
-def _machine() -> str:
-    import torch
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} logical cores, {gpu}, torch {torch.__version__}"
+from models import shared_data as model_data
+from models.cine_windows import VALIDATION_CONDITIONS, RealCineSampler, validation_window
+from models.ddei import train_unsupervised
+from models.inference import _set_dc
+from models.kgmgt import KGMgTConfig
+from models.machine import machine
+from models.phantoms import brain_pair
+from models.sgfmri import SGFMRIConfig
+from models.train import TrainConfig, VGG19Features, train
+from models.training_data import CineSampler, PairSampler, SimulationSettings, collate, pair_validation_items, resize
+from models.weights import SHIPPED_DIR, build_model, load_weights, read_card, save_weights
 
 
 def _dataset_images(args) -> tuple[list, list]:
     """Static images and real cines from the dataset options, via ``simulator.readers``."""
-    import numpy as np
     images, cines = [], []
     scans = []
     if args.cmrxrecon or args.ismrmrd or args.fastmri:
-        from . import readers
+        from simulator import readers  # inside: models sits below simulator; only --dataset files need its readers
         scans += [readers.read_cmrxrecon(p) for p in args.cmrxrecon]
         for p in args.ismrmrd:
             scans += readers.read_ismrmrd(p)
@@ -76,7 +75,6 @@ def _dataset_images(args) -> tuple[list, list]:
 def _with_dc_per_step(model):
     """The same KGMgT with one DC layer per step, each a copy of its one shared layer (the generator's
     weights kept): fine-tuning a shared-DC network into the per-step form."""
-    from models.weights import build_model
 
     cfg = model.cfg.to_dict()
     cfg["dc_per_step"] = True
@@ -91,10 +89,6 @@ def _with_dc_per_step(model):
 def _unrolled_from(path, cfg):
     """An unrolled SGF-MRI whose guided network starts as ``path``'s one-shot network (the new gate and
     per-cascade DC layers start fresh)."""
-    import torch
-    from safetensors.torch import load_file
-
-    from models.weights import build_model
 
     model = build_model("sgfmri", cfg.to_dict())
     state = load_file(str(path))
@@ -112,9 +106,6 @@ def _unrolled_from(path, cfg):
 def _pair_validation(model_data, items_for) -> list:
     """The held-out pairs (model_data.multicontrast_evaluation_pairs: the middle TCGA slice and the tumour
     slice, every pair kind) at 4x and 8x, each with / without / with a wrong reference (another slice)."""
-    import numpy as np
-
-    from models.training_data import resize
 
     items = []
     evaluation = model_data.multicontrast_evaluation_pairs()
@@ -215,14 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    import numpy as np
-    import torch
 
-    from models.train import TrainConfig, VGG19Features, train
-    from models.training_data import CineSampler, PairSampler, SimulationSettings
-    from models.weights import SHIPPED_DIR, build_model, save_weights
-
-    from . import model_data
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -230,8 +214,6 @@ def main(argv: list[str]) -> int:
     val_sampler = None
     val_data = None
     if args.model == "kgmgt" and args.data == "sunnybrook-rt":
-        from models.cine_windows import VALIDATION_CONDITIONS, RealCineSampler, validation_window
-        from models.training_data import collate
         inputs = args.inputs or "view-shared"
         size = args.size or 128
         train_cines = [c for v in model_data.load_sunnybrook().values() for c in v]
@@ -245,10 +227,8 @@ def main(argv: list[str]) -> int:
               f"validation: {len(val_data)} windows of {len(held_out)} held-out hearts at full matrix "
               f"({', '.join(held_out)}) x {len(VALIDATION_CONDITIONS)} conditions")
         task = "cine"
-        from models.kgmgt import KGMgTConfig
         cfg = KGMgTConfig.official() if args.config == "official" else KGMgTConfig.cpu_small()
     elif args.model == "kgmgt" and args.data == "sunnybrook":
-        from models.cine_windows import RealCineSampler
         inputs = args.inputs or "view-shared"
         size = args.size or 96
         train_cines = [c for v in model_data.load_sunnybrook().values() for c in v]
@@ -258,7 +238,6 @@ def main(argv: list[str]) -> int:
         val_sampler = RealCineSampler(val_cines, size=size, accel=tuple(args.accel), inputs=inputs)
         print(f"cine data: {len(train_cines)} Sunnybrook slice-cines (validation: {len(val_cines)} held-out cines)")
         task = "cine"
-        from models.kgmgt import KGMgTConfig
         cfg = KGMgTConfig.official() if args.config == "official" else KGMgTConfig.cpu_small()
     elif args.model == "kgmgt":
         images = model_data.cine_training_images() if args.data == "shared" else []
@@ -271,17 +250,15 @@ def main(argv: list[str]) -> int:
                               cines=cines, settings=settings)
         print(f"cine data: {len(images)} static images, {len(cines)} real cines, phantom fraction {phantom}")
         task = "cine"
-        from models.kgmgt import KGMgTConfig
         cfg = KGMgTConfig.official() if args.config == "official" else KGMgTConfig.cpu_small()
     else:
         pairs = []
         if args.data in ("shared", "brains"):
             pairs = model_data.multicontrast_training_pairs()
         elif args.data == "synthetic":
-            from models.phantoms import brain_pair
             pairs = [tuple(np.abs(a) for a in brain_pair(128, seed=s)) for s in range(64)]
         if args.m4raw:
-            from .readers import read_m4raw_pair
+            from simulator.readers import read_m4raw_pair  # inside: as above, only an M4Raw folder needs it
             for target in ("T2", "FLAIR"):
                 try:
                     ref_scan, tgt_scan = read_m4raw_pair(args.m4raw, reference="T1", target=target)
@@ -295,7 +272,6 @@ def main(argv: list[str]) -> int:
         print(f"multi-contrast data: {len(pairs)} pairs")
         size = args.size or 96
         if args.data == "brains":
-            from models.training_data import collate, pair_validation_items
             sampler = PairSampler.realistic(pairs, size)
             val_data = [collate([item]) for item in _pair_validation(model_data, pair_validation_items)]
             print(f"validation: {len(val_data)} held-out items (with / without / wrong reference)")
@@ -305,19 +281,16 @@ def main(argv: list[str]) -> int:
                                   max_shift_px=args.ref_shift, max_rotation_deg=args.ref_rotation,
                                   reference_noise=tuple(args.ref_noise))
         task = "pair"
-        from models.sgfmri import SGFMRIConfig
         cfg = (SGFMRIConfig.paper() if args.config == "official"
                else SGFMRIConfig.unrolled(args.cascades or 3) if args.config == "unrolled" else SGFMRIConfig.cpu_small())
     init_steps, init_version = 0, None
     if args.init_weights and args.model == "sgfmri" and args.config == "unrolled":
-        from models.weights import read_card
         model, card = _unrolled_from(args.init_weights, cfg), read_card(args.init_weights)
         init_meta = card.get("meta", {})
         init_steps = int(init_meta.get("total_steps", init_meta.get("steps", 0)))
         init_version = card.get("version")
         print(f"unrolled network initialised from {args.init_weights} ({init_version}, {init_steps} steps)")
     elif args.init_weights:
-        from models.weights import load_weights
         model, card = load_weights(args.init_weights)
         if card["architecture"] != args.model:
             print(f"--init-weights holds a {card['architecture']} network, not {args.model}", file=sys.stderr)
@@ -349,7 +322,6 @@ def main(argv: list[str]) -> int:
         if args.init_weights and args.init_residual_scale is not None:
             model.scale_residual(args.init_residual_scale)
     if args.dc_method != "gradient":
-        from models.inference import _set_dc
         print(f"training DC: {_set_dc(model, args.dc_method, args.dc_iterations)}")
     tcfg = TrainConfig(task=task, steps=args.steps, batch=args.batch, lr=args.lr, ssim_weight=args.ssim_weight,
                        loss=args.loss,
@@ -360,10 +332,9 @@ def main(argv: list[str]) -> int:
     ckpt = args.ckpt or Path("out") / "train" / args.model
     print(f"training {args.model} ({args.config}, {sum(p.numel() for p in model.parameters())} parameters) "
           f"on {args.data} data, {size}x{size}, batch {args.batch}, {args.steps} steps; checkpoints in {ckpt}")
-    print(f"machine: {_machine()}")
+    print(f"machine: {machine()}")
     if args.export_only:
         # the weights a run kept (best validation, or its last checkpoint), exported without training
-        from safetensors.torch import load_file
         state = json.loads((ckpt / "state.json").read_text())
         weights = ckpt / ("best.safetensors" if args.export_only == "best" else "last.safetensors")
         model.load_state_dict(load_file(str(weights)), strict=True)
@@ -376,7 +347,6 @@ def main(argv: list[str]) -> int:
         if args.model != "kgmgt":
             print("--unsupervised is implemented for the cine model", file=sys.stderr)
             return 2
-        from models.ddei import train_unsupervised
         result = train_unsupervised(model, sampler, tcfg, ckpt_dir=ckpt, resume=args.resume)
     else:
         result = train(model, sampler, tcfg, ckpt_dir=ckpt, resume=args.resume, perceptual=perceptual,
@@ -384,7 +354,7 @@ def main(argv: list[str]) -> int:
     print(json.dumps(result["history"][-3:], indent=1))
     if args.export:
         meta = {"command": "streamrecon train " + " ".join(a for a in argv if a not in ("--export-only", "best", "last")),
-                "machine": _machine(),
+                "machine": machine(),
                 "train_seconds": round(result["seconds"], 1), "steps": result["step"],
                 "date": time.strftime("%Y-%m-%d"), "history": result["history"],
                 "training_size": [size, size], "accel_range": list(args.accel), "data": args.data,

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .metrics import nmse, psnr, ssim
+from models.metrics import nmse, psnr, ssim
 
 
 def _rss_kib(field_name: str) -> int | None:

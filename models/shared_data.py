@@ -20,15 +20,42 @@ Splits, fixed so nothing evaluated is trained on:
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import h5py
+import nibabel as nib
 import numpy as np
+from PIL import Image
+from scipy.io import loadmat
+
+DATA_SUBFOLDERS = ("cine", "multicontrast")
+
+
+def shared_data_dir() -> Path:
+    """``$STREAMRECON_DATA`` or ``../shared/data`` beside the repository.
+
+    ``STREAMRECON_DATA`` names the data folder itself: the one that holds
+    ``cine/`` and ``multicontrast/``, not its parent.
+    """
+    env = os.environ.get("STREAMRECON_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def data_dir_problem() -> str | None:
+    """What is wrong with the data folder, in one line a user can act on; None when it looks right."""
+    d = shared_data_dir()
+    if any((d / sub).is_dir() for sub in DATA_SUBFOLDERS):
+        return None
+    where = f"STREAMRECON_DATA={d}" if os.environ.get("STREAMRECON_DATA") else f"the default data folder {d}"
+    inner = [p for p in (d.iterdir() if d.is_dir() else []) if p.is_dir() and any((p / s).is_dir() for s in DATA_SUBFOLDERS)]
+    hint = f" (did you mean {inner[0]}?)" if inner else ""
+    return (f"{where} holds no {' or '.join(s + '/' for s in DATA_SUBFOLDERS)}; set STREAMRECON_DATA to the data "
+            f"folder itself, the one that holds them{hint}")
 
 
 def data_dir() -> Path:
-    """``$STREAMRECON_DATA`` or ``../shared/data`` beside the repository (one definition: :mod:`simulator.images`)."""
-    from simulator.images import shared_data_dir
-
+    """The data folder (:func:`shared_data_dir`)."""
     return shared_data_dir()
 
 
@@ -38,7 +65,6 @@ def have_data() -> bool:
 
 def load_cine() -> np.ndarray:
     """The held-out real cine, ``(25, 192, 156)`` float32 (frames first), max 1."""
-    from scipy.io import loadmat
     data = loadmat(str(data_dir() / "cine" / "giraf_sax_cine25.mat"))["data"].astype(np.float32)
     cine = np.moveaxis(data, -1, 0)
     return cine / cine.max()
@@ -59,7 +85,6 @@ def load_sunnybrook(patients: tuple[str, ...] | list[str] | None = None) -> dict
     with per-series scaling), so every cine has the same intensity range.
     Default: the training patients (all but :data:`SUNNYBROOK_VALIDATION`).
     """
-    import h5py
     patients = [p for p in SUNNYBROOK_PATIENTS if p not in SUNNYBROOK_VALIDATION] if patients is None else list(patients)
     out: dict[str, list[np.ndarray]] = {}
     with h5py.File(data_dir() / "cine" / "sunnybrook_sax_cine.h5", "r") as f:
@@ -84,7 +109,6 @@ def cine_validation_hearts(slices_per_patient: int = 3) -> dict[str, np.ndarray]
 
 def load_qmrlab() -> dict[str, np.ndarray]:
     """``{"T1w", "PDw", "MTw"}`` -> ``(128, 128, 96)`` float32 volumes (co-registered)."""
-    import nibabel as nib
     out = {}
     for name in ("T1w", "PDw", "MTw"):
         v = np.asarray(nib.load(str(data_dir() / "multicontrast" / f"{name}.nii.gz")).get_fdata(), dtype=np.float32)
@@ -125,7 +149,6 @@ def _unit(a: np.ndarray) -> np.ndarray:
 
 def load_tcga(patient: str) -> dict[str, np.ndarray]:
     """``{"T1", "T1c", "T2", "FLAIR"}`` -> ``(240, 240, 155)`` float32 volumes of one patient (co-registered)."""
-    import nibabel as nib
     d = data_dir() / "multicontrast" / "tcga"
     return {name: np.clip(np.asarray(nib.load(str(d / f"{patient}_{suffix}.nii.gz")).get_fdata(), dtype=np.float32), 0, None)
             for name, suffix in TCGA_CONTRASTS.items()}
@@ -147,7 +170,6 @@ def _ordered_pairs(group: dict[str, np.ndarray]) -> list[tuple[np.ndarray, np.nd
 
 def multicontrast_training_pairs(step: int = 1, tcga_step: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
     """(reference, target) slices, every ordered contrast pair of each co-registered set (module docstring)."""
-    from PIL import Image
     pairs = []
     vols = load_qmrlab()
     ref_energy = {axis: np.moveaxis(vols["T1w"], axis, 0) for axis in range(3)}
@@ -173,7 +195,6 @@ def multicontrast_training_pairs(step: int = 1, tcga_step: int = 1) -> list[tupl
 def multicontrast_evaluation_pairs(tcga_slices: int = 3) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Validation pairs ``name -> (reference, target)``, float32, each max 1: ``(ny, nx)`` or, for the TCGA
     patient, ``(tcga_slices, ny, nx)`` axial slices spread over the middle of the brain."""
-    from scipy.io import loadmat
     d = data_dir() / "multicontrast"
     mat = loadmat(str(d / "T2_FLAIR_T1pre_T1post.mat"))
     out = {

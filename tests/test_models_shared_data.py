@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from simulator import model_data
+from models import shared_data as model_data
 
 needs_data = pytest.mark.skipif(not (model_data.data_dir() / "multicontrast" / "tcga").is_dir(),
                                 reason="shared multi-contrast data absent")

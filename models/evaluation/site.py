@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .cine import Case
+
 
 class SiteDataError(ValueError):
     """The source cannot be an evaluation case; the text says why, naming the source."""
@@ -29,7 +31,7 @@ def _unit(frames: np.ndarray) -> np.ndarray:
 
 
 def _scans(source: str):
-    from .sources import load_source
+    from simulator.sources import load_source  # inside: models sits below simulator; a site's files are read its way
 
     # One coil: only the truth is used here; evaluation simulates its own coils, seeded like the
     # built-in cases.
@@ -45,7 +47,6 @@ def _label(source: str) -> str:
 
 def site_cine_cases(source: str, frames: int | None = None) -> list:
     """``[Case]``: one per slice of ``source``'s cine (magnitude, max 1), the first ``frames`` frames."""
-    from .cine_evaluation import Case
 
     scans = _scans(source)
     if len(scans) != 1:

@@ -2,13 +2,13 @@
 
 Cine (``--task cine``): the validation split that training never touches
 (GIRAF and slices of the held-out Sunnybrook patient), every online and
-offline anchor and KGMgT centred and causal, as :mod:`simulator.cine_evaluation`
+offline anchor and KGMgT centred and causal, as :mod:`models.evaluation.cine`
 describes; the anchors' results are cached (``--anchors-cache``) so a new
 network is scored against them without recomputing BART. Writes ``OUT/cine.md``
 (one table per mask configuration) and labelled strips.
 
 Multi-contrast (``--task pair``): the validation pairs of
-``simulator.model_data.multicontrast_evaluation_pairs`` (never trained on:
+``models.shared_data.multicontrast_evaluation_pairs`` (never trained on:
 the held-out TCGA patient, T1 -> T2 and T1 -> FLAIR on three axial slices,
 240 x 240; the CDLMRI tumour slice, T1_pre -> T2 and -> FLAIR, 256 x 256),
 8 coils, variable-density random line masks with 16 central lines at 4x and
@@ -17,7 +17,7 @@ with it. Strips (labelled columns): reference contrast, fully sampled
 target, zero-filled, SGF-MRI without and with the reference; below, their
 |error| x5.
 
-A site's own data (``--data SOURCE``, :mod:`simulator.site_evaluation`):
+A site's own data (``--data SOURCE``, :mod:`models.evaluation.site`):
 a cine source becomes cine cases, ``REFERENCE+TARGET`` a pair case, each
 through the same anchors, network and headline figures as the built-in
 validation.
@@ -33,12 +33,28 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from models import shared_data as model_data
+from models.baselines import bart_available, bart_pics, cg_sense
+from models.evaluation.scores import Score, markdown_table, measure, score
+from models.inference import load_model
+from models.machine import machine
+from models.masks import FAMILIES, line_mask
+from models.shared_data import data_dir_problem
+from models.synthetic import coil_maps, smooth_phase
+from models.training_data import resize, simulate_acquisition
+from models.weights import shipped_path
+
+from . import cine as ce
+from .cine import cine_table
+from .site import SiteDataError, site_cine_cases, site_pairs
 
 
 def _strip(images: list[np.ndarray], ref: np.ndarray, path: Path, labels: list[str] | None = None,
            guide: np.ndarray | None = None) -> None:
     """Top: [guide], reference (truth), each image; bottom: |error| x5 under each image. Column labels when given."""
-    from PIL import Image, ImageDraw
     peak = float(np.percentile(np.abs(ref), 99.5))
     lead = [] if guide is None else [np.clip(np.abs(guide) / max(float(np.percentile(np.abs(guide), 99.5)), 1e-12), 0, 1)]
     tiles = lead + [np.clip(np.abs(im) / peak, 0, 1) for im in [ref] + images]
@@ -61,13 +77,9 @@ def _strip(images: list[np.ndarray], ref: np.ndarray, path: Path, labels: list[s
 
 
 def evaluate_cine(args, out: Path) -> list:
-    """The cine validation (``simulator.cine_evaluation``): anchors (cached in ``--anchors-cache``) and KGMgT."""
-    from models.evaluate import Score, measure, score
-    from models.inference import load_model
-    from . import cine_evaluation as ce
+    """The cine validation (``models.evaluation.cine``): anchors (cached in ``--anchors-cache``) and KGMgT."""
 
     if args.data:
-        from .site_evaluation import site_cine_cases
         cases = site_cine_cases(args.data, args.frames)
     else:
         cases = ce.evaluation_cases(args.slices_per_patient, unseen_conditions=not args.no_unseen_conditions)
@@ -129,10 +141,7 @@ def evaluate_cine(args, out: Path) -> list:
 
 
 def evaluate_cine_ablation(args, out: Path) -> list:
-    """KGMgT variants (``simulator.cine_evaluation.ablation_variants``) at the first ``--cine-configs`` entry."""
-    from models.evaluate import Score, measure, score
-    from models.weights import shipped_path
-    from . import cine_evaluation as ce
+    """KGMgT variants (``models.evaluation.cine.ablation_variants``) at the first ``--cine-configs`` entry."""
 
     family, accel = args.cine_configs[0].split(":")[0], float(args.cine_configs[0].split(":")[1])
     old = args.previous_kgmgt_weights or shipped_path("kgmgt_cine_small")
@@ -147,7 +156,6 @@ def evaluate_cine_ablation(args, out: Path) -> list:
             rows.append(sc.row())
             print(f"{name:20s} {label:52s} PSNR {sc.psnr:6.2f} SSIM {sc.ssim:.4f} {sc.seconds_per_frame:7.3f} s/frame",
                   flush=True)
-    from .cine_evaluation import cine_table
     (out / "cine_ablation.md").write_text(cine_table(rows))
     print(cine_table(rows))
     return [Score.from_row(r) for r in rows]
@@ -160,18 +168,10 @@ def evaluate_pairs(args, out: Path) -> list:
     """The multi-contrast validation: per held-out pair and acceleration, the classical anchors (CG-SENSE,
     BART l1-wavelet at each lambda of :data:`PAIR_BART_LAMBDAS`, the best reported) and SGF-MRI with its
     reference, without one and with a wrong one (another slice of the same contrast)."""
-    from models.baselines import bart_available, bart_pics, cg_sense
-    from models.evaluate import measure, score
-    from models.inference import load_model
-    from models.masks import line_mask
-    from models.synthetic import coil_maps, smooth_phase
-    from models.training_data import resize, simulate_acquisition
-    from . import model_data
 
     rec = load_model("sgfmri", device=args.device, weights=args.sgfmri_weights, dc_method=args.dc_method)
     scores = []
     if args.data:
-        from .site_evaluation import site_pairs
         evaluation = site_pairs(args.data)
     else:
         evaluation = model_data.multicontrast_evaluation_pairs()
@@ -281,7 +281,6 @@ _CINE_CONFIGS = ("kt-gaussian:4", "vd-random:4", "kt-gaussian:8", "vd-random:8",
 
 def parse_configs(texts: list[str]) -> list[tuple[str, float]]:
     """``["kt-gaussian:8", ...]`` -> ``[("kt-gaussian", 8.0), ...]``; a malformed entry is named."""
-    from models.masks import FAMILIES
 
     out = []
     for text in texts:
@@ -340,23 +339,15 @@ def main(argv: list[str]) -> int:
         parse_configs(args.cine_configs)
     except ValueError as exc:
         p.error(str(exc))
-    import torch
-
-    from models.evaluate import markdown_table
-    from . import model_data
-    from .train_cli import _machine
 
     if args.data:
-        from .site_evaluation import SiteDataError, site_cine_cases, site_pairs
         try:  # refuse unusable data in one line before any model is loaded
             site_pairs(args.data) if args.task == "pair" else site_cine_cases(args.data, args.frames)
         except (SiteDataError, OSError, ValueError, KeyError) as exc:
-            from .replay import _one_line
-            print(f"streamrecon evaluate: {_one_line(exc)}", file=sys.stderr)
+            from simulator.replay import one_line  # inside: models sits below simulator (the replay CLI's wording)
+            print(f"streamrecon evaluate: {one_line(exc)}", file=sys.stderr)
             return 2
     elif not model_data.have_data():
-        from .images import data_dir_problem
-
         print(f"streamrecon evaluate: {data_dir_problem() or f'no cine data in {model_data.data_dir()}'}", file=sys.stderr)
         return 2
     if args.threads:
@@ -373,7 +364,7 @@ def main(argv: list[str]) -> int:
     if args.task in ("pair", "all"):
         table += "\n\n" + pair_summary(scores)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": "streamrecon evaluate " + " ".join(argv),
-            "machine": _machine(), "threads": torch.get_num_threads(),
+            "machine": machine(), "threads": torch.get_num_threads(),
             "normalisation": "magnitudes, no rescaling; PSNR peak = max of each reference frame; full FOV"}
     (args.out / "scores.json").write_text(json.dumps({"meta": meta, "scores": [s.row() for s in scores]}, indent=1))
     (args.out / "scores.md").write_text(f"{meta['command']}  \n{meta['date']}, {meta['machine']}\n\n{table}\n")

@@ -23,7 +23,7 @@ Methods, all from the same k-space and the same estimated coil maps:
   the first case at the first configuration among :data:`BART_LAMBDAS`.
 
 Scores: magnitude PSNR/SSIM/NMSE against the fully sampled SENSE image over
-the full field of view, per frame then averaged (``models.evaluate``), and
+the full field of view, per frame then averaged (``models.evaluation.scores``), and
 seconds per frame on this machine. :func:`headline_table` gives what the
 network adds: centred minus its own input (centred view sharing), causal
 minus causal view sharing, minus the best online anchor, and the distance
@@ -37,6 +37,20 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
+from PIL import Image
+
+from models import shared_data as model_data
+from models.baselines import bart_available, bart_pics, cg_sense, tv_temporal
+from models.cine_windows import ValidationCondition, condition_frames, frame_image, window_inputs, window_order
+from models.dc import DataConsistency
+from models.inference import _set_dc, load_model
+from models.masks import line_mask
+from models.metrics import psnr
+from models.synthetic import coil_maps, smooth_phase
+from models.training_data import simulate_acquisition
+
+from .strips import ERROR_GAIN, titled, to_uint8
 
 BART_LAMBDAS = (0.003, 0.01, 0.03)
 DEFAULT_CONFIGS = ("kt-gaussian:8", "vd-random:8", "kt-gaussian:4", "kt-gaussian:10")
@@ -74,9 +88,6 @@ def evaluation_cases(slices_per_patient: int = 3, unseen_conditions: bool = True
     ``unseen_conditions``, two of them played as training never draws them: the middle Sunnybrook slice
     rotated 30 degrees, its heart twice as fast, 24 coils and real-time noise (2 % of the RMS k-space);
     GIRAF transposed (phase encoding along the other axis), 12 coils, 1 % noise."""
-    from models.cine_windows import ValidationCondition, condition_frames
-
-    from . import model_data
 
     hearts = model_data.cine_validation_hearts(slices_per_patient)
     cases = [Case(name, cine) for name, cine in hearts.items()]
@@ -93,7 +104,6 @@ def evaluation_cases(slices_per_patient: int = 3, unseen_conditions: bool = True
 
 def validation_cases(sunnybrook_slices: tuple[int, ...] = SUNNYBROOK_SLICES) -> dict[str, np.ndarray]:
     """``{name: (T, ny, nx) float32 magnitude}`` of the validation split."""
-    from . import model_data
 
     cases = {"GIRAF": model_data.load_cine()}
     if model_data.have_sunnybrook():
@@ -107,9 +117,6 @@ def validation_cases(sunnybrook_slices: tuple[int, ...] = SUNNYBROOK_SLICES) -> 
 def acquire(case: str, cine: np.ndarray, family: str, accel: float, acs: int = 16, coils: int = 8,
             noise: float = 0.0) -> Acquisition:
     """One seeded real-time acquisition of a magnitude cine (same seeds for every method)."""
-    from models.masks import line_mask
-    from models.synthetic import coil_maps, smooth_phase
-    from models.training_data import simulate_acquisition
 
     t, ny, nx = cine.shape
     video = (cine * np.exp(1j * smooth_phase((ny, nx), seed=7, max_rad=np.pi))[None]).astype(np.complex64)
@@ -120,15 +127,12 @@ def acquire(case: str, cine: np.ndarray, family: str, accel: float, acs: int = 1
 
 def view_shared_series(a: Acquisition, causal: bool) -> np.ndarray:
     """View-sharing SENSE of every frame, as the stream has it (``t+1`` allowed when centred)."""
-    from models.cine_windows import frame_image
 
     return np.stack([frame_image(a.kspace, a.masks, a.maps, t, causal) for t in range(len(a.kspace))])
 
 
 def tv_window_series(a: Acquisition, lam: float = 0.03, iterations: int = 100) -> np.ndarray:
     """Temporal TV over each 3-frame window ``t-1, t, t+1`` (as available), keeping frame ``t``."""
-    from models.baselines import tv_temporal
-    from models.cine_windows import window_order
 
     n = len(a.kspace)
     out = np.empty_like(a.zero_filled)
@@ -141,7 +145,6 @@ def tv_window_series(a: Acquisition, lam: float = 0.03, iterations: int = 100) -
 
 def kgmgt_series(rec, a: Acquisition, causal: bool, batch: int = 4) -> np.ndarray:
     """A loaded KGMgT over every frame, with the window images its weights take."""
-    from models.cine_windows import window_inputs
 
     n = len(a.kspace)
     out = np.empty_like(a.zero_filled)
@@ -159,9 +162,6 @@ def kgmgt_series(rec, a: Acquisition, causal: bool, batch: int = 4) -> np.ndarra
 def view_shared_dc_series(a: Acquisition, causal: bool = False, weight: float = INPUT_DC_WEIGHT) -> np.ndarray:
     """View-sharing SENSE with each frame's own lines enforced by the exact soft-DC step (5 CG iterations)
     at ``weight``: what the network's input step does before anything learned. An online classical anchor."""
-    import torch
-
-    from models.dc import DataConsistency
 
     dc = DataConsistency("soft", weight, method="prox", cg_iterations=5)
     x = torch.from_numpy(view_shared_series(a, causal))
@@ -171,7 +171,6 @@ def view_shared_dc_series(a: Acquisition, causal: bool = False, weight: float = 
 
 
 def anchor_methods(a: Acquisition, bart_lambda: float | None) -> dict[str, Callable[[], np.ndarray]]:
-    from models.baselines import bart_available, bart_pics, cg_sense, tv_temporal
 
     methods = {
         "zero-filled SENSE": lambda: a.zero_filled,
@@ -190,8 +189,6 @@ def anchor_methods(a: Acquisition, bart_lambda: float | None) -> dict[str, Calla
 
 def choose_bart_lambda(a: Acquisition, log: Callable[[str], None] = print) -> tuple[float | None, dict]:
     """The BART lambda of :data:`BART_LAMBDAS` with the best PSNR on ``a`` (the first case/configuration)."""
-    from models.baselines import bart_available, bart_pics
-    from models.metrics import psnr
 
     if not bart_available():
         log("bart is not on PATH (apt-get install bart): BART pics not run; the torch temporal TV stands in")
@@ -206,16 +203,13 @@ def choose_bart_lambda(a: Acquisition, log: Callable[[str], None] = print) -> tu
 
 def strip(columns: dict[str, np.ndarray], reference: np.ndarray, path: Path) -> None:
     """Labelled strip: reference and every method in columns, error maps (x5) below, one grey scale per row."""
-    from PIL import Image
-
-    from .results import ERROR_GAIN, _titled, _to_uint8
 
     scale = float(np.percentile(np.abs(reference), 99.5))
-    top = [_titled(_to_uint8(reference, scale), "reference")]
-    bottom = [_titled(np.zeros_like(_to_uint8(reference, scale)), f"error x{ERROR_GAIN:g}")]
+    top = [titled(to_uint8(reference, scale), "reference")]
+    bottom = [titled(np.zeros_like(to_uint8(reference, scale)), f"error x{ERROR_GAIN:g}")]
     for name, image in columns.items():
-        top.append(_titled(_to_uint8(image, scale), name))
-        bottom.append(_titled(_to_uint8(np.abs(np.abs(image) - np.abs(reference)), scale / ERROR_GAIN), "error"))
+        top.append(titled(to_uint8(image, scale), name))
+        bottom.append(titled(to_uint8(np.abs(np.abs(image) - np.abs(reference)), scale / ERROR_GAIN), "error"))
     Image.fromarray(np.concatenate([np.concatenate(top, 1), np.concatenate(bottom, 1)], 0)).save(path)
 
 
@@ -293,7 +287,6 @@ def ablation_variants(new_weights: str | None, old_weights: str | None, device: 
     Inference-side switches on the trained network (cascades, DC solver, the network itself removed) and
     the previous network (zero-filled inputs, trained on brains and a phantom).
     """
-    from models.inference import _set_dc, load_model
 
     def variant(weights, causal=False, cascades=None, dc=None, no_network=False):
         rec = load_model("kgmgt", device=device, weights=weights)

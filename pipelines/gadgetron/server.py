@@ -22,7 +22,10 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .processes import ROOT, free_port, stop, wait_port
+import h5py
+import ismrmrd
+
+from pipelines.processes import ROOT, free_port, stop, wait_port
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +189,6 @@ CLIENT_RACE = "Bad file descriptor"
 
 def read_images_h5(path: Path, group: str = "images") -> list:
     """Every ``ismrmrd.Image`` in ``path``'s ``group`` (one ``image_<series>`` subgroup per series)."""
-    import h5py
-    import ismrmrd
 
     if not Path(path).exists():
         return []

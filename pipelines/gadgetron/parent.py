@@ -26,7 +26,7 @@ import ismrmrd
 from gadgetron.external import constants, readers, writers
 from gadgetron.types.recon_data import ReconData, read_recon_data, write_recon_data
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (pipelines/gadgetron/ is two below it)
 
 
 class _Socket:

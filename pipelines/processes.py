@@ -104,6 +104,32 @@ def start_triton_server(python: str, args: list[str], timeout: float = 180.0) ->
     raise RuntimeError("triton-server did not become ready")
 
 
+def start_inference_service(args: list[str], timeout: float = 300.0) -> tuple[subprocess.Popen, str]:
+    """``streamrecon infer-server ARGS`` on a free loopback port; (process, endpoint) once it answers its health check."""
+    from pipelines.inference_client import health
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    cmd = [sys.executable, "-m", "pipelines.cli", "infer-server", "--bind", endpoint, "--log-level", "WARNING", *args]
+    log_file = tempfile.TemporaryFile()  # its log: a file, not a pipe nobody drains during a long run
+    proc = subprocess.Popen(cmd, env=python_env(), stdout=subprocess.DEVNULL, stderr=log_file)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                log_file.seek(0)
+                raise RuntimeError(f"infer-server exited with {proc.returncode}: "
+                                   f"{log_file.read().decode(errors='replace')[-2000:]}")
+            try:
+                health(endpoint, timeout_ms=500)
+                return proc, endpoint
+            except Exception:  # not listening yet: zmq's and the health reply's errors alike
+                time.sleep(0.2)
+        stop(proc)
+        raise RuntimeError("infer-server did not become healthy")
+    finally:
+        log_file.close()  # the child keeps its own descriptor
+
+
 def _group_members(pgid: int) -> list[tuple[int, str]]:
     """(pid, command line) of the live processes in process group ``pgid`` (Linux /proc)."""
     out = []

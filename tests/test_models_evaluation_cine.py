@@ -6,7 +6,7 @@ from models.baselines import bart_available
 from models.inference import load_model
 from models.metrics import psnr
 from models.phantoms import cardiac_cine
-from simulator import cine_evaluation as ce
+from models.evaluation import cine as ce
 
 
 @pytest.fixture(scope="module")

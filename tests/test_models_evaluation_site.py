@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulator.evaluate_cli import main as evaluate_main
-from simulator.site_evaluation import SiteDataError, site_cine_cases, site_pairs
+from models.evaluation.cli import main as evaluate_main
+from models.evaluation.site import SiteDataError, site_cine_cases, site_pairs
 from tests.dl_support import tiny_weights
 
 ROOT = Path(__file__).resolve().parents[1]
