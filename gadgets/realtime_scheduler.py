@@ -140,6 +140,8 @@ def plan(queued: Sequence[Job], now: float, estimate: ServiceTime, max_batch: in
         # nothing measured yet: one item, the cheapest measurement; the oldest that still has at least
         # half the time the newest has (one about to expire would most likely be wasted)
         most = max(due(j) - now for j in timed)
+        if most <= 0:  # every deadline has passed: as with no feasible job below, probe the newest
+            return Plan([timed[-1]], timed[:-1], probe=True)
         return Plan([next(j for j in timed if due(j) - now >= 0.5 * most)], probe=True)
     feasible = [j for j in timed if now + one <= due(j)]
     stale = [j for j in timed if now + one > due(j)]

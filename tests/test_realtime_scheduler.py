@@ -67,6 +67,14 @@ def test_first_call_measures_on_one_window_that_is_not_about_to_expire():
     assert p.probe and [j.payload for j in p.batch] == [1]
 
 
+def test_first_call_after_every_deadline_passed_probes_the_newest():
+    """Nothing measured and every window already late (a 1 ms bound): the plan must still name one window
+    (it raised StopIteration on the model thread, which lost the gadget's model thread)."""
+    jobs = _jobs([0.0, 0.5, 1.0], lag=0.001)
+    p = plan(jobs, now=2.0, estimate=ServiceTime(), max_batch=8)
+    assert p.probe and [j.payload for j in p.batch] == [2] and [j.payload for j in p.stale] == [0, 1]
+
+
 def test_without_a_bound_windows_go_in_release_order_in_chunks():
     jobs = [Job(payload=i, released=float(i), deadline=None, seq=i) for i in range(11)]
     p = plan(list(reversed(jobs)), now=100.0, estimate=_measured(50.0), max_batch=4)
