@@ -235,7 +235,7 @@ def _build_dual_unet_resnet3d(config: Mapping[str, Any] | None) -> Any:
     return DualUNetResNet3D(**dict(config or {}))
 
 
-register(ModelEntry("kgmgt", "cine", _build_kgmgt, default_weights="kgmgt_cine_vs", card="kgmgt_cine_vs.md",
+register(ModelEntry("kgmgt", "cine", _build_kgmgt, default_weights="kgmgt_cine_rt", card="kgmgt_cine_rt.md",
                     display="KGMgT", recon_method="KGMgT + k-space DC",
                     description="knowledge-guided multi-scale transformer for cardiac cine (three-frame window)"))
 register(ModelEntry("sgfmri", "pair", _build_sgfmri, default_weights="sgfmri_brain_small",

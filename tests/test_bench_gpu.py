@@ -5,10 +5,13 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.dl_support import ROOT
 from pipelines.processes import python_env
 
 
+@pytest.mark.timeout(660)  # the subprocess's own 600 s limit reports a hang first, with its stderr
 def test_bench_gpu_quick_on_cpu_writes_every_figure(tmp_path):
     run = subprocess.run([sys.executable, "-m", "pipelines.cli", "bench", "gpu", "--device", "cpu", "--quick",
                           # a day's budget: what is checked is that every figure is made, never how fast

@@ -42,7 +42,7 @@ def test_builtin_models_answer_their_operations_and_load_from_their_cards(tmp_pa
     assert {"kgmgt", "sgfmri"} <= set(registry.served())
     assert "dual_unet_resnet3d" in registry.names() and "dual_unet_resnet3d" not in registry.served()
     kgmgt = registry.get("kgmgt")
-    assert kgmgt.weights_path() == registry.SHIPPED_DIR / "kgmgt_cine_vs.safetensors"
+    assert kgmgt.weights_path() == registry.SHIPPED_DIR / "kgmgt_cine_rt.safetensors"
     assert kgmgt.spec.shape("frames", 2, 4, 16, 12) == (2, 3, 16, 12)
     assert registry.get("sgfmri").spec.item_shape("target") == (-1, -1)
     with pytest.raises(ValueError, match="unknown model 'nope'"):
