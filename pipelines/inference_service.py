@@ -39,7 +39,7 @@ import zmq
 
 from models import registry
 
-from .cli import HelpFormatter
+from .cli_help import HelpFormatter
 from .inference_client import decode, encode
 from .model_set import (ModelSet, RequestLimits, add_model_arguments, chosen_models, parse_server_args,  # noqa: F401
                         request_model, validate, warm_up_arrays)

@@ -39,7 +39,7 @@ import numpy as np
 
 from models import registry
 
-from .cli import HelpFormatter
+from .cli_help import HelpFormatter
 from .model_set import ModelSet, RequestLimits, add_model_arguments, chosen_models, parse_server_args, validate
 from .triton_client import INFO_MODEL, as_complex, as_real
 
