@@ -258,7 +258,7 @@ def load_model(name: str = "kgmgt", device: str = "cpu", weights: str | Path | N
         rec = Reconstructor(build_model(name), name, f"{name}-{UNTRAINED}", UNTRAINED, dev, True, precision)
     else:
         raise FileNotFoundError(f"no weights at {path or f'(none registered for {name})'}; train them (streamrecon train) or pass allow_random=True for tests")
-    rec.dc = _set_dc(rec.model, dc_method, dc_iterations)
+    rec.dc = set_dc(rec.model, dc_method, dc_iterations)
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
     if runtime != "torch" and dev.type == "cpu":
@@ -266,8 +266,13 @@ def load_model(name: str = "kgmgt", device: str = "cpu", weights: str | Path | N
     return rec
 
 
-def _set_dc(model: torch.nn.Module, method: str, iterations: int) -> str:
-    """Configure the model's DC solver; returns a short description for image meta."""
+def set_dc(model: torch.nn.Module, method: str, iterations: int) -> str:
+    """Set every DC layer of ``model`` to ``method`` (``auto``, ``gradient`` or ``prox``) with ``iterations``.
+
+    Serving (:func:`load_model`), training and the evaluation's ablation all set
+    the solver through it, so one rule picks ``auto``'s method; returns the
+    description images carry in their meta (``soft-prox-5``).
+    """
     if method == "auto":
         method = "prox" if model.dc.mode == "soft" else "gradient"
     if method not in ("gradient", "prox"):

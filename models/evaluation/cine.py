@@ -44,7 +44,7 @@ from models import shared_data as model_data
 from models.baselines import bart_available, bart_pics, cg_sense, tv_temporal
 from models.cine_windows import ValidationCondition, condition_frames, frame_image, window_inputs, window_order
 from models.dc import DataConsistency
-from models.inference import _set_dc, load_model
+from models.inference import set_dc, load_model
 from models.masks import line_mask
 from models.metrics import psnr
 from models.synthetic import coil_maps, smooth_phase
@@ -293,7 +293,7 @@ def ablation_variants(new_weights: str | None, old_weights: str | None, device: 
         if cascades:
             rec.model.cfg.cascades = cascades
         if dc:
-            rec.dc = _set_dc(rec.model, dc, 5)
+            rec.dc = set_dc(rec.model, dc, 5)
         if no_network:  # input (+DC) only: what the network starts from
             rec.model.scale_residual(0.0)
         return lambda a: kgmgt_series(rec, a, causal=causal)
