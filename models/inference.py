@@ -66,13 +66,6 @@ from .runtimes import RUNTIMES, runtime_missing, use_runtime
 from .weights import build_model, load_weights
 
 
-def __getattr__(name: str) -> Any:
-    # DEFAULT_WEIGHTS is read from the registry when asked for, so a model registered later is in it.
-    if name == "DEFAULT_WEIGHTS":
-        return {n: registry.get(n).default_weights for n in registry.served()}
-    raise AttributeError(name)
-
-
 UNTRAINED = "UNTRAINED-random-init"
 log = logging.getLogger(__name__)
 
@@ -328,4 +321,4 @@ def cached_model(name: str, device: str = "cpu", weights: str | None = None, all
 
 
 __all__ = ["cached_model", "model_key", "set_cpu_threads", "DEFAULT_CPU_THREADS", "load_model", "Reconstructor",
-           "robust_scale", "DEFAULT_WEIGHTS", "UNTRAINED"]
+           "robust_scale", "set_dc", "UNTRAINED"]
