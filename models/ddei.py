@@ -28,7 +28,7 @@ from torch import nn
 
 from .complex_channels import from_channels, to_channels
 from .operators import expand_mask, sense_adjoint, sense_forward
-from .train import TrainConfig, _progress, load_checkpoint, save_checkpoint
+from .train import TrainConfig, load_checkpoint, progress_bar, save_checkpoint
 from .training_data import collate
 
 
@@ -139,7 +139,7 @@ def train_unsupervised(model: nn.Module, sampler, cfg: TrainConfig, ckpt_dir=Non
     vrng = np.random.default_rng(cfg.seed + 10_000_019)
     val = [collate([sampler.clip(vrng, clip_length) for _ in range(cfg.batch)]) for _ in range(cfg.val_batches)]
     rng = np.random.default_rng(cfg.seed + step)
-    bar, start, running = _progress(cfg.steps, step), time.time(), []
+    bar, start, running = progress_bar(cfg.steps, step), time.time(), []
     while step < cfg.steps:
         lr = cfg.lr * (cfg.lr_min_fraction + (1 - cfg.lr_min_fraction) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
         for g in optim.param_groups:

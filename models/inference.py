@@ -66,13 +66,6 @@ from .runtimes import RUNTIMES, runtime_missing, use_runtime
 from .weights import build_model, load_weights
 
 
-def __getattr__(name: str) -> Any:
-    # DEFAULT_WEIGHTS is read from the registry when asked for, so a model registered later is in it.
-    if name == "DEFAULT_WEIGHTS":
-        return {n: registry.get(n).default_weights for n in registry.served()}
-    raise AttributeError(name)
-
-
 UNTRAINED = "UNTRAINED-random-init"
 log = logging.getLogger(__name__)
 
@@ -258,7 +251,7 @@ def load_model(name: str = "kgmgt", device: str = "cpu", weights: str | Path | N
         rec = Reconstructor(build_model(name), name, f"{name}-{UNTRAINED}", UNTRAINED, dev, True, precision)
     else:
         raise FileNotFoundError(f"no weights at {path or f'(none registered for {name})'}; train them (streamrecon train) or pass allow_random=True for tests")
-    rec.dc = _set_dc(rec.model, dc_method, dc_iterations)
+    rec.dc = set_dc(rec.model, dc_method, dc_iterations)
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
     if runtime != "torch" and dev.type == "cpu":
@@ -266,8 +259,13 @@ def load_model(name: str = "kgmgt", device: str = "cpu", weights: str | Path | N
     return rec
 
 
-def _set_dc(model: torch.nn.Module, method: str, iterations: int) -> str:
-    """Configure the model's DC solver; returns a short description for image meta."""
+def set_dc(model: torch.nn.Module, method: str, iterations: int) -> str:
+    """Set every DC layer of ``model`` to ``method`` (``auto``, ``gradient`` or ``prox``) with ``iterations``.
+
+    Serving (:func:`load_model`), training and the evaluation's ablation all set
+    the solver through it, so one rule picks ``auto``'s method; returns the
+    description images carry in their meta (``soft-prox-5``).
+    """
     if method == "auto":
         method = "prox" if model.dc.mode == "soft" else "gradient"
     if method not in ("gradient", "prox"):
@@ -323,4 +321,4 @@ def cached_model(name: str, device: str = "cpu", weights: str | None = None, all
 
 
 __all__ = ["cached_model", "model_key", "set_cpu_threads", "DEFAULT_CPU_THREADS", "load_model", "Reconstructor",
-           "robust_scale", "DEFAULT_WEIGHTS", "UNTRAINED"]
+           "robust_scale", "set_dc", "UNTRAINED"]

@@ -268,7 +268,7 @@ def validate(model: nn.Module, forward: Callable, batches: Sequence[dict], devic
     return out
 
 
-def _progress(total: int, initial: int):
+def progress_bar(total: int, initial: int):
     import sys
     if not sys.stderr.isatty():  # a background run's log file gets plain lines, not a redrawn bar
         return None
@@ -312,7 +312,7 @@ def train(model: nn.Module, sampler: Callable, cfg: TrainConfig, ckpt_dir: str |
         log(f"resumed from {ckpt} at step {step}")
     rng = np.random.default_rng(cfg.seed + step)
     use_amp = cfg.amp and device.type == "cuda"
-    bar = _progress(cfg.steps, step)
+    bar = progress_bar(cfg.steps, step)
     start = time.time()
     running = []
     while step < cfg.steps:

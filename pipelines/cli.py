@@ -7,7 +7,6 @@ and this dispatcher does not tie the packages' import graphs together.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 
@@ -23,21 +22,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pipelines": ("pipelines.listing", "list the pipelines that --pipeline can name"),
     "gadget-server": ("pipelines.gadget_server", "warm gadgets for a real Gadgetron's <external><connect> nodes"),
 }
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Every command's ``--help``: an option's default shown once, and only when there is one to show.
-
-    argparse's defaults formatter appends "(default: X)" to every option, also
-    to those whose help already states the default in words and to those
-    whose default is None or False (nothing to say).
-    """
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
-            return text
-        return super()._get_help_string(action)
 
 
 def _usage() -> str:

@@ -27,7 +27,7 @@ from .pipeline_config import DEFAULT_GADGET_PACKAGES, PIPELINE_DIR, PipelineErro
 from .process_memory import release_free_memory
 from .protocol import Limits
 from .session import Session, SessionOptions
-from .cli import HelpFormatter
+from .cli_help import HelpFormatter
 
 log = logging.getLogger(__name__)
 

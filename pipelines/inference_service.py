@@ -39,10 +39,10 @@ import zmq
 
 from models import registry
 
-from .cli import HelpFormatter
+from .cli_help import HelpFormatter
 from .inference_client import decode, encode
 from .model_set import (ModelSet, RequestLimits, add_model_arguments, chosen_models, parse_server_args,  # noqa: F401
-                        request_model, validate, warm_up_arrays)
+                        request_model, validate, warm_up_arrays, write_ready_file)
 
 log = logging.getLogger(__name__)
 
@@ -276,11 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     log.info("models loaded in %.2f s", service.load_s)
     if args.ready_file:
-        with open(args.ready_file + ".tmp", "w") as f:
-            f.write(service.endpoint + "\n")
-        import os
-
-        os.replace(args.ready_file + ".tmp", args.ready_file)
+        write_ready_file(args.ready_file, service.endpoint)
     signal.signal(signal.SIGTERM, lambda *_: service._stop.set())
     try:
         service.serve_forever()

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from .pipeline_config import pipeline_names, pipeline_summary
-from .cli import HelpFormatter
+from .cli_help import HelpFormatter
 
 
 def main(argv: list[str]) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -199,5 +200,13 @@ def chosen_models(args: argparse.Namespace) -> tuple[list[str], dict[str, str | 
     return models, weights
 
 
-__all__ = ["ModelSet", "RequestLimits", "validate", "request_model", "warm_up_arrays", "add_model_arguments",
+def write_ready_file(path: str, endpoint: str) -> None:
+    """Tell a script the server is serving: ``endpoint`` written to ``path`` through a renamed temporary
+    file, so whoever polls ``path`` never reads half a line."""
+    with open(path + ".tmp", "w") as f:
+        f.write(endpoint + "\n")
+    os.replace(path + ".tmp", path)
+
+
+__all__ = ["ModelSet", "RequestLimits", "validate", "write_ready_file", "request_model", "warm_up_arrays", "add_model_arguments",
            "parse_server_args", "chosen_models"]

@@ -39,8 +39,9 @@ import numpy as np
 
 from models import registry
 
-from .cli import HelpFormatter
-from .model_set import ModelSet, RequestLimits, add_model_arguments, chosen_models, parse_server_args, validate
+from .cli_help import HelpFormatter
+from .model_set import (ModelSet, RequestLimits, add_model_arguments, chosen_models, parse_server_args, validate,
+                        write_ready_file)
 from .triton_client import INFO_MODEL, as_complex, as_real
 
 log = logging.getLogger(__name__)
@@ -249,8 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             endpoint = f"{args.host}:{args.grpc_port}"
             log.info("Triton serving on gRPC %s, HTTP %s:%d", endpoint, args.host, args.http_port)
             if args.ready_file:
-                Path(args.ready_file + ".tmp").write_text(endpoint + "\n")
-                os.replace(args.ready_file + ".tmp", args.ready_file)
+                write_ready_file(args.ready_file, endpoint)
             triton.serve()
     except KeyboardInterrupt:
         pass

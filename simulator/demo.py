@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.cli import HelpFormatter
+from pipelines.cli_help import HelpFormatter
 from pipelines.host import StreamHost
 from simulator import replay
 from simulator.replay import PIPELINE_HELP, pipeline_names

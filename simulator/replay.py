@@ -24,7 +24,7 @@ from pathlib import Path
 
 
 from models.masks import FAMILIES
-from pipelines.cli import HelpFormatter
+from pipelines.cli_help import HelpFormatter
 
 from .acquire import ORDERS
 from .client import Interrupt, StreamResult

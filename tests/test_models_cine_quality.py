@@ -27,7 +27,7 @@ def test_shipped_kgmgt_beats_view_sharing_sense_on_a_held_out_heart():
     vs_dc = np.mean([psnr(ce.view_shared_dc_series(a)[t], a.reference[t]) for t in frames])
     for causal in (False, True):
         vs = ce.view_shared_series(a, causal=causal)
-        net = ce.kgmgt_series(rec, a, causal=causal)
+        net = ce.cine_series(rec, a, causal=causal)
         p_vs = np.mean([psnr(vs[t], a.reference[t]) for t in frames])
         p_net = np.mean([psnr(net[t], a.reference[t]) for t in frames])
         p_zf = np.mean([psnr(a.zero_filled[t], a.reference[t]) for t in frames])

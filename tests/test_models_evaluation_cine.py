@@ -23,7 +23,7 @@ def test_every_anchor_and_the_network_score_and_tabulate(acquisition, tmp_path):
     assert ("BART pics -R T, whole series" in methods) == bart_available()
     assert ("TV temporal, whole series" in methods) != bart_available()
     rec = load_model("kgmgt")
-    methods["KGMgT centred"] = lambda: ce.kgmgt_series(rec, a, causal=False)
+    methods["KGMgT centred"] = lambda: ce.cine_series(rec, a, causal=False)
     rows, columns = [], {}
     for name, fn in methods.items():
         pred = fn()

@@ -128,6 +128,18 @@ def test_train_cli_reads_a_cmrxrecon_file(tmp_path, capsys):
     assert "0 static images, 1 real cines, phantom fraction 0.0" in capsys.readouterr().out
 
 
+def test_train_cli_names_the_registry_and_refuses_a_model_without_a_recipe(tmp_path, capsys):
+    """The choices are the registry's; a registered model with no training recipe is refused by name, not
+    trained with another model's samplers (the dual U-Net baseline is registered but has no recipe)."""
+    from models import registry
+    from models.training.cli import build_parser, main
+
+    assert build_parser()._option_string_actions["--model"].choices == registry.names()
+    rc = main(["--model", "dual_unet_resnet3d", "--data", "synthetic", "--steps", "1", "--ckpt", str(tmp_path)])
+    assert rc == 2 and "no training recipe for 'dual_unet_resnet3d'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing was trained
+
+
 def test_train_cli_fine_tunes_from_weights_with_the_prox_dc(tmp_path, capsys):
     """`--init-weights` starts from a saved set (its config, its tensors); steps and version count on from its steps."""
     import json

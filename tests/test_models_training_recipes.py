@@ -70,12 +70,12 @@ def test_target_only_simulation_matches_the_whole_series_without_noise():
 
 
 def test_kgmgt_per_step_dc_layers_are_separate_and_all_set_by_the_inference_dc():
-    from models.inference import _set_dc
+    from models.inference import set_dc
     model = KGMgT(KGMgTConfig(channels=8, depth=1, heads=2, window=4, asa_groups=2, asa_radius=1, dc_per_step=True,
                               dc_on_input=True, inputs="view-shared"))
     layers = model.dc_layers()
     assert len(layers) == 3 and len({id(x) for x in layers}) == 3
-    _set_dc(model, "prox", 4)
+    set_dc(model, "prox", 4)
     assert all(x.method == "prox" and x.cg_iterations == 4 for x in layers)
 
 

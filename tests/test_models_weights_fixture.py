@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 from models.cine_windows import window_inputs
-from models.inference import DEFAULT_WEIGHTS, load_model
+from models import registry
+from models.inference import load_model
 from models.masks import line_mask
 from models.metrics import psnr
 from models.phantoms import brain_pair, cardiac_cine
 from models.synthetic import coil_maps
 from models.training_data import simulate_acquisition
-from models.weights import shipped_path
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "models_scores.json"
 
@@ -53,7 +53,7 @@ CASES = {"kgmgt": cine_case, "sgfmri": pair_case}
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_shipped_weights_reproduce_their_stored_score(name):
-    if not shipped_path(DEFAULT_WEIGHTS[name]).exists():
+    if not registry.get(name).weights_path().exists():
         pytest.skip(f"no shipped weights for {name}")
     stored = json.loads(FIXTURE.read_text())[name]
     got = CASES[name]()

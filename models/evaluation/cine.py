@@ -40,11 +40,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from models import registry
 from models import shared_data as model_data
 from models.baselines import bart_available, bart_pics, cg_sense, tv_temporal
 from models.cine_windows import ValidationCondition, condition_frames, frame_image, window_inputs, window_order
 from models.dc import DataConsistency
-from models.inference import _set_dc, load_model
+from models.inference import set_dc, load_model
 from models.masks import line_mask
 from models.metrics import psnr
 from models.synthetic import coil_maps, smooth_phase
@@ -143,8 +144,9 @@ def tv_window_series(a: Acquisition, lam: float = 0.03, iterations: int = 100) -
     return out
 
 
-def kgmgt_series(rec, a: Acquisition, causal: bool, batch: int = 4) -> np.ndarray:
-    """A loaded KGMgT over every frame, with the window images its weights take."""
+def cine_series(rec, a: Acquisition, causal: bool, batch: int = 4) -> np.ndarray:
+    """A loaded cine model (any registered model of the ``cine`` operation) over every frame, with the
+    window images its weights take."""
 
     n = len(a.kspace)
     out = np.empty_like(a.zero_filled)
@@ -233,18 +235,19 @@ def cine_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def headline_table(rows: list[dict]) -> str:
+def headline_table(rows: list[dict], label: str = "") -> str:
     """What the network adds, per case and configuration: centred minus its own input (centred view
     sharing), causal minus causal view sharing, centred minus the best online classical anchor, centred
     minus causal, and the distance to BART over the whole series (offline)."""
+    label = label or registry.get(registry.default_model("cine")).label  # the network's rows: "LABEL centred [...]"
     by = {}
     for r in rows:
         by.setdefault((r["case"], r["family"], r["accel"]), {})[r["method"]] = r["psnr"]
-    out = ["| case | mask | input (VS centred) | KGMgT centred | **centred - input** | causal - VS causal | "
+    out = [f"| case | mask | input (VS centred) | {label} centred | **centred - input** | causal - VS causal | "
            "centred - best online anchor | centred - causal | centred - BART (offline) |", "|---" * 9 + "|"]
     for (case, family, accel), m in by.items():
-        centred = next((v for k, v in m.items() if k.startswith("KGMgT centred")), None)
-        causal = next((v for k, v in m.items() if k.startswith("KGMgT causal")), None)
+        centred = next((v for k, v in m.items() if k.startswith(f"{label} centred")), None)
+        causal = next((v for k, v in m.items() if k.startswith(f"{label} causal")), None)
         if centred is None or "view-sharing SENSE (centred)" not in m:
             continue
         online = {k: v for k, v in m.items() if k in ONLINE_ANCHORS}
@@ -276,9 +279,12 @@ def load_cache(path: Path) -> tuple[list[dict], dict[str, np.ndarray], dict]:
     return rows, images, data
 
 
-__all__ = ["validation_cases", "evaluation_cases", "Case", "view_shared_dc_series", "headline_table", "acquire", "anchor_methods", "kgmgt_series", "view_shared_series", "tv_window_series",
+__all__ = ["validation_cases", "evaluation_cases", "Case", "view_shared_dc_series", "headline_table", "acquire", "anchor_methods", "cine_series", "view_shared_series", "tv_window_series",
            "choose_bart_lambda", "strip", "Acquisition", "DEFAULT_CONFIGS", "ONLINE_ANCHORS", "OFFLINE_ANCHORS",
-           "BART_LAMBDAS", "save_cache", "load_cache", "cine_table"]
+           "BART_LAMBDAS", "ABLATION_MODEL", "save_cache", "load_cache", "cine_table"]
+
+
+ABLATION_MODEL = "kgmgt"  # the ablation's variants are this model's own switches (cascades, DC input step)
 
 
 def ablation_variants(new_weights: str | None, old_weights: str | None, device: str = "cpu") -> dict[str, Callable]:
@@ -289,14 +295,14 @@ def ablation_variants(new_weights: str | None, old_weights: str | None, device: 
     """
 
     def variant(weights, causal=False, cascades=None, dc=None, no_network=False):
-        rec = load_model("kgmgt", device=device, weights=weights)
+        rec = load_model(ABLATION_MODEL, device=device, weights=weights)
         if cascades:
             rec.model.cfg.cascades = cascades
         if dc:
-            rec.dc = _set_dc(rec.model, dc, 5)
+            rec.dc = set_dc(rec.model, dc, 5)
         if no_network:  # input (+DC) only: what the network starts from
             rec.model.scale_residual(0.0)
-        return lambda a: kgmgt_series(rec, a, causal=causal)
+        return lambda a: cine_series(rec, a, causal=causal)
 
     out = {}
     if old_weights:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from models import registry
 from models import shared_data as model_data
 from models.baselines import bart_available, bart_pics, cg_sense
 from models.evaluation.scores import Score, markdown_table, measure, score
@@ -92,9 +93,9 @@ def evaluate_cine(args, out: Path) -> list:
         print(f"anchors from {cache}.json ({len(rows)} scores)")
     bart_lambda = extra.get("bart_lambda")
     done = {(r["case"], r["family"], r["accel"], r["method"]) for r in rows}
-    rec = None
+    rec, label = None, registry.get(args.cine_model).label
     if args.methods in ("models", "all"):
-        rec = load_model("kgmgt", device=args.device, weights=args.kgmgt_weights, dc_method=args.dc_method)
+        rec = load_model(args.cine_model, device=args.device, weights=args.cine_weights, dc_method=args.dc_method)
     for fi, (family, accel) in enumerate(configs):
         for case in cases:
             name, cine = case.name, case.cine
@@ -110,8 +111,8 @@ def evaluate_cine(args, out: Path) -> list:
                 methods.update({m: f for m, f in ce.anchor_methods(a, bart_lambda).items()
                                 if (name, family, accel, m) not in done})
             if rec is not None:
-                methods[f"KGMgT centred [{rec.version}]"] = lambda: ce.kgmgt_series(rec, a, causal=False)
-                methods[f"KGMgT causal [{rec.version}]"] = lambda: ce.kgmgt_series(rec, a, causal=True)
+                methods[f"{label} centred [{rec.version}]"] = lambda: ce.cine_series(rec, a, causal=False)
+                methods[f"{label} causal [{rec.version}]"] = lambda: ce.cine_series(rec, a, causal=True)
             for method, fn in methods.items():
                 pred, sec, mem = measure(fn, args.device)
                 sc = score(method, accel, pred, a.reference, sec, t, mem, case=name, family=family,
@@ -121,9 +122,9 @@ def evaluate_cine(args, out: Path) -> list:
                 images[f"{key}|{method}"] = pred[t // 3]
                 print(f"{name:20s} {family} {accel:g}x {method:42s} PSNR {sc.psnr:6.2f} SSIM {sc.ssim:.4f} "
                       f"{sc.seconds_per_frame:7.3f} s/frame", flush=True)
-                if args.methods in ("anchors", "all") and not method.startswith("KGMgT"):
-                    ce.save_cache(cache, [r for r in rows if not r["method"].startswith("KGMgT")],
-                                  {k: v for k, v in images.items() if "|KGMgT" not in k}, extra)
+                if args.methods in ("anchors", "all") and not method.startswith(label):
+                    ce.save_cache(cache, [r for r in rows if not r["method"].startswith(label)],
+                                  {k: v for k, v in images.items() if f"|{label}" not in k}, extra)
     for family, accel in configs:
         for name in (c.name for c in cases):
             key = f"{name}|{family}|{accel:g}"
@@ -131,7 +132,7 @@ def evaluate_cine(args, out: Path) -> list:
             if cols and f"{key}|reference" in images:
                 ce.strip(cols, images[f"{key}|reference"],
                          out / f"strip_cine_{name.replace('/', '_')}_{family}_{accel:g}x.png")
-    headline = ce.headline_table(rows)
+    headline = ce.headline_table(rows, label)
     (out / "cine.md").write_text("## What the network adds (PSNR dB)\n\n" + headline + "\n\n" + ce.cine_table(rows)
                                  + (f"\nBART lambda {bart_lambda:g} (sweep on the first case: "
                                     f"{extra.get('bart_lambda_sweep')})\n" if bart_lambda else ""))
@@ -145,7 +146,7 @@ def evaluate_cine_ablation(args, out: Path) -> list:
 
     family, accel = args.cine_configs[0].split(":")[0], float(args.cine_configs[0].split(":")[1])
     old = args.previous_kgmgt_weights or shipped_path("kgmgt_cine_small")
-    variants = ce.ablation_variants(args.kgmgt_weights, str(old) if Path(old).with_suffix(".safetensors").exists()
+    variants = ce.ablation_variants(args.cine_weights, str(old) if Path(old).with_suffix(".safetensors").exists()
                                     else None, args.device)
     rows = []
     for name, cine in ce.validation_cases(tuple(args.sunnybrook_slices)).items():
@@ -169,7 +170,7 @@ def evaluate_pairs(args, out: Path) -> list:
     BART l1-wavelet at each lambda of :data:`PAIR_BART_LAMBDAS`, the best reported) and SGF-MRI with its
     reference, without one and with a wrong one (another slice of the same contrast)."""
 
-    rec = load_model("sgfmri", device=args.device, weights=args.sgfmri_weights, dc_method=args.dc_method)
+    rec = load_model(args.pair_model, device=args.device, weights=args.pair_weights, dc_method=args.dc_method)
     scores = []
     if args.data:
         evaluation = site_pairs(args.data)
@@ -325,8 +326,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("--frames", type=int, default=12, help="use the first N frames of each cine")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--kgmgt-weights", type=Path, default=None)
-    p.add_argument("--sgfmri-weights", type=Path, default=None)
+    # the networks evaluated: registered models of each task's operation (models.registry), each by default
+    # the operation's default model with its registered weights
+    p.add_argument("--cine-model", choices=registry.names("cine"), default=registry.default_model("cine"),
+                   help="the cine network (default: the registry's cine model)")
+    p.add_argument("--pair-model", choices=registry.names("pair"), default=registry.default_model("pair"),
+                   help="the multi-contrast network (default: the registry's pair model)")
+    p.add_argument("--cine-weights", "--kgmgt-weights", type=Path, default=None,
+                   help="weights of --cine-model (default: its registered set)")
+    p.add_argument("--pair-weights", "--sgfmri-weights", type=Path, default=None,
+                   help="weights of --pair-model (default: its registered set)")
     p.add_argument("--dc-method", choices=("auto", "gradient", "prox"), default="auto",
                    help="override the networks' multi-coil DC solver (see models.inference.load_model)")
     p.add_argument("--out", type=Path, default=Path("out") / "evaluate")
@@ -335,6 +344,8 @@ def main(argv: list[str]) -> int:
         args.task = ("pair" if "+" in args.data and not Path(args.data).exists() else "cine") if args.data else "all"
     if args.data and args.task not in ("cine", "pair"):
         p.error(f"--data takes --task cine or pair, not {args.task}")
+    if args.task == "cine-ablation" and args.cine_model != ce.ABLATION_MODEL:
+        p.error(f"the cine ablation varies {ce.ABLATION_MODEL}'s own switches; --cine-model {args.cine_model} has none")
     try:
         parse_configs(args.cine_configs)
     except ValueError as exc:

@@ -36,93 +36,23 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from models import shared_data as model_data
-from models.cine_windows import VALIDATION_CONDITIONS, RealCineSampler, validation_window
+from models import registry
 from models.ddei import train_unsupervised
-from models.inference import _set_dc
-from models.kgmgt import KGMgTConfig
+from models.inference import set_dc
 from models.machine import machine
-from models.phantoms import brain_pair
-from models.sgfmri import SGFMRIConfig
 from models.train import TrainConfig, VGG19Features, train
-from models.training_data import CineSampler, PairSampler, SimulationSettings, collate, pair_validation_items, resize
+from models.training.recipes import RecipeError, recipe
+from models.training_data import SimulationSettings
 from models.weights import SHIPPED_DIR, build_model, load_weights, read_card, save_weights
-
-
-def _dataset_images(args) -> tuple[list, list]:
-    """Static images and real cines from the dataset options, via ``simulator.readers``."""
-    images, cines = [], []
-    scans = []
-    if args.cmrxrecon or args.ismrmrd or args.fastmri:
-        from simulator import readers  # inside: models sits below simulator; only --dataset files need its readers
-        scans += [readers.read_cmrxrecon(p) for p in args.cmrxrecon]
-        for p in args.ismrmrd:
-            scans += readers.read_ismrmrd(p)
-        scans += [readers.read_fastmri(p) for p in args.fastmri]
-    for scan in scans:
-        for sl in np.asarray(scan.reference):  # (frames, ny, nx) per slice
-            if sl.shape[0] > 2:
-                cines.append(sl.astype(np.complex64))
-            else:
-                images.append(np.abs(sl[0]).astype(np.float32))
-    return images, cines
-
-
-def _with_dc_per_step(model):
-    """The same KGMgT with one DC layer per step, each a copy of its one shared layer (the generator's
-    weights kept): fine-tuning a shared-DC network into the per-step form."""
-
-    cfg = model.cfg.to_dict()
-    cfg["dc_per_step"] = True
-    new = build_model("kgmgt", cfg)
-    state = model.state_dict()
-    for prefix in ("dc_input.", "dc_mentor."):
-        state.update({prefix + k[3:]: v for k, v in state.items() if k.startswith("dc.")})
-    new.load_state_dict(state, strict=True)
-    return new
-
-
-def _unrolled_from(path, cfg):
-    """An unrolled SGF-MRI whose guided network starts as ``path``'s one-shot network (the new gate and
-    per-cascade DC layers start fresh)."""
-
-    model = build_model("sgfmri", cfg.to_dict())
-    state = load_file(str(path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or any(".gate." not in k and not k.startswith("dc_cascades.") for k in missing):
-        raise ValueError(f"{path} does not fit the unrolled network: missing {missing}, unexpected {unexpected}")
-    for layer in model.dc_layers():
-        layer.set_noise_weight(cfg.dc_noise_weight)
-    with torch.no_grad():  # the one-shot network learned to undo zero-filled aliasing, not to improve a
-        model.tail.weight.mul_(0.1)  # CG-SENSE image: start near "CG-SENSE + DC", keep its features
-        model.tail.bias.mul_(0.1)
-    return model
-
-
-def _pair_validation(model_data, items_for) -> list:
-    """The held-out pairs (model_data.multicontrast_evaluation_pairs: the middle TCGA slice and the tumour
-    slice, every pair kind) at 4x and 8x, each with / without / with a wrong reference (another slice)."""
-
-    items = []
-    evaluation = model_data.multicontrast_evaluation_pairs()
-    for seed, (case, (ref, tgt)) in enumerate(evaluation.items()):
-        if ref.ndim == 3:  # TCGA: the middle slice, the first one's reference as the wrong one
-            wrong, ref, tgt = ref[0], ref[len(ref) // 2], tgt[len(tgt) // 2]
-        else:              # the tumour slice: the same contrast kind from the TCGA patient
-            other = next(v for k, v in evaluation.items() if v[0].ndim == 3)
-            wrong = resize(other[0][len(other[0]) // 2], ref.shape).astype(np.float32)
-        for accel in (4.0, 8.0):
-            items += items_for(ref, tgt, wrong, accel, seed=seed)
-    return items
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamrecon train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", choices=("kgmgt", "sgfmri"), required=True)
+    p.add_argument("--model", choices=registry.names(), required=True,
+                   help="a registered model (models.registry) with a training recipe (models.training.recipes)")
     p.add_argument("--config", choices=("small", "official", "unrolled"), default="small",
                    help="network width: the CPU-trainable 'small' one or the paper's; SGF-MRI 'unrolled': the small "
                         "network unrolled from a CG-SENSE start with exact DC per cascade and the reference gate")
@@ -206,124 +136,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-
-
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = SimulationSettings(accel=tuple(args.accel))
-    val_sampler = None
-    val_data = None
-    if args.model == "kgmgt" and args.data == "sunnybrook-rt":
-        inputs = args.inputs or "view-shared"
-        size = args.size or 128
-        train_cines = [c for v in model_data.load_sunnybrook().values() for c in v]
-        static = model_data.cine_training_images(step=3)
-        sampler = RealCineSampler.realtime(train_cines, size=size, static_images=static, inputs=inputs,
-                                           accel=tuple(args.accel) if args.accel != (4.0, 12.0) else (3.0, 14.0))
-        held_out = model_data.cine_validation_hearts()
-        val_data = [collate([validation_window(cine, cond, seed=i)])
-                    for i, (name, cine) in enumerate(held_out.items()) for cond in VALIDATION_CONDITIONS]
-        print(f"cine data: {len(train_cines)} Sunnybrook slice-cines, {len(static)} static images in motion; "
-              f"validation: {len(val_data)} windows of {len(held_out)} held-out hearts at full matrix "
-              f"({', '.join(held_out)}) x {len(VALIDATION_CONDITIONS)} conditions")
-        task = "cine"
-        cfg = KGMgTConfig.official() if args.config == "official" else KGMgTConfig.cpu_small()
-    elif args.model == "kgmgt" and args.data == "sunnybrook":
-        inputs = args.inputs or "view-shared"
-        size = args.size or 96
-        train_cines = [c for v in model_data.load_sunnybrook().values() for c in v]
-        val_cines = [c for v in model_data.load_sunnybrook(model_data.SUNNYBROOK_VALIDATION).values() for c in v]
-        val_cines.append(model_data.load_cine())
-        sampler = RealCineSampler(train_cines, size=size, accel=tuple(args.accel), inputs=inputs)
-        val_sampler = RealCineSampler(val_cines, size=size, accel=tuple(args.accel), inputs=inputs)
-        print(f"cine data: {len(train_cines)} Sunnybrook slice-cines (validation: {len(val_cines)} held-out cines)")
-        task = "cine"
-        cfg = KGMgTConfig.official() if args.config == "official" else KGMgTConfig.cpu_small()
-    elif args.model == "kgmgt":
-        images = model_data.cine_training_images() if args.data == "shared" else []
-        cines = []
-        extra_images, extra_cines = _dataset_images(args)
-        images, cines = images + extra_images, cines + extra_cines
-        size = args.size or 80
-        phantom = 1.0 if not (images or cines) else (0.0 if args.data == "none" else args.phantom_fraction)
-        sampler = CineSampler(images, size=(size, size), frames=(8, 14), phantom_fraction=phantom,
-                              cines=cines, settings=settings)
-        print(f"cine data: {len(images)} static images, {len(cines)} real cines, phantom fraction {phantom}")
-        task = "cine"
-        cfg = KGMgTConfig.official() if args.config == "official" else KGMgTConfig.cpu_small()
-    else:
-        pairs = []
-        if args.data in ("shared", "brains"):
-            pairs = model_data.multicontrast_training_pairs()
-        elif args.data == "synthetic":
-            pairs = [tuple(np.abs(a) for a in brain_pair(128, seed=s)) for s in range(64)]
-        if args.m4raw:
-            from simulator.readers import read_m4raw_pair  # inside: as above, only an M4Raw folder needs it
-            for target in ("T2", "FLAIR"):
-                try:
-                    ref_scan, tgt_scan = read_m4raw_pair(args.m4raw, reference="T1", target=target)
-                except (FileNotFoundError, KeyError, ValueError) as exc:
-                    print(f"m4raw T1->{target}: {exc}", file=sys.stderr)
-                    continue
-                pairs += [(np.abs(r[0]), np.abs(t[0])) for r, t in zip(ref_scan.reference, tgt_scan.reference)]
-        if not pairs:
-            print("no training pairs: use --data shared|synthetic or --m4raw", file=sys.stderr)
-            return 2
-        print(f"multi-contrast data: {len(pairs)} pairs")
-        size = args.size or 96
-        if args.data == "brains":
-            sampler = PairSampler.realistic(pairs, size)
-            val_data = [collate([item]) for item in _pair_validation(model_data, pair_validation_items)]
-            print(f"validation: {len(val_data)} held-out items (with / without / wrong reference)")
-        else:
-            sampler = PairSampler(pairs, size=(size, size), settings=settings, min_crop=args.min_crop,
-                                  reference_dropout=args.reference_dropout, misregistration=args.ref_misregistration,
-                                  max_shift_px=args.ref_shift, max_rotation_deg=args.ref_rotation,
-                                  reference_noise=tuple(args.ref_noise))
-        task = "pair"
-        cfg = (SGFMRIConfig.paper() if args.config == "official"
-               else SGFMRIConfig.unrolled(args.cascades or 3) if args.config == "unrolled" else SGFMRIConfig.cpu_small())
+    try:
+        steps = recipe(args.model)
+        data = steps.data(args, SimulationSettings(accel=tuple(args.accel)))
+    except RecipeError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    cfg, size = data.cfg, data.size
     init_steps, init_version = 0, None
-    if args.init_weights and args.model == "sgfmri" and args.config == "unrolled":
-        model, card = _unrolled_from(args.init_weights, cfg), read_card(args.init_weights)
-        init_meta = card.get("meta", {})
-        init_steps = int(init_meta.get("total_steps", init_meta.get("steps", 0)))
-        init_version = card.get("version")
-        print(f"unrolled network initialised from {args.init_weights} ({init_version}, {init_steps} steps)")
-    elif args.init_weights:
-        model, card = load_weights(args.init_weights)
-        if card["architecture"] != args.model:
-            print(f"--init-weights holds a {card['architecture']} network, not {args.model}", file=sys.stderr)
-            return 2
+    if args.init_weights:
+        model = steps.from_init(args, cfg)
+        if model is not None:
+            card = read_card(args.init_weights)
+        else:
+            model, card = load_weights(args.init_weights)
+            if card["architecture"] != args.model:
+                print(f"--init-weights holds a {card['architecture']} network, not {args.model}", file=sys.stderr)
+                return 2
         init_meta = card.get("meta", {})
         init_steps = int(init_meta.get("total_steps", init_meta.get("steps", 0)))
         init_version = card.get("version")
         print(f"initialised from {args.init_weights} ({init_version}, {init_steps} steps)")
     else:
-        if args.model == "kgmgt" and (args.data.startswith("sunnybrook") or args.inputs):
-            cfg.inputs = args.inputs or "view-shared"
+        steps.configure(cfg, args)
         if args.dc_noise_weight is not None:
             cfg.dc_noise_weight = args.dc_noise_weight
-        if args.model == "kgmgt" and args.dc_per_step:
-            cfg.dc_per_step = True
         model = build_model(args.model, cfg.to_dict())
-    if args.model == "kgmgt":
-        if args.init_weights and args.dc_per_step and not model.cfg.dc_per_step:
-            model = _with_dc_per_step(model)
-        if args.data.startswith("sunnybrook") or args.inputs:
-            model.cfg.inputs = args.inputs or "view-shared"
-        if args.cascades:
-            model.cfg.cascades = args.cascades
-        if args.dc_on_input:
-            model.cfg.dc_on_input = True
-        if args.init_weights and args.dc_noise_weight is not None:
-            for layer in model.dc_layers():
-                layer.set_noise_weight(args.dc_noise_weight)
-        if args.init_weights and args.init_residual_scale is not None:
-            model.scale_residual(args.init_residual_scale)
+    model = steps.adapt(model, args)
     if args.dc_method != "gradient":
-        print(f"training DC: {_set_dc(model, args.dc_method, args.dc_iterations)}")
-    tcfg = TrainConfig(task=task, steps=args.steps, batch=args.batch, lr=args.lr, ssim_weight=args.ssim_weight,
+        print(f"training DC: {set_dc(model, args.dc_method, args.dc_iterations)}")
+    tcfg = TrainConfig(task=data.task, steps=args.steps, batch=args.batch, lr=args.lr, ssim_weight=args.ssim_weight,
                        loss=args.loss,
                        adversarial=args.adversarial, seed=args.seed, device=args.device, val_every=args.val_every,
                        ckpt_every=args.val_every, time_limit_s=args.time_limit, threads=args.threads,
@@ -344,13 +188,13 @@ def main(argv: list[str]) -> int:
         result = {"history": history, "seconds": float(state.get("seconds", 0.0)), "step": step}
         print(f"exporting the {args.export_only} weights of {ckpt} (step {step} of {state['step']})")
     elif args.unsupervised:
-        if args.model != "kgmgt":
-            print("--unsupervised is implemented for the cine model", file=sys.stderr)
+        if not steps.unsupervised:
+            print(f"--unsupervised is not implemented for {args.model}", file=sys.stderr)
             return 2
-        result = train_unsupervised(model, sampler, tcfg, ckpt_dir=ckpt, resume=args.resume)
+        result = train_unsupervised(model, data.sampler, tcfg, ckpt_dir=ckpt, resume=args.resume)
     else:
-        result = train(model, sampler, tcfg, ckpt_dir=ckpt, resume=args.resume, perceptual=perceptual,
-                       val_sampler=val_sampler, val_data=val_data)
+        result = train(model, data.sampler, tcfg, ckpt_dir=ckpt, resume=args.resume, perceptual=perceptual,
+                       val_sampler=data.val_sampler, val_data=data.val_data)
     print(json.dumps(result["history"][-3:], indent=1))
     if args.export:
         meta = {"command": "streamrecon train " + " ".join(a for a in argv if a not in ("--export-only", "best", "last")),
@@ -359,10 +203,7 @@ def main(argv: list[str]) -> int:
                 "date": time.strftime("%Y-%m-%d"), "history": result["history"],
                 "training_size": [size, size], "accel_range": list(args.accel), "data": args.data,
                 "unsupervised": args.unsupervised, "dc_method": args.dc_method}
-        if args.model == "sgfmri":
-            meta.update({"pairs": len(pairs), "min_crop": args.min_crop, "reference_dropout": args.reference_dropout,
-                         "ref_misregistration": args.ref_misregistration, "ref_shift_px": args.ref_shift,
-                         "ref_rotation_deg": args.ref_rotation, "ref_noise": list(args.ref_noise)})
+        meta.update(data.meta)
         if args.init_weights:
             meta.update({"init_weights": str(args.init_weights), "init_version": init_version,
                          "init_steps": init_steps, "total_steps": init_steps + result["step"]})

@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from gadgets import host_settings
-from models.inference import DEFAULT_WEIGHTS
+from models import registry
 from models.machine import machine
 from models.masks import line_mask
-from models.weights import shipped_path
 from pipelines.host import StreamHost
 from pipelines.inference_client import health as service_health
 from pipelines.pipeline_config import shipped_pipeline_with
@@ -77,7 +76,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--backends", default="in-process,service,triton")
     p.add_argument("--triton-python", default="", help="Python with PyTriton (default: .venv-triton)")
-    p.add_argument("--kgmgt-weights", default="", help=".safetensors (default: the shipped set)")
+    p.add_argument("--cine-weights", "--kgmgt-weights", default="",
+                   help="the cine model's .safetensors (default: its registered set)")
     p.add_argument("--note", default="", help="a line for the record")
     p.add_argument("--out", default="", help="write JSON + Markdown here (a folder)")
     args = p.parse_args(argv)
@@ -85,7 +85,8 @@ def main(argv: list[str]) -> int:
     logging.getLogger("gadgets").setLevel(logging.ERROR)
     logging.getLogger("pipelines").setLevel(logging.ERROR)
 
-    weights = args.kgmgt_weights or str(shipped_path(DEFAULT_WEIGHTS["kgmgt"]))
+    cine_model = registry.default_model("cine")  # what the cine pipelines stream when they name no model
+    weights = args.cine_weights or str(registry.get(cine_model).weights_path())
     n, started = args.matrix, datetime.now(timezone.utc)
     counts = [int(x) for x in args.scans.split(",")]
     backends = args.backends.split(",")
@@ -104,13 +105,13 @@ def main(argv: list[str]) -> int:
     header, acqs = make_header(scan), list(acquisitions(scan, mask, calib_lines=(n // 2 - half, n // 2 + half)))
 
     procs: list = []
-    settings = {"device": args.device, "kgmgt_weights": weights, "inference_timeout_ms": 120000}
+    settings = {"device": args.device, "model_weights": f"{cine_model}={weights}", "inference_timeout_ms": 120000}
     servers: dict[str, Any] = {}
     try:
         if "service" in backends:
             endpoint = f"tcp://127.0.0.1:{free_port()}"
             proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "infer-server", "--bind", endpoint, "--device",
-                                     args.device, "--models", "kgmgt", "--kgmgt-weights", weights, "--log-level", "ERROR"],
+                                     args.device, "--models", cine_model, "--weights", f"{cine_model}={weights}", "--log-level", "ERROR"],
                                     env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             procs.append(("zmq", proc))
             for _ in range(600):
@@ -127,8 +128,8 @@ def main(argv: list[str]) -> int:
                 say(f"triton: skipped: {triton_python()[1]}")
                 backends.remove("triton")
             else:
-                proc, endpoint = start_triton_server(python, ["--device", args.device, "--models", "kgmgt",
-                                                              "--kgmgt-weights", weights, "--log-level", "ERROR"])
+                proc, endpoint = start_triton_server(python, ["--device", args.device, "--models", cine_model,
+                                                              "--weights", f"{cine_model}={weights}", "--log-level", "ERROR"])
                 procs.append(("triton", proc))
                 settings["triton_endpoint"] = endpoint
                 servers["triton"] = endpoint
@@ -145,7 +146,7 @@ def main(argv: list[str]) -> int:
             for backend in backends:
                 run_session("127.0.0.1", host.port, header=header, items=acqs, config_text=xml[backend], timeout=600)
                 for k in counts:
-                    before = triton_health(servers["triton"])["counts"]["kgmgt"] if backend == "triton" else (
+                    before = triton_health(servers["triton"])["counts"][cine_model] if backend == "triton" else (
                         service_health(servers["service"])["counts"] if backend == "service" else {})
                     results, wall = run_sessions_at_once("127.0.0.1", host.port, k, header=header, items=acqs,
                                                          config_text=xml[backend],
@@ -155,7 +156,7 @@ def main(argv: list[str]) -> int:
                     fallbacks = sum("Fallback" in im.meta for im in images)
                     batching = ""
                     if backend == "triton":
-                        after = triton_health(servers["triton"])["counts"]["kgmgt"]
+                        after = triton_health(servers["triton"])["counts"][cine_model]
                         items = after["inference_count"] - before["inference_count"]
                         runs = after["execution_count"] - before["execution_count"]
                         batching = f"{items} items in {runs} model runs ({items / max(runs, 1):.2f} per run)"

@@ -126,10 +126,11 @@ def stack_windows(items: list[dict[str, np.ndarray]], b: int, start: int = 0) ->
 
 
 def model_call(rec, kind: str, batch: dict[str, np.ndarray]) -> Callable[[], np.ndarray]:
-    if kind == "sgfmri":
+    """One batched call of ``rec`` as its operation answers it; ``kind`` ending in ``-causal``: the causal window."""
+    if rec.operation == "pair":
         return lambda: rec.reconstruct_pair_batch(batch["reference"], batch["target"], batch["kspace"], batch["mask"],
                                                   batch["maps"])
-    causal = kind == "kgmgt-causal"
+    causal = kind.endswith("-causal")
     return lambda: rec.reconstruct_cine_batch(batch["frames"], batch["kspace"], batch["mask"], batch["maps"],
                                               causal=causal)
 

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from gadgets import host_settings
+from models import registry
 from models.inference import load_model
 from models.masks import line_mask
 from models.metrics import psnr
@@ -59,6 +60,8 @@ from simulator.results import frame_latencies_ms, percentiles
 from simulator.scan import phantom_scan
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# the networks timed: each operation's default model (what a pipeline naming none streams); they name the rows
+CINE, PAIR = registry.default_model("cine"), registry.default_model("pair")
 
 FULL = dict(sizes=[192, 256], coils=[8, 16], batches=[1, 4, 8], frames=100, warmup=3,
             latency_size=256, latency_coils=16, latency_frames=40, scanners=[1, 4], cpu_sizes=[128, 192, 256])
@@ -88,9 +91,9 @@ def section_models(recs, cfg, device, budget, out: list, say) -> None:
     for n in cfg["sizes"]:
         for coils in cfg["coils"]:
             data = CineData(n, coils)
-            for kind in ("kgmgt-centred", "kgmgt-causal", "sgfmri"):
-                rec = recs["sgfmri" if kind == "sgfmri" else "kgmgt"]
-                items = [data.pair()] if kind == "sgfmri" else data.windows(8, kind == "kgmgt-causal", rec.inputs)
+            for kind in (f"{CINE}-centred", f"{CINE}-causal", PAIR):
+                rec = recs[PAIR if kind == PAIR else CINE]
+                items = [data.pair()] if kind == PAIR else data.windows(8, kind.endswith("-causal"), rec.inputs)
                 for b in cfg["batches"]:
                     row = {"model": kind, "matrix": n, "coils": coils, "batch": b}
                     if budget.left() <= 0:
@@ -117,9 +120,9 @@ def section_precision(recs, cfg, device, budget, out: list, say) -> None:
     n, coils = cfg["sizes"][-1], cfg["coils"][-1]
     say(f"\n2. precision, KGMgT centred and SGF-MRI, {n}x{n}, {coils} coils, batch 1 (PSNR against the phantom)")
     data = CineData(n, coils)
-    for kind in ("kgmgt-centred", "sgfmri"):
-        rec = recs["sgfmri" if kind == "sgfmri" else "kgmgt"]
-        items = [data.pair()] if kind == "sgfmri" else data.windows(4, False, rec.inputs)
+    for kind in (f"{CINE}-centred", PAIR):
+        rec = recs[PAIR if kind == PAIR else CINE]
+        items = [data.pair()] if kind == PAIR else data.windows(4, False, rec.inputs)
         batch = stack_windows(items, len(items))
         truth = data.truth[batch["t"]]
         base = None
@@ -156,7 +159,7 @@ def section_compile(recs, cfg, device, budget, out: list, say) -> None:
         say("  skipped: CUDA only")
         return
     n, coils = cfg["sizes"][-1], cfg["coils"][-1]
-    rec = recs["kgmgt"]
+    rec = recs[CINE]
     batch = stack_windows(CineData(n, coils).windows(4, False, rec.inputs), 1)
     eager = rec.model
     try:
@@ -168,9 +171,9 @@ def section_compile(recs, cfg, device, budget, out: list, say) -> None:
             try:
                 rec.model = eager if mode is None else torch.compile(eager, mode=mode)
                 t0 = time.perf_counter()
-                model_call(rec, "kgmgt-centred", batch)()  # compiles
+                model_call(rec, f"{CINE}-centred", batch)()  # compiles
                 first = time.perf_counter() - t0
-                t = timed(model_call(rec, "kgmgt-centred", batch), device, cfg["frames"], cfg["warmup"])
+                t = timed(model_call(rec, f"{CINE}-centred", batch), device, cfg["frames"], cfg["warmup"])
             except Exception as exc:
                 out.append({**row, "error": f"{type(exc).__name__}: {exc}"[:200]})
                 say(f"  {label}: failed: {type(exc).__name__}: {str(exc)[:120]}")
@@ -190,7 +193,7 @@ def section_latency(cfg, device, weights: dict[str, str], allow_random: bool, fr
     say(f"\n4. frame latency through the embedded host, {n}x{n}, {coils} coils, {frames} frames paced at {frame_ms:g} ms, "
         f"kt-uniform 8x, KGMgT centred in the host's process on {device} (ms)")
     operator = host_settings.load().with_values(device=device, allow_random=allow_random,
-                                                **{f"{k}_weights": v for k, v in weights.items() if v})
+                                                model_weights=",".join(f"{k}={v}" for k, v in weights.items() if v))
     host = StreamHost("127.0.0.1", 0, SessionOptions(operator=operator), idle_timeout_s=120)
     host.start_background()
     half = max(8, 3 * n // 16)  # calibration lines before frame 0, for the coil maps
@@ -224,7 +227,7 @@ def section_latency(cfg, device, weights: dict[str, str], allow_random: bool, fr
 
 def section_cpu(cfg, weights, budget, out: list, say) -> None:
     say("\n5. CPU settings, KGMgT centred, 8 coils, batch 1 (s/frame, median)")
-    rec, _ = load("kgmgt", "cpu", weights)
+    rec, _ = load(CINE, "cpu", weights)
     threads_before = torch.get_num_threads()
     variants = [("1 thread, no_grad", 1, nullcontext, False, "fp32"),
                 ("2 threads, no_grad", 2, nullcontext, False, "fp32"),
@@ -243,7 +246,7 @@ def section_cpu(cfg, weights, budget, out: list, say) -> None:
                 rec.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
                 try:
                     with ctx(), autocast("cpu", precision):
-                        t = timed(model_call(rec, "kgmgt-centred", batch), "cpu", 3, 1)
+                        t = timed(model_call(rec, f"{CINE}-centred", batch), "cpu", 3, 1)
                 except Exception as exc:
                     out.append({**row, "error": f"{type(exc).__name__}: {exc}"[:200]})
                     say(f"  {n}x{n} {label}: failed: {type(exc).__name__}: {str(exc)[:100]}")
@@ -330,8 +333,10 @@ def main(argv: list[str]) -> int:
                    help="time budget: each section stops starting measurements after its share of it "
                         "(models 45%%, precision 10%%, compile 25%%, latency 20%%; CPU settings all of it)")
     p.add_argument("--skip", default="", help="comma-separated sections to skip: models,precision,compile,latency,cpu")
-    p.add_argument("--kgmgt-weights", default="", help=".safetensors (default: the shipped set)")
-    p.add_argument("--sgfmri-weights", default="", help=".safetensors (default: the shipped set)")
+    p.add_argument("--cine-weights", "--kgmgt-weights", default="",
+                   help="the cine model's .safetensors (default: its registered set)")
+    p.add_argument("--pair-weights", "--sgfmri-weights", default="",
+                   help="the multi-contrast model's .safetensors (default: its registered set)")
     p.add_argument("--note", default="", help="a line for the record (e.g. what else ran on the machine)")
     p.add_argument("--out", default=str(RESULTS), help="folder for the JSON and Markdown record")
     p.add_argument("--name", default="", help="file stem (default gpu_<device>[_quick]_<date>)")
@@ -343,7 +348,7 @@ def main(argv: list[str]) -> int:
     if args.frames:
         cfg["frames"] = args.frames
     skip = set(filter(None, args.skip.split(",")))
-    weights = {"kgmgt": args.kgmgt_weights, "sgfmri": args.sgfmri_weights}
+    weights = {CINE: args.cine_weights, PAIR: args.pair_weights}
     total = Budget(args.budget_s)
     # each section gets its share, so a slow first section cannot crowd out the others
     share = {"models": 0.45, "precision": 0.1, "compile": 0.25, "latency": 0.2, "cpu": 1.0}
@@ -357,7 +362,7 @@ def main(argv: list[str]) -> int:
     say(f"streamrecon bench gpu  {record['date']}\ncommand: {record['command']}\nmachine: {record['versions']['machine']}"
         f"\ntorch {torch.__version__}, CUDA {torch.version.cuda}")
     recs, trained = {}, {}
-    for name in ("kgmgt", "sgfmri"):
+    for name in (CINE, PAIR):
         recs[name], trained[name] = load(name, device, weights)
     record["weights"] = ", ".join(f"{n}: {r.version}" + ("" if trained[n] else " (UNTRAINED stand-in: timing only)")
                                   for n, r in recs.items())
@@ -370,7 +375,7 @@ def main(argv: list[str]) -> int:
         if "compile" not in skip:
             section_compile(recs, cfg, device, budget("compile"), record["compile"], say)
     if "latency" not in skip:
-        section_latency(cfg, device, weights, not trained["kgmgt"], args.frame_ms, budget("latency"), record["latency"],
+        section_latency(cfg, device, weights, not trained[CINE], args.frame_ms, budget("latency"), record["latency"],
                         say)
     if device == "cpu" and "cpu" not in skip:
         section_cpu(cfg, weights, budget("cpu"), record["cpu"], say)

@@ -26,9 +26,11 @@ import torch
 
 from models.baselines import bart_available, bart_pics, tv_temporal
 from models.evaluation.scores import measure
-from models.kgmgt import KGMgT, KGMgTConfig
+from models import registry
+from models.kgmgt import KGMgTConfig
 from models.machine import machine
-from models.sgfmri import SGFMRI, SGFMRIConfig
+from models.sgfmri import SGFMRIConfig
+from models.weights import build_model
 
 
 def _inputs(b: int, n: int, coils: int, device):
@@ -41,29 +43,23 @@ def _inputs(b: int, n: int, coils: int, device):
     return [t.to(device) for t in (x, k, maps, mask)]
 
 
+# key: (label, registry name, the model's own configuration); networks are built through the registry
 MODELS = {
-    "kgmgt-small": ("KGMgT small (shipped)", lambda: _kgmgt("cpu_small")),
-    "sgfmri-small": ("SGF-MRI small (shipped)", lambda: _sgfmri("cpu_small")),
-    "kgmgt-official": ("KGMgT official width", lambda: _kgmgt("official")),
-    "sgfmri-paper": ("SGF-MRI paper width", lambda: _sgfmri("paper")),
+    "kgmgt-small": ("KGMgT small (shipped)", "kgmgt", KGMgTConfig.cpu_small),
+    "sgfmri-small": ("SGF-MRI small (shipped)", "sgfmri", SGFMRIConfig.cpu_small),
+    "kgmgt-official": ("KGMgT official width", "kgmgt", KGMgTConfig.official),
+    "sgfmri-paper": ("SGF-MRI paper width", "sgfmri", SGFMRIConfig.paper),
 }
-
-
-def _kgmgt(kind):
-    return KGMgT(getattr(KGMgTConfig, kind)())
-
-
-def _sgfmri(kind):
-    return SGFMRI(getattr(SGFMRIConfig, kind)())
 
 
 def run_one(key: str, n: int, b: int, device: str, repeats: int, coils: int = 8) -> str:
     """One configuration in this (fresh) process: ``ONE params seconds_per_frame peak_MiB``."""
 
     torch.manual_seed(0)
-    model = MODELS[key][1]().to(device).eval()
+    _, name, config = MODELS[key]
+    model = build_model(name, config().to_dict()).to(device).eval()
     x, k, maps, mask = _inputs(b, n, coils, device)
-    if key.startswith("kgmgt"):
+    if registry.get(name).operation == "cine":  # three frames; a pair: the target and its reference
         call = lambda: model(x, x.roll(1, -1), x.roll(-1, -1), kspace=k, mask=mask, maps=maps)  # noqa: E731
     else:
         call = lambda: model(x, x.flip(-1), kspace=k, mask=mask, maps=maps)  # noqa: E731

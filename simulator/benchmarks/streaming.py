@@ -37,11 +37,10 @@ from pathlib import Path
 import numpy as np
 
 from gadgets import host_settings
-from models.inference import DEFAULT_WEIGHTS
+from models import registry
 from models.machine import machine
 from models.masks import line_mask
 from models.shared_data import shared_data_dir
-from models.weights import shipped_path
 from pipelines.host import StreamHost
 from pipelines.inference_client import health
 from pipelines.pipeline_config import shipped_pipeline_with
@@ -69,16 +68,19 @@ def main(argv: list[str]) -> int:
     p.add_argument("--scanners", default="1,2,4")
     p.add_argument("--throughput-frames", type=int, default=8)
     p.add_argument("--skip-cold", action="store_true")
-    p.add_argument("--kgmgt-weights", default="", help=".safetensors (default: shipped; untrained stand-in if absent)")
+    p.add_argument("--cine-weights", "--kgmgt-weights", default="",
+                   help="the cine model's .safetensors (default: its registered set; untrained stand-in if absent)")
     args = p.parse_args(argv)
 
     logging.getLogger("pipelines.inference_client").setLevel(logging.ERROR)  # health polling while it starts
 
-    weights = args.kgmgt_weights or str(shipped_path(DEFAULT_WEIGHTS["kgmgt"]))
+    cine_model = registry.default_model("cine")  # what the cine pipelines stream when they name no model
+    weights = args.cine_weights or str(registry.get(cine_model).weights_path())
     trained = Path(weights).with_suffix(".safetensors").exists()
     # host operator settings (never pipeline properties): the in-process host's options, the child hosts' flags
-    operator = {"device": args.device, **({"kgmgt_weights": weights} if trained else {"allow_random": True})}
-    serve_flags = ["--device", args.device] + (["--kgmgt-weights", weights] if trained else ["--allow-random"])
+    chosen = f"{cine_model}={weights}"
+    operator = {"device": args.device, **({"model_weights": chosen} if trained else {"allow_random": True})}
+    serve_flags = ["--device", args.device] + (["--model-weights", chosen] if trained else ["--allow-random"])
     gadget_props: dict = {}
     module = "gadgets.cine_kgmgt"
     n = args.matrix
@@ -146,8 +148,8 @@ def main(argv: list[str]) -> int:
             print("\n2. first-image latency, cold start (fresh `streamrecon serve` process per scan)")
             endpoint = f"tcp://127.0.0.1:{free_port()}"
             cmd = [sys.executable, "-m", "pipelines.cli", "infer-server", "--bind", endpoint, "--device", args.device,
-                   "--models", "kgmgt", "--log-level", "WARNING"]
-            cmd += ["--kgmgt-weights", weights] if trained else ["--allow-random"]
+                   "--models", cine_model, "--log-level", "WARNING"]
+            cmd += ["--weights", f"{cine_model}={weights}"] if trained else ["--allow-random"]
             t0 = time.perf_counter()
             service_proc = subprocess.Popen(cmd, env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             while True:
