@@ -238,8 +238,8 @@ def _build_dual_unet_resnet3d(config: Mapping[str, Any] | None) -> Any:
 register(ModelEntry("kgmgt", "cine", _build_kgmgt, default_weights="kgmgt_cine_rt", card="kgmgt_cine_rt.md",
                     display="KGMgT", recon_method="KGMgT + k-space DC",
                     description="knowledge-guided multi-scale transformer for cardiac cine (three-frame window)"))
-register(ModelEntry("sgfmri", "pair", _build_sgfmri, default_weights="sgfmri_brain_small",
-                    card="sgfmri_brain_small.md", display="SGF-MRI", recon_method="SGF-MRI + k-space DC",
+register(ModelEntry("sgfmri", "pair", _build_sgfmri, default_weights="sgfmri_brain_ur",
+                    card="sgfmri_brain_ur.md", display="SGF-MRI", recon_method="SGF-MRI + k-space DC",
                     description="reference-guided multi-contrast reconstruction"))
 # the whole-series baseline of the cine evaluation (seeds/004): trained and compared, not streamed
 register(ModelEntry("dual_unet_resnet3d", "", _build_dual_unet_resnet3d, display="dual U-Net + 3-D ResNet",

@@ -340,7 +340,7 @@ def test_six_pixel_shift_detected_and_corrected(stream_host, weights, tmp_path, 
         assert np.abs(c - a).mean() < 0.2 * np.abs(u - a).mean(), (np.abs(c - a).mean(), np.abs(u - a).mean())
 
 
-@pytest.mark.skipif(not __import__("models.weights", fromlist=["shipped_path"]).shipped_path("sgfmri_brain_small").exists(),
+@pytest.mark.skipif(not __import__("models.weights", fromlist=["shipped_path"]).shipped_path("sgfmri_brain_ur").exists(),
                     reason="shipped SGF-MRI weights not in models/weights yet")
 def test_shipped_weights_beat_zero_filled(stream_host, tmp_path, monkeypatch):
     from models.metrics import psnr, ssim
@@ -356,7 +356,7 @@ def test_shipped_weights_beat_zero_filled(stream_host, tmp_path, monkeypatch):
     model = {im.slice: im for im in _targets(r)}
     assert len(conv) == len(model) == 2
     for s, im in model.items():
-        assert "Fallback" not in im.meta and im.meta["ModelVersion"].startswith("sgfmri_brain_small")
+        assert "Fallback" not in im.meta and im.meta["ModelVersion"].startswith("sgfmri_brain_ur")
         truth = np.abs(tgt.reference[s, 0])
         assert psnr(pixels(im), truth) > psnr(conv[s], truth)
         assert ssim(pixels(im), truth) > ssim(conv[s], truth) + 0.01

@@ -145,7 +145,7 @@ def evaluate_cine_ablation(args, out: Path) -> list:
     """KGMgT variants (``models.evaluation.cine.ablation_variants``) at the first ``--cine-configs`` entry."""
 
     family, accel = args.cine_configs[0].split(":")[0], float(args.cine_configs[0].split(":")[1])
-    old = args.previous_kgmgt_weights or shipped_path("kgmgt_cine_small")
+    old = args.previous_kgmgt_weights or shipped_path("kgmgt_cine_vs")
     variants = ce.ablation_variants(args.cine_weights, str(old) if Path(old).with_suffix(".safetensors").exists()
                                     else None, args.device)
     rows = []
@@ -306,7 +306,7 @@ def main(argv: list[str]) -> int:
                         "reads it (DICOM folder, FILE.h5[:DATASET[:SLICE]], .mat, .npy, fully sampled ISMRMRD) or a "
                         "pair REFERENCE+TARGET")
     p.add_argument("--previous-kgmgt-weights", type=Path, default=None,
-                   help="cine-ablation: the earlier network to compare (default the shipped kgmgt_cine_small)")
+                   help="cine-ablation: the earlier network to compare (default the shipped kgmgt_cine_vs, the previous default)")
     p.add_argument("--cine-configs", nargs="+", default=list(_CINE_CONFIGS),
                    help="cine mask family:acceleration pairs")
     p.add_argument("--sunnybrook-slices", type=int, nargs="+", default=[4, 6],
