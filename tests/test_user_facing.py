@@ -248,11 +248,13 @@ def test_unknown_pipeline_is_refused_before_the_scan_with_the_names_and_no_serve
 
 
 def test_client_stops_sending_once_the_host_has_ended_the_session(stream_host):
-    from simulator.client import run_session
+    from simulator.client import Pacing, run_session
 
     scan = phantom_scan("cine", ny=32, nx=32, frames=40, n_coils=2)
+    # paced as a scanner sends (50 ms a frame, 2 s in all): sent as fast as the socket takes them, the whole
+    # tiny scan could leave before a loaded host had read the refused config, and there would be nothing to stop
     res = run_session("127.0.0.1", stream_host.port, header=make_header(scan), items=acquisitions(scan),
-                      config_file="no_such_pipeline", timeout=20)
+                      config_file="no_such_pipeline", timeout=20, pacing=Pacing("frame", frame_ms=50))
     assert res.stopped_early and res.readouts_sent < 32 * 40
 
 

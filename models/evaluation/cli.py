@@ -306,7 +306,7 @@ def main(argv: list[str]) -> int:
                         "reads it (DICOM folder, FILE.h5[:DATASET[:SLICE]], .mat, .npy, fully sampled ISMRMRD) or a "
                         "pair REFERENCE+TARGET")
     p.add_argument("--previous-kgmgt-weights", type=Path, default=None,
-                   help="cine-ablation: the earlier network to compare (default the shipped kgmgt_cine_vs, the previous default)")
+                   help="cine-ablation: the earlier network to compare (default the shipped kgmgt_cine_vs, the cine weights shipped before kgmgt_cine_rt)")
     p.add_argument("--cine-configs", nargs="+", default=list(_CINE_CONFIGS),
                    help="cine mask family:acceleration pairs")
     p.add_argument("--sunnybrook-slices", type=int, nargs="+", default=[4, 6],
