@@ -24,7 +24,8 @@ def test_shipped_kgmgt_beats_view_sharing_sense_on_a_held_out_heart():
     assert rec.info["version"].startswith("kgmgt_cine_rt")
     frames = range(1, 7)
     # the input step with nothing learned: view sharing with each frame's own lines enforced
-    vs_dc = np.mean([psnr(ce.view_shared_dc_series(a)[t], a.reference[t]) for t in frames])
+    dc_series = ce.view_shared_dc_series(a)
+    vs_dc = np.mean([psnr(dc_series[t], a.reference[t]) for t in frames])
     for causal in (False, True):
         vs = ce.view_shared_series(a, causal=causal)
         net = ce.cine_series(rec, a, causal=causal)
