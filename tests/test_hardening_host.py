@@ -274,17 +274,43 @@ def test_a_trickling_client_is_ended_by_the_message_deadline(small_host, scan):
     assert len(images) >= 1  # the frame that did arrive is still imaged
 
 
-def test_conventional_series_does_not_wait_for_a_dead_service(stream_host, monkeypatch):
+def test_conventional_series_does_not_wait_for_a_hung_service(stream_host, monkeypatch):
+    import zmq
+
+    from pipelines import inference_client
     from tests.dl_support import operate
 
     scan = small_cine(slices=1, frames=3, coils=4, ny=16, nx=16)
-    operate(monkeypatch, stream_host, inference_endpoint=f"tcp://127.0.0.1:{free_port()}")
+    # a hung service: it accepts the connection and reads requests, and never answers
+    hung = zmq.Context.instance().socket(zmq.ROUTER)
+    hung.setsockopt(zmq.LINGER, 0)
+    port = hung.bind_to_random_port("tcp://127.0.0.1")
+    operate(monkeypatch, stream_host, inference_endpoint=f"tcp://127.0.0.1:{port}")
+    # ordering, not a wall-clock budget: the first conventional image must leave before the model gadget's
+    # info request to the hung service gives up (5 s here, so a loaded machine still has room)
+    monkeypatch.setattr(inference_client.InferenceClient, "INFO_TIMEOUT_MS", 5000)
+    gave_up: list[float] = []
+    real_info = inference_client.InferenceClient.model_info
+
+    def timed_info(self, *args, **kwargs):
+        try:
+            return real_info(self, *args, **kwargs)
+        except Exception:
+            gave_up.append(time.perf_counter() - start)
+            raise
+
+    monkeypatch.setattr(inference_client.InferenceClient, "model_info", timed_info)
     first: list[float] = []
     start = time.perf_counter()
-    r = run_session("127.0.0.1", stream_host.port, header=make_header(scan), items=acquisitions(scan, calib_lines=(4, 12)),
-                    config_text=shipped_pipeline_with("kgmgt_cine_service", "gadgets.cine_kgmgt"),
-                    on_image=lambda im: first.append(time.perf_counter() - start) if not first else None)
+    try:
+        r = run_session("127.0.0.1", stream_host.port, header=make_header(scan),
+                        items=acquisitions(scan, calib_lines=(4, 12)),
+                        config_text=shipped_pipeline_with("kgmgt_cine_service", "gadgets.cine_kgmgt"),
+                        on_image=lambda im: first.append(time.perf_counter() - start) if not first else None)
+    finally:
+        hung.close()
     assert r.closed and not r.texts
-    assert first and first[0] < 1.5, f"first image after {first[0]:.2f} s"  # the service's info timeout is 2 s
+    assert gave_up, "the model gadget never asked the hung service for its model info"
+    assert first and first[0] < gave_up[0], f"first image after {first[0]:.2f} s, service given up at {gave_up[0]:.2f} s"
     model = [im for im in r.images if int(im.image_series_index) == 1]
     assert len(model) == 3 and all("Fallback" in im.meta for im in model)
